@@ -1,0 +1,154 @@
+"Tests of the synthetic SAR-RARP50 stand-in: layout, determinism, codecs, calibration, the `surgseg synth` CLI."
+import os, subprocess, sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from surgseg.core import read_mask, SurgsegError
+from surgseg.synthetic import generate, ensure_synthetic, calibration, plan_dataset, Scene, MASK_EVERY
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(n_train=3, n_test=1, seconds=2.5, size=(136, 240), seed=7, split_ops=1, workers=1)
+
+
+def decoded_frames_pyav(path):
+    with av.open(str(path)) as c: return sum(1 for _ in c.decode(video=0))
+
+
+def decoded_frames_cv2(path):
+    cap = cv2.VideoCapture(str(path)); n = 0
+    while cap.read()[0]: n += 1
+    cap.release(); return n
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "root", **SMALL)
+
+
+def test_layout(small):
+    folders = sorted(str(p.relative_to(small)) for p in small.glob("*/*"))
+    assert folders == ["test/video_04", "train/video_01", "train/video_02", "train/video_03"] or \
+        any(f.endswith("_1") for f in folders), folders
+    assert sum(f.endswith("_1") for f in folders) == 1 and sum(f.endswith("_2") for f in folders) == 1
+    assert {f.split("/")[0] for f in folders} == {"train", "test"}
+    assert [f for f in folders if f.startswith("test/")] == ["test/video_04"]
+    for v in small.glob("*/video_*"):
+        assert sorted(p.name for p in v.iterdir()) == ["action_continuous.txt", "action_discrete.txt", "segmentation", "video_left.avi"]
+        n = decoded_frames_pyav(v / "video_left.avi")
+        assert n == decoded_frames_cv2(v / "video_left.avi")
+        names = sorted(p.name for p in (v / "segmentation").iterdir())
+        assert names == [f"{f:09d}.png" for f in range(0, n, 60)]
+        assert len(names) == (n - 1) // 60 + 1
+        for p in names: read_mask(v / "segmentation" / p, (136, 240))  # 8-bit L, values 0..9, right size
+        with av.open(str(v / "video_left.avi")) as c:
+            s = c.streams.video[0]
+            assert (s.codec_context.width, s.codec_context.height) == (240, 136)
+            assert float(s.average_rate) == 60
+        disc = [l.split(",") for l in (v / "action_discrete.txt").read_text().splitlines()]
+        assert [int(f) for f, _ in disc] == list(range(0, n, 6)) and all(0 <= int(l) <= 7 for _, l in disc)
+        cont = [tuple(map(int, l.split(","))) for l in (v / "action_continuous.txt").read_text().splitlines()]
+        assert cont[0][0] == 0 and cont[-1][1] == n - 1 and all(a[1] + 1 == b[0] for a, b in zip(cont, cont[1:]))
+    assert not list(small.parent.glob(".*partial*"))
+
+
+def test_masks_match_video(small):
+    "The mask of a frame outlines what the decoded frame shows: instruments are grey metal, tissue is red."
+    v = small / "train/video_01"
+    with av.open(str(v / "video_left.avi")) as c:
+        frame = next(f for i, f in enumerate(c.decode(video=0)) if i == 60).to_ndarray(format="rgb24")
+    m = read_mask(v / "segmentation/000000060.png")
+    tissue, shaft = frame[m == 0].astype(int), frame[m == 3].astype(int)
+    assert (tissue[:, 0] - tissue[:, 2]).mean() > 30          # reddish background
+    if len(shaft) > 50: assert abs((shaft[:, 0] - shaft[:, 2]).mean()) < 20  # grey instrument
+
+
+def test_deterministic(tmp_path, small):
+    other = generate(tmp_path / "again", **SMALL)
+    for p in sorted(small.rglob("*.png")):
+        assert np.array_equal(read_mask(p), read_mask(other / p.relative_to(small))), p
+    assert (small / "train/video_01/action_continuous.txt").read_text() == (other / "train/video_01/action_continuous.txt").read_text()
+    third = generate(tmp_path / "other_seed", **{**SMALL, "seed": 8})
+    diff = [not np.array_equal(read_mask(p), read_mask(third / p.relative_to(small)))
+            for p in sorted(small.rglob("*.png")) if (third / p.relative_to(small)).exists()]
+    assert any(diff)
+
+
+@pytest.mark.parametrize("codec", ["MJPG", "MP4V", "MPEG-4"])
+def test_codecs_readable(tmp_path, codec):
+    r = generate(tmp_path / "r", n_train=1, n_test=0, seconds=1.2, size=(72, 128), codec=codec, split_ops=0, workers=1)
+    video = r / "train/video_01/video_left.avi"
+    n = decoded_frames_pyav(video)
+    assert n == decoded_frames_cv2(video) > 60
+    with av.open(str(video)) as c:
+        assert c.streams.video[0].codec_context.name == ("mjpeg" if codec == "MJPG" else "mpeg4")
+    assert len(list((r / "train/video_01/segmentation").glob("*.png"))) == (n - 1) // 60 + 1
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(SurgsegError, match="not a codec"): generate(tmp_path / "x", codec="h265")
+    with pytest.raises(SurgsegError, match="up to"): generate(tmp_path / "x", size=(1200, 1920))
+    with pytest.raises(SurgsegError, match="even"): generate(tmp_path / "x", size=(135, 240))
+    assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_calibration(seed):
+    "Over the training masks of the default dataset: pixel share within x2, frame presence within 15 points."
+    t = calibration(seed=seed)
+    assert t.attrs["masks"] > 100
+    bad = t[~t["share_ratio"].between(0.5, 2) | (t["presence_diff_pts"].abs() > 15)]
+    assert bad.empty, bad.to_string()
+
+
+def test_calibration_matches_written_masks(small):
+    "The masks-only calibration path renders the very masks that `generate` writes."
+    for p in plan_dataset(**{k: v for k, v in SMALL.items() if k != "workers"}):
+        sc = Scene(p, appearance=False)
+        for f in range(0, p.n_frames, MASK_EVERY):
+            assert np.array_equal(sc.mask(f), read_mask(small / p.split / p.name / "segmentation" / f"{f:09d}.png"))
+
+
+def test_ensure_synthetic_parallel_and_existing(tmp_path, monkeypatch):
+    "Two processes racing on the same root: both return it, one complete dataset, no partial folder left."
+    monkeypatch.setenv("SURGSEG_HOME", str(tmp_path))
+    code = ("import sys; import surgseg.synthetic as s; "
+            "s.generate.__defaults__ = (2, 1, 1.5, (72, 128), 'MJPG', 0, 1, 1); print(s.ensure_synthetic())")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    root = tmp_path / "synthetic"
+    assert outs == [str(root)] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+    assert len(list(root.glob("*/video_*/video_left.avi"))) == 4
+    assert ensure_synthetic(root) == root
+
+
+def surgseg(*args):
+    exe = Path(sys.executable).parent / "surgseg"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_cli(tmp_path):
+    r = surgseg("synth", "--help")
+    assert r.returncode == 0 and "--codec" in r.stdout and "MJPG or MP4V" in r.stdout
+    root = tmp_path / "cli"
+    r = surgseg("synth", root, "--n_train", 1, "--n_test", 1, "--seconds", 1.5, "--width", 128, "--height", 72,
+                "--split_ops", 0, "--codec", "MP4V", "--workers", 1)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 2 videos" in r.stdout
+    assert sorted(str(p.relative_to(root)) for p in root.glob("*/*")) == ["test/video_02", "train/video_01"]
+    before = sorted(root.rglob("*"))
+    r = surgseg("synth", root, "--seconds", 1)
+    assert r.returncode == 1 and r.stderr.strip().startswith("surgseg synth: error:") and "refusing to overwrite" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(root.rglob("*")) == before
+    r = surgseg("synth", tmp_path / "bad", "--codec", "xyz")
+    assert r.returncode == 1 and "not a codec" in r.stderr and not (tmp_path / "bad").exists()
+    empty = tmp_path / "empty"; empty.mkdir()          # an existing empty folder is fine
+    r = surgseg("synth", empty, "--n_train", 1, "--n_test", 0, "--seconds", 1, "--width", 128, "--height", 72, "--split_ops", 0)
+    assert r.returncode == 0, r.stderr
