@@ -1,0 +1,345 @@
+"""The official SAR-RARP50 score (surgseg.metrics, surgseg.evaluate) against independent, obviously-correct references.
+
+Two references are written here from the definition alone, without any of surgseg's code:
+- `brute_scores`: pure-Python per-pixel loops (edges from the four neighbours, the outside of the image
+  counting as background) and brute-force nearest distances over all pairs of edge pixels: tiny masks only;
+- `scipy_scores`: the toolkit's way, on the full uncropped frame (scipy `binary_erosion` with its defaults,
+  `distance_transform_edt` of the other edge map's complement).
+"""
+import math, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from surgseg.core import write_mask, SurgsegError
+from surgseg.metrics import frame_scores, ScoreAccumulator, edge_points, mask_edges, surface_dice
+from surgseg.evaluate import evaluate, check_predictions, PredictionFolderError
+
+C = 10  # class ids 0..9, scored: 1..9
+
+
+# ---------------------------------------------------------------- the references
+def brute_scores(pred, gt, tau=10.0):
+    "Per-pixel loops and all-pairs distances, straight from the definition."
+    H, W = len(gt), len(gt[0])
+    iou, nsd = [], []
+    for c in range(1, C):
+        P = {(y, x) for y in range(H) for x in range(W) if pred[y][x] == c}
+        G = {(y, x) for y in range(H) for x in range(W) if gt[y][x] == c}
+        iou.append(len(P & G) / len(P | G) if P | G else 1.0)
+        if not P and not G: nsd.append(1.0); continue
+        if not P or not G: nsd.append(0.0); continue
+        def edge(S):  # a pixel of S with a 4-neighbour outside S (outside the image = outside S)
+            return [(y, x) for (y, x) in S if any(n not in S for n in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)))]
+        ep, eg = edge(P), edge(G)
+        def near(a, B): return min(math.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) for b in B) <= tau
+        ok = sum(near(a, eg) for a in ep) + sum(near(b, ep) for b in eg)
+        nsd.append(ok / (len(ep) + len(eg)))
+    return np.array(iou), np.array(nsd)
+
+
+def scipy_scores(pred, gt, tau=10.0):
+    "The toolkit's computation on the full, uncropped frame."
+    iou, nsd = [], []
+    for c in range(1, C):
+        p, g = pred == c, gt == c
+        u = (p | g).sum()
+        iou.append((p & g).sum() / u if u else 1.0)
+        if not p.any() and not g.any(): nsd.append(1.0); continue
+        if not p.any() or not g.any(): nsd.append(0.0); continue
+        pe, ge = p ^ ndimage.binary_erosion(p), g ^ ndimage.binary_erosion(g)
+        dp, dg = ndimage.distance_transform_edt(~ge)[pe], ndimage.distance_transform_edt(~pe)[ge]
+        nsd.append(((dp <= tau).sum() + (dg <= tau).sum()) / (pe.sum() + ge.sum()))
+    return np.array(iou), np.array(nsd)
+
+
+def structured(rng, shape, n=8):
+    "Random rectangles, discs, one-pixel dots and thin lines of random classes, often clipped by the border."
+    lab = np.zeros(shape, np.uint8); H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    for _ in range(n):
+        c, kind = rng.integers(1, C), rng.integers(4)
+        y, x = rng.integers(-3, H + 3), rng.integers(-3, W + 3)
+        if kind == 0: lab[max(y, 0):max(y + rng.integers(1, H // 2 + 2), 0), max(x, 0):max(x + rng.integers(1, W // 2 + 2), 0)] = c
+        elif kind == 1: lab[(yy - y) ** 2 + (xx - x) ** 2 <= rng.integers(0, max(H, W) // 3 + 1) ** 2] = c
+        elif kind == 2: lab[min(max(y, 0), H - 1), min(max(x, 0), W - 1)] = c
+        else:  # a one-pixel-thick straight line
+            if rng.random() < 0.5: lab[min(max(y, 0), H - 1), max(x, 0):max(x + rng.integers(1, W + 1), 0)] = c
+            else: lab[max(y, 0):max(y + rng.integers(1, H + 1), 0), min(max(x, 0), W - 1)] = c
+    return lab
+
+
+def perturbed(rng, gt):
+    "A plausible prediction: the ground truth shifted, with noise and a stray blob."
+    p = np.roll(gt, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1)).copy()
+    noise = rng.random(gt.shape) < rng.choice([0.0, 0.02, 0.1])
+    p[noise] = rng.integers(0, C, noise.sum())
+    return p
+
+
+def check_all(pred, gt, tau, refs=(scipy_scores,)):
+    iou, nsd = frame_scores(pred, gt, tau)
+    for ref in refs:
+        ri, rn = ref(pred, gt, tau)
+        np.testing.assert_allclose(iou, ri, atol=1e-9, rtol=0, err_msg=f"IoU vs {ref.__name__}, tau={tau}")
+        np.testing.assert_allclose(nsd, rn, atol=1e-9, rtol=0, err_msg=f"NSD vs {ref.__name__}, tau={tau}")
+
+
+# ---------------------------------------------------------------- the two references agree with each other
+def test_references_agree():
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        g = structured(rng, (9, 13)); p = perturbed(rng, g)
+        for tau in (0, 1, 2.5):
+            for a, b in zip(brute_scores(p.tolist(), g.tolist(), tau), scipy_scores(p, g, tau)):
+                np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+# ---------------------------------------------------------------- one hand-made case per rule
+def blank(h=20, w=30): return np.zeros((h, w), np.uint8)
+
+def test_both_absent_scores_one():
+    iou, nsd = frame_scores(blank(), blank())
+    assert (iou == 1).all() and (nsd == 1).all()
+
+def test_only_predicted_and_only_in_gt_score_zero():
+    g, p = blank(), blank()
+    g[3:6, 3:6] = 2; p[10:12, 10:12] = 6; p[3:6, 3:6] = 2
+    g[15, 15] = 7  # one pixel of class 7 in the ground truth only
+    iou, nsd = frame_scores(p, g)
+    assert iou[5] == nsd[5] == 0 and iou[6] == nsd[6] == 0  # class 6 only predicted, class 7 only in gt
+    assert iou[1] == nsd[1] == 1
+
+def test_border_touching_hand_count():
+    # gt: a 5x5 block in the top-right corner (16 ring pixels, top row and right column on the image border);
+    # pred: the same block without its left column (14 ring pixels). At tau 0: 11 + 11 correct of 30.
+    g, p = blank(), blank()
+    g[0:5, 25:30] = 4; p[0:5, 26:30] = 4
+    assert len(edge_points(g, 4)) == 16 and len(edge_points(p, 4)) == 14
+    assert frame_scores(p, g, tau=0)[1][3] == pytest.approx(22 / 30, abs=1e-12)
+    assert frame_scores(p, g, tau=1)[1][3] == 1.0
+    check_all(p, g, 0, (scipy_scores, brute_scores))
+
+def test_whole_frame_class_has_the_frame_as_outline():
+    g = np.full((7, 9), 3, np.uint8)
+    assert len(edge_points(g, 3)) == 2 * 7 + 2 * 9 - 4
+    p = g.copy(); p[3, 4] = 0  # a hole adds 4 edge pixels around it to the prediction
+    iou, nsd = frame_scores(p, g, tau=0)
+    assert iou[2] == pytest.approx(62 / 63) and nsd[2] == pytest.approx((28 + 28) / (28 + 32))
+    check_all(p, g, 0, (scipy_scores, brute_scores))
+
+@pytest.mark.parametrize("dist,expected", [((0, 10), 1.0), ((0, 11), 0.0), ((6, 8), 1.0), ((7, 8), 0.0), ((8, 6), 1.0)])
+def test_boundary_exactly_at_tau(dist, expected):
+    g, p = blank(), blank()
+    g[2, 2] = 5; p[2 + dist[0], 2 + dist[1]] = 5
+    assert frame_scores(p, g, tau=10)[1][4] == expected
+    check_all(p, g, 10, (scipy_scores, brute_scores))
+
+def test_lines_exactly_tau_apart():
+    g, p = blank(30, 40), blank(30, 40)
+    g[:, 5] = 8; p[:, 15] = 8      # two full-height vertical lines, 10 apart: every edge pixel is correct
+    assert frame_scores(p, g)[1][7] == 1.0
+    p[:, 15] = 0; p[:, 16] = 8      # 11 apart: none is
+    assert frame_scores(p, g)[1][7] == 0.0
+
+def test_one_pixel_objects():
+    g, p = blank(), blank()
+    g[0, 0] = 1; p[0, 0] = 1       # same corner pixel: 1, 1
+    g[5, 5] = 2; p[6, 6] = 2       # adjacent diagonally: IoU 0, NSD 1
+    g[19, 29] = 3; p[19, 18] = 3   # 11 px apart in the bottom row: 0, 0
+    iou, nsd = frame_scores(p, g)
+    assert list(iou[:3]) == [1, 0, 0] and list(nsd[:3]) == [1, 1, 0]
+    check_all(p, g, 10, (scipy_scores, brute_scores))
+
+def test_stray_blob_costs_a_point():
+    g = blank(); g[2:8, 2:10] = 1
+    p = g.copy(); p[15:17, 20:22] = 9
+    i0, n0 = frame_scores(g, g); i1, n1 = frame_scores(p, g)
+    assert i0.mean() - i1.mean() == pytest.approx(1 / 9) and n0.mean() - n1.mean() == pytest.approx(1 / 9)
+
+
+# ---------------------------------------------------------------- the crop is exact
+def test_objects_near_crop_edges_and_far_apart():
+    # class 2: two components at opposite corners (the box spans the frame), the prediction only near one;
+    # class 3: objects whose tight boxes end right next to the other mask's object.
+    g, p = blank(40, 60), blank(40, 60)
+    g[0:3, 0:4] = 2; g[37:40, 55:60] = 2; p[1:4, 1:5] = 2
+    g[20:25, 20:22] = 3; p[20:25, 22:30] = 3
+    g[10, 30:50] = 4; p[11:13, 30:50] = 4
+    for tau in (0, 1, 2, 10, 40):
+        check_all(p, g, tau, (scipy_scores,))
+    check_all(p[:12, :20], g[:12, :20], 3, (scipy_scores, brute_scores))
+
+def test_edges_match_scipy_on_noise():
+    rng = np.random.default_rng(1)
+    for density in (0.1, 0.5, 0.9):
+        m = rng.random((50, 70)) < density
+        np.testing.assert_array_equal(mask_edges(m), m ^ ndimage.binary_erosion(m))
+
+def test_edge_points_match_full_frame_edges():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        lab = structured(rng, (40, 64))
+        for c in range(1, C):
+            full = lab == c
+            pts = {(int(x), int(y)) for x, y in edge_points(lab, c)}
+            want = {(int(x), int(y)) for y, x in zip(*np.nonzero(full ^ ndimage.binary_erosion(full)))}
+            assert pts == want
+
+
+# ---------------------------------------------------------------- cross-checks on many masks
+def test_random_small_masks_against_both_references():
+    rng = np.random.default_rng(3)
+    for k in range(40):
+        shape = (int(rng.integers(1, 12)), int(rng.integers(1, 14)))
+        if k % 2: g = rng.integers(0, C, shape).astype(np.uint8); p = rng.integers(0, C, shape).astype(np.uint8)
+        else: g = structured(rng, shape); p = perturbed(rng, g)
+        check_all(p, g, float(rng.choice([0, 1, 1.5, 2, 3, 10])), (scipy_scores, brute_scores))
+
+def test_structured_masks_against_scipy():
+    rng = np.random.default_rng(4)
+    for k in range(25):
+        g = structured(rng, (96, 160), n=14)
+        p = perturbed(rng, g) if k % 3 else structured(rng, (96, 160), n=14)
+        check_all(p, g, float(rng.choice([0, 2, 4.5, 10, 25])))
+
+def test_noise_masks_against_scipy():
+    rng = np.random.default_rng(5)
+    for k in range(6):
+        g = rng.choice(C, (60, 90), p=[.5] + [.5 / 9] * 9).astype(np.uint8)
+        check_all(perturbed(rng, g), g, [10, 1, 0][k % 3])
+
+
+# ---------------------------------------------------------------- input checks
+def test_bad_input():
+    with pytest.raises(ValueError, match="differ in size"): frame_scores(blank(), blank(10, 10))
+    with pytest.raises(ValueError, match="outside"): frame_scores(blank() + 10, blank())
+    with pytest.raises(ValueError, match="outside"): frame_scores(blank().astype(int) - 1, blank())
+    with pytest.raises(ValueError, match="integer"): frame_scores(blank().astype(float), blank())
+    assert surface_dice(np.empty((0, 2)), np.empty((0, 2))) == 1.0
+
+
+# ---------------------------------------------------------------- averaging
+def test_accumulator_weights_videos_equally():
+    g = blank(); g[2:8, 2:10] = 1
+    bad = blank(); bad[12:15, 12:15] = 2
+    acc = ScoreAccumulator()
+    for f in range(9): acc.update("video_long", g, g, frame=60 * f)         # 9 perfect frames
+    acc.update("video_short", bad, g)                                        # 1 frame: IoU 7/9 (classes 3..9 absent)
+    r = acc.compute()
+    vi = frame_scores(bad, g)[0].mean()
+    assert r["miou"] == pytest.approx((1 + vi) / 2)                          # not (9 + vi) / 10
+    assert r["score"] == pytest.approx(math.sqrt(r["miou"] * r["mnsd"]))
+    assert np.allclose(r["per_class_iou"].mean(), r["miou"]) and np.allclose(r["per_class_nsd"].mean(), r["mnsd"])
+    assert list(r["per_video"].frames) == [9, 1] and r["n_frames"] == 10 and r["n_videos"] == 2
+    assert r["per_video"].loc["video_long", "score"] == 1.0
+
+def test_accumulator_missing_and_pooled():
+    g = blank(); g[0:4, 0:5] = 1                 # 20 pixels of class 1
+    p = blank(); p[0:4, 0:4] = 1                 # 16 of them predicted
+    acc = ScoreAccumulator().update("v", p, g).update("v", None, g)
+    r = acc.compute()
+    assert r["n_missing"] == 1 and r["frames"].missing.tolist() == [False, True]
+    assert r["frames"].miou.iloc[1] == 0 and r["frames"].mnsd.iloc[1] == 0   # missing = 0 on every class
+    assert r["pooled_iou"][0] == pytest.approx(16 / 40)                       # dataset-pooled, not the official one
+    assert r["per_class_iou"][0] == pytest.approx((16 / 20 + 0) / 2)
+    assert np.isnan(r["pooled_iou"][1])                                       # class 2 never seen: undefined
+    with pytest.raises(ValueError): ScoreAccumulator().compute()
+
+
+# ---------------------------------------------------------------- prediction folders and the command
+def make_pair(root, rng, videos=(("video_41", 3), ("video_11_1", 2)), shape=(24, 40)):
+    acc = ScoreAccumulator()
+    for v, n in videos:
+        for f in range(n):
+            g = structured(rng, shape, 5); p = perturbed(rng, g)
+            write_mask(root / "ref" / v / "segmentation" / f"{60 * f:09d}.png", g)
+            write_mask(root / "pred" / v / "segmentation" / f"{60 * f:09d}.png", p)
+            acc.update(v, p, g, frame=60 * f)
+    return acc.compute()
+
+def surgseg(*args):
+    exe = Path(sys.executable).parent / "surgseg"
+    return subprocess.run([str(exe), "evaluate", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+def test_evaluate_matches_accumulator_serial_and_parallel(tmp_path):
+    want = make_pair(tmp_path, np.random.default_rng(6))
+    for workers in (1, 2):
+        r = evaluate(tmp_path / "ref", tmp_path / "pred", workers=workers, progress=False)
+        assert r["score"] == pytest.approx(want["score"], abs=1e-12)
+        pd.testing.assert_frame_equal(r["per_video"], want["per_video"])
+        assert r["files"] == []
+    (tmp_path / "root").mkdir(); (tmp_path / "ref").rename(tmp_path / "root" / "test")   # a root holding test/
+    assert evaluate(tmp_path / "root", tmp_path / "pred", workers=1, progress=False)["score"] == pytest.approx(want["score"])
+
+def test_cli_scores_and_writes_csvs(tmp_path):
+    want = make_pair(tmp_path, np.random.default_rng(7))
+    res = surgseg(tmp_path / "ref", tmp_path / "pred", "--out", tmp_path / "out", "--workers", 1)
+    assert res.returncode == 0, res.stderr
+    assert "segmentation score" in res.stdout and f"{want['score']:.4f}" in res.stdout
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"per_video_results.csv", "final_results.csv", "per_class_results.csv",
+                     "per_video_class_iou.csv", "per_video_class_nsd.csv", "per_frame_results.csv"}
+    final = pd.read_csv(tmp_path / "out" / "final_results.csv").set_index("metric").value
+    assert final["segmentation_score"] == pytest.approx(want["score"], abs=1e-12)
+    pv = pd.read_csv(tmp_path / "out" / "per_video_results.csv", dtype={"video_id": str})
+    assert pv.video_id.tolist() == ["11_1", "41"] and pv.frames.tolist() == [2, 3]
+    pc = pd.read_csv(tmp_path / "out" / "per_class_results.csv")
+    assert "pooled_iou_not_official" in pc.columns and len(pc) == 9
+    assert len(pd.read_csv(tmp_path / "out" / "per_frame_results.csv")) == 5
+    # default output folder: the prediction folder, like the toolkit
+    assert surgseg(tmp_path / "ref", tmp_path / "pred", "--workers", 1).returncode == 0
+    assert (tmp_path / "pred" / "final_results.csv").is_file()
+
+def test_cli_lists_every_violation(tmp_path):
+    make_pair(tmp_path, np.random.default_rng(8))
+    s41, s11 = tmp_path / "pred/video_41/segmentation", tmp_path / "pred/video_11_1/segmentation"
+    (s41 / "000000060.png").unlink()
+    Image.fromarray(np.zeros((24, 40), np.uint8)).convert("P").save(s41 / "000000000.png")
+    Image.fromarray(np.zeros((24, 40), np.uint16)).save(s41 / "000000120.png")
+    Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(s11 / "000000000.png")
+    Image.fromarray(np.full((24, 40), 10, np.uint8)).save(s11 / "000000060.png")
+    (s11 / "notes.txt").write_text("x")
+    write_mask(tmp_path / "pred/video_50/segmentation/000000000.png", np.zeros((24, 40)))
+    res = surgseg(tmp_path / "ref", tmp_path / "pred", "--out", tmp_path / "out", "--workers", 1)
+    assert res.returncode == 1
+    err = res.stderr.splitlines()
+    head = next(i for i, l in enumerate(err) if "7 problem(s)" in l and "nothing was scored or written" in l)
+    lines = [l.strip() for l in err[head + 1:]]   # (a progress bar may come before the report)
+    assert len(lines) == 7, res.stderr
+    for want in ["video_50: not a video", "video_41/segmentation/000000060.png: missing prediction",
+                 "video_41/segmentation/000000000.png: a palette", "video_41/segmentation/000000120.png: a 16-bit",
+                 "video_11_1/segmentation/000000000.png: an RGB", "video_11_1/segmentation/000000060.png: value 10",
+                 "video_11_1/segmentation/notes.txt: no ground-truth mask"]:
+        assert sum(want in l for l in lines) == 1, (want, res.stderr)
+    assert not (tmp_path / "out").exists()
+    problems = check_predictions(tmp_path / "ref", tmp_path / "pred", workers=1, progress=False)
+    assert len(problems) == 7
+    with pytest.raises(PredictionFolderError, match="7 problem") as e:
+        evaluate(tmp_path / "ref", tmp_path / "pred", workers=1, progress=False)
+    assert len(e.value.problems) == 7 and "\n" not in str(e.value)
+
+def test_cli_wrong_size_missing_video_and_allow_missing(tmp_path):
+    make_pair(tmp_path, np.random.default_rng(9))
+    write_mask(tmp_path / "pred/video_41/segmentation/000000000.png", np.zeros((24, 41)))
+    import shutil; shutil.rmtree(tmp_path / "pred/video_11_1")
+    res = surgseg(tmp_path / "ref", tmp_path / "pred", "--workers", 1)
+    assert res.returncode == 1 and "size 41x24, expected 40x24" in res.stderr
+    assert "video_11_1/segmentation: missing (the reference has 2 masks" in res.stderr
+    write_mask(tmp_path / "pred/video_41/segmentation/000000000.png", np.zeros((24, 40)))
+    res = surgseg(tmp_path / "ref", tmp_path / "pred", "--workers", 1, "--allow_missing")
+    assert res.returncode == 0, res.stderr
+    assert "2 missing" in res.stdout
+    pv = pd.read_csv(tmp_path / "pred/per_video_results.csv", dtype={"video_id": str}).set_index("video_id")
+    assert pv.loc["11_1", "seg_mIoU"] == 0 and pv.loc["11_1", "missing_predictions"] == 2
+
+def test_cli_bad_reference_is_one_line(tmp_path):
+    res = surgseg(tmp_path / "nothing", tmp_path / "pred")
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "reference folder not found" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = surgseg(tmp_path / "empty", tmp_path / "empty")
+    assert res.returncode == 1 and "no ground-truth masks" in res.stderr
