@@ -115,8 +115,8 @@ def test_calibration_matches_written_masks(small):
 def test_ensure_synthetic_parallel_and_existing(tmp_path, monkeypatch):
     "Two processes racing on the same root: both return it, one complete dataset, no partial folder left."
     monkeypatch.setenv("SURGSEG_HOME", str(tmp_path))
-    code = ("import sys; import surgseg.synthetic as s; "
-            "s.generate.__defaults__ = (2, 1, 1.5, (72, 128), 'MJPG', 0, 1, 1); print(s.ensure_synthetic())")
+    code = ("import surgseg.synthetic as s; "
+            "print(s.ensure_synthetic(n_train=2, n_test=1, seconds=1.5, size=(72, 128), workers=2))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
