@@ -5,8 +5,10 @@
 
 The families are `surgseg.models.FAMILIES` (smp architectures on the default Lite0 encoder, DINOv3
 ViT-S/B with both heads and all fine-tuning modes; ViT-L only with --large). Weights are random (the
-cost does not depend on them), frames are random, the median of --steps timed repetitions after one
-warm-up is reported, with each family's ratio to the default model (U-Net / Lite0).
+cost does not depend on them), frames are random. The clock is the process's CPU time
+(time.process_time): with one thread it equals wall time on an idle machine and is not inflated by
+other programs on shared cores. The median of --steps timed repetitions after one warm-up is reported,
+with each family's ratio to the default model (U-Net / Lite0).
 """
 import argparse, os, sys
 
@@ -25,7 +27,7 @@ def main(argv=None):
     p.add_argument("--only", default="", help="measure only families whose label contains this text")
     p.add_argument("--large", action="store_true", help="include DINOv3 ViT-L (slow on a CPU)")
     a = p.parse_args(argv)
-    print(f"CPU cost per batch of {a.batch} random frames of {a.size[0]}x{a.size[1]}, {a.threads} thread(s), "
+    print(f"CPU seconds (process time) per batch of {a.batch} random frames of {a.size[0]}x{a.size[1]}, {a.threads} thread(s), "
           f"median of {a.steps}; torch {torch.__version__}, {os.cpu_count()} CPUs")
     print(f"{'model':34s} {'total M':>8s} {'train M':>8s} {'forward s':>10s} {'train s':>8s} {'train x default':>16s}")
     base = None
