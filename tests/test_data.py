@@ -196,19 +196,24 @@ def test_unpack_cli(good, tmp_path):
 
 # ---------------------------------------------------------------- extraction exactness across codecs
 
-@pytest.mark.parametrize("codec,suffix,method", [("MJPG", "avi", "seek"), ("mp4v", "avi", "seek"),
-                                                 ("h264", "mp4", "seek"), ("h264", "avi", "sequential")])
-def test_extraction_equals_sequential_decode(tmp_path, codec, suffix, method):
-    "Every 6th frame (fps=10) of a whole video, extracted the fast way, equals the sequential decode."
+@pytest.mark.parametrize("codec,suffix,gop,fps,method,note", [
+    ("MJPG", "avi", 0, 1, "seek", ""), ("mp4v", "avi", 0, 1, "seek", ""), ("h264", "mp4", 50, 1, "seek", ""),
+    ("h264", "avi", 50, 1, "sequential", "decoded timestamps are not in presentation order"),
+    ("h264", "mp4", 250, 1, "sequential", "keyframes too sparse"),
+    ("MJPG", "avi", 0, 10, "seek", ""), ("mp4v", "avi", 0, 10, "sequential", "keyframes too sparse")])
+def test_extraction_equals_sequential_decode(tmp_path, codec, suffix, gop, fps, method, note):
+    "The frames of a whole video, extracted the fast way where it pays, equal the sequential decode."
     d = tmp_path / "video_09"
-    p = make_video(d / f"v.{suffix}", 420, codec=codec, gop=50)
+    p = make_video(d / f"v.{suffix}", 420, codec=codec, gop=gop)
     p.rename(d / VIDEO_FILE)
     for f in range(0, 420, MASK_STEP): write_mask(d / "segmentation" / f"{f:09d}.png", np.zeros(SIZE, np.uint8))
-    r, = extract_frames(d, fps=10, progress=False)
-    assert r.method == method and r.written == 70, r
-    ref = dict((i, a) for i, a, _ in decode_sequential(d / VIDEO_FILE, range(0, 420, 6)))
+    r, = extract_frames(d, fps=fps, progress=False)
+    step = 60 // fps
+    assert r.method == method and note in r.note and r.written == len(range(0, 420, step)), r
+    ref = dict((i, a) for i, a, _ in decode_sequential(d / VIDEO_FILE, range(0, 420, step)))
     for f, a in ref.items():
         assert np.array_equal(cv2.imread(str(d / "rgb" / f"{f:09d}.png"), cv2.IMREAD_UNCHANGED), a), f
+    assert sorted(p.name for p in (d / "rgb").iterdir()) == [f"{f:09d}.png" for f in ref]
     with pytest.raises(SurgsegError, match="fps 7 must divide 60"): extract_frames(d, fps=7, progress=False)
 
 
