@@ -1,0 +1,208 @@
+"Training (surgseg.train): the CLI, papermill and YAML doors, exact resume, and two CPU processes under Accelerate."
+import contextlib, json, os, subprocess, sys, textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from surgseg.core import Config, SurgsegError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1"}
+# a two-layer DINOv3 with random weights (LoRA on q/v) on 64x96 frames: a whole run takes seconds
+TINY = dict(model="dinov3", dinov3="tiny", weights="none", batch_size=2, val_fraction=0.3, log_with="none")
+
+
+def run(cmd, **kw):
+    "Run a command, returning the CompletedProcess (text output)."
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    "A tiny synthetic dataset in the official layout with its frames extracted."
+    from surgseg.synthetic import generate
+    from surgseg.train import prepare_data
+    root = generate(tmp_path_factory.mktemp("data") / "tiny", n_train=3, n_test=1, seconds=3, size=(64, 96))
+    return str(prepare_data(Config(data_dir=str(root))))
+
+
+def tiny_cfg(tiny, out, **kw):
+    return Config(**{**TINY, "data_dir": tiny, "out_dir": str(out), **kw})
+
+
+def weights(run_dir):
+    return load_file(Path(run_dir) / "last" / "state" / "model.safetensors")
+
+
+def same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    return set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# --- the three doors -------------------------------------------------------------------------------
+
+def test_cli_help_lists_every_config_field():
+    r = run([str(BIN / "surgseg"), "train", "--help"])
+    assert r.returncode == 0, r.stderr
+    missing = [f for f in ["config"] + Config.field_names() if f"--{f} " not in r.stdout and f"--{f}\n" not in r.stdout]
+    assert not missing, f"surgseg train --help lacks {missing}"
+    assert "focal loss focusing parameter" in r.stdout
+
+
+def test_papermill_lists_every_config_field():
+    r = run([str(BIN / "papermill"), "--help-notebook", "nbs/06_train.ipynb"])
+    assert r.returncode == 0, r.stderr
+    listed = {l.split(":")[0].strip() for l in r.stdout.splitlines() if l.startswith("  ") and ": " in l and "(default None)" in l}
+    assert listed == set(Config.field_names()) | {"config"}, listed ^ (set(Config.field_names()) | {"config"})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_files_are_complete_experiments(path):
+    raw = yaml.safe_load(path.read_text())
+    assert list(raw) == Config.field_names(), f"{path.name}: every Config field, in order"
+    cfg = load_config(path)
+    text = path.read_text()
+    assert all(f"{k}:" in text for k in raw) and text.count("#") >= len(raw), f"{path.name}: one comment per field"
+    expected = {"dice_ce": dict(loss="dice_ce"), "focal_ce": dict(loss="focal_ce"), "wce": dict(loss="wce"),
+                "dinov3_lora": dict(model="dinov3", finetune="lora")}[path.stem]
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    if cfg.class_weights != "none" or cfg.loss == "wce":
+        from surgseg.losses import build_loss
+        build_loss(cfg, [100.0] * 10, [1000.0] * 10)  # the loss and its weights are well-formed
+
+
+def test_config_files_cover_the_study():
+    assert {p.stem for p in CONFIGS} >= {"dice_ce", "focal_ce", "wce", "dinov3_lora"}
+
+
+def test_cli_trains_with_yaml_and_overrides(tiny, tmp_path):
+    "YAML values stay unless a flag overrides them; the summary names the run folder."
+    cfg_file = tmp_path / "exp.yaml"
+    cfg_file.write_text(yaml.safe_dump({**TINY, "loss": "focal_ce", "focal_gamma": 3.0, "epochs": 5}))
+    r = run([str(BIN / "surgseg"), "train", "--config", str(cfg_file), "--data_dir", tiny, "--out_dir", str(tmp_path / "runs"),
+             "--epochs", "1", "--max_steps", "1", "--augment", "false", "--run_name", "cli"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"run folder: {tmp_path / 'runs' / 'cli'}" in r.stdout
+    cfg = load_config(tmp_path / "runs" / "cli" / "config.yaml")
+    assert (cfg.loss, cfg.focal_gamma, cfg.epochs, cfg.max_steps, cfg.augment, cfg.model) == ("focal_ce", 3.0, 1, 1, False, "dinov3")
+    assert len(pd.read_csv(tmp_path / "runs" / "cli" / "metrics.csv")) == 1
+    # the same run folder again: refused with one line naming it, nothing overwritten
+    again = run([str(BIN / "surgseg"), "train", "--config", str(cfg_file), "--data_dir", tiny, "--out_dir", str(tmp_path / "runs"),
+                 "--epochs", "1", "--max_steps", "1", "--run_name", "cli"])
+    assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("surgseg train: error: ")
+    assert "run folder exists" in again.stderr
+
+
+def test_papermill_trains_focal_ce(tiny, tmp_path):
+    "`papermill nbs/06_train.ipynb out.ipynb -p loss focal_ce` trains with Focal+CE and prints both scores."
+    out = tmp_path / "focal.ipynb"
+    params = dict(TINY, data_dir=tiny, out_dir=str(tmp_path / "runs"), loss="focal_ce", epochs=1, max_steps=1, run_name="pm")
+    cmd = [str(BIN / "papermill"), "nbs/06_train.ipynb", str(out), "-k", "python3", "--log-level", "WARNING"]
+    for k, v in params.items(): cmd += ["-p", k, str(v)]
+    r = run(cmd, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_config(tmp_path / "runs" / "pm" / "config.yaml").loss == "focal_ce"
+    import nbformat
+    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
+    assert "validation score untrained" in text and "validation score trained" in text
+
+
+# --- resume ----------------------------------------------------------------------------------------
+
+class Kill(Exception): "Stands in for the process being killed."
+
+def kill_at(step):
+    def on_step(tr, batch):
+        if tr.global_step == step: raise Kill()
+    return on_step
+
+
+@pytest.mark.parametrize("kw,kill,ckpt", [
+    (dict(save_every=2), 7, (1, 2, 6)),                # killed mid-epoch, resumed from a mid-epoch checkpoint
+    (dict(save_every=0), 6, (1, 0, 4)),                # killed mid-epoch, resumed from the epoch's start
+    (dict(save_every=1, grad_accum=2), 6, (1, 1, 5)),  # gradient accumulation: resumed after an optimiser step
+], ids=["mid-epoch-checkpoint", "epoch-checkpoint", "grad-accum"])
+def test_resume_is_bit_identical(tiny, tmp_path, kw, kill, ckpt):
+    from surgseg.train import fit
+    c = tiny_cfg(tiny, tmp_path, epochs=2, max_steps=4, augment=False, batch_size=1 if kw.get("grad_accum") else 2, **kw)
+    a = fit(c.update(run_name="a"))
+    with pytest.raises(Kill): fit(c.update(run_name="b"), on_step=kill_at(kill))
+    p = json.loads((tmp_path / "b" / "last" / "progress.json").read_text())
+    assert (p["epoch"], p["step"], p["global_step"]) == ckpt
+    b = fit(c.update(run_name="b", resume=True))
+    assert same_weights(a, b)
+    ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns="seconds") for r in (a, b))
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+def test_resume_refuses_other_settings(tiny, tmp_path):
+    from surgseg.train import fit
+    c = tiny_cfg(tiny, tmp_path, epochs=1, max_steps=1, run_name="r")
+    fit(c)
+    with pytest.raises(SurgsegError, match="made with loss='dice_ce', not 'focal_ce'"):
+        fit(c.update(resume=True, loss="focal_ce"))
+    run2 = fit(c.update(resume=True, epochs=2))  # more epochs is allowed: the run continues
+    assert pd.read_csv(run2 / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
+# --- two processes ---------------------------------------------------------------------------------
+
+DDP_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    from accelerate import PartialState
+    from surgseg.core import load_config
+    from surgseg.train import fit
+
+    out = Path(sys.argv[2])
+    seen = []
+    def on_step(tr, batch):
+        seen.append([tr.epoch, tr.global_step, batch["index"].tolist()])
+    if __name__ == "__main__":
+        run = fit(load_config(sys.argv[1]), on_step=on_step)
+        rank = PartialState().process_index
+        (out / f"rank{rank}.json").write_text(json.dumps({"run": str(run), "seen": seen}))
+''')
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_see_disjoint_frames_and_save_once(tiny, tmp_path):
+    from surgseg.data import SegDataset
+    from surgseg.models import load_model
+    from surgseg.train import make_splits, validate
+    from torch.utils.data import DataLoader
+    cfg = tiny_cfg(tiny, tmp_path / "runs", sampler="none", epochs=2, batch_size=1, run_name="ddp", augment=False,
+                   model="unet", encoder="tu-tf_efficientnet_lite0")  # BatchNorm under DDP, too
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    # two CPU processes under torchrun (what `accelerate launch --multi_gpu` runs); ACCELERATE_USE_CPU keeps them on CPU
+    # (`accelerate launch --cpu` alone starts one process; several CPU processes need torchrun or MPI)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(tmp_path / "ddp.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)], timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["run"] == ranks[1]["run"] == str(tmp_path / "runs" / "ddp")
+    train_v, _ = make_splits(cfg, Path(tiny))
+    n = len(SegDataset(train_v))
+    for epoch in (0, 1):
+        got = [[i for e, _, b in rk["seen"] if e == epoch for i in b] for rk in ranks]
+        assert not set(got[0]) & set(got[1]), f"epoch {epoch}: both ranks saw {set(got[0]) & set(got[1])}"
+        assert len(got[0]) == len(got[1]) == n // 2 and len(set(got[0]) | set(got[1])) == 2 * (n // 2)
+        assert [s for e, s, _ in ranks[0]["seen"] if e == epoch] == [s for e, s, _ in ranks[1]["seen"] if e == epoch]
+    run_dir = tmp_path / "runs" / "ddp"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]          # one run folder
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert m["epoch"].tolist() == [1, 2]                                             # one row per epoch, written once
+    assert sorted(p.name for p in (run_dir / "last" / "state").glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob(".*.old"))    # no half-written checkpoint left
+    # the score both processes computed together is the score of the saved model on the whole validation split
+    model, _ = load_model(run_dir / "last")
+    _, val_v = make_splits(cfg, Path(tiny))
+    res = validate(model, DataLoader(SegDataset(val_v, scale=cfg.scale), batch_size=2))
+    assert res["score"] == pytest.approx(m["val_score"].iloc[-1], abs=1e-6)
