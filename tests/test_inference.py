@@ -63,7 +63,7 @@ def test_predict_split_tta_and_tuned_min_area(env):
     rc, out, err = run_main("predict", "--checkpoint", env["run"], "--data", env["root"] / "test", "--out", b,
                             "--tta", "--min_area", "tune")
     assert rc == 0, err
-    assert "tuned on the validation split: --min-area" in out and "tta=True" in out
+    assert "tuned on the validation split: --min_area" in out and "tta=True" in out
     assert len(list(b.glob("video_*/segmentation/*.png"))) == 4
 
 
