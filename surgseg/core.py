@@ -141,7 +141,7 @@ class Config:
     out_dir: str = "runs"            # parent folder of run folders
     run_name: str = ""               # run folder name; "" = derived from model, loss and sampler
     fps: int = 1                     # annotated frames per second to extract and train on (1 = the masks)
-    resolution: float = 1.0          # working resolution as a fraction of the full frame (0.5 = 960x540 on real data)
+    resolution: float = 0.5          # working resolution as a fraction of the full frame (0.5 = 960x540 on real data)
     low_res: bool = False            # halve `resolution` again for fast iterations
     val_fraction: float = 0.2        # share of training operations held out for validation (split by operation)
     augment: bool = True             # spatial + colour augmentation of training images
@@ -175,7 +175,7 @@ class Config:
     head_layers: int = 4             # multilayer head: number of evenly spaced layers fused
     grad_checkpointing: bool = False # trade compute for memory in the backbone
     # optimisation
-    epochs: int = 3                  # passes over `samples_per_epoch` frames
+    epochs: int = 6                  # passes over `samples_per_epoch` frames
     batch_size: int = 4              # images per step per device
     lr: float = 1e-3                 # peak learning rate (decoder/head)
     backbone_lr: float = 1e-4        # peak learning rate of the encoder / LoRA adapters
