@@ -209,7 +209,7 @@ def train_step(self: Trainer, batch: dict) -> bool:
     if self.on_step is not None: self.on_step(self, batch)
     return True
 
-# %% ../nbs/06_train.ipynb #62090ea4
+# %% ../nbs/06_train.ipynb #c7d1a48f
 def _swap_in(tmp: Path, final: Path):
     "Replace folder `final` by `tmp` (the old one is removed only once the new one is in place)."
     old = final.with_name(f".{final.name}.old")
@@ -219,7 +219,7 @@ def _swap_in(tmp: Path, final: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 @patch
-def save_checkpoint(self: Trainer, name: str = "last", state: bool = True, extra: dict | None = None):
+def save_checkpoint(self: Trainer, name: str = "last", state: bool = True):
     "Write `run_dir/name/` atomically: the model via `save_model`, and (`state`) the resumable training state."
     acc, final = self.acc, self.run_dir / name
     tmp = self.run_dir / f".{name}.tmp"
@@ -228,7 +228,7 @@ def save_checkpoint(self: Trainer, name: str = "last", state: bool = True, extra
     if state: acc.save_state(str(tmp / "state"))
     if acc.is_main_process:
         save_model(acc.unwrap_model(self.model), self.cfg, tmp)
-        (tmp / "progress.json").write_text(json.dumps(self.progress() | (extra or {}), indent=1))
+        (tmp / "progress.json").write_text(json.dumps(self.progress(), indent=1))
         _swap_in(tmp, final)
     acc.wait_for_everyone()
 
@@ -354,7 +354,7 @@ def start_run(cfg: Config,  # the run's settings
     acc.wait_for_everyone()
     return acc, run_dir
 
-# %% ../nbs/06_train.ipynb #91a21d0a
+# %% ../nbs/06_train.ipynb #13d6eac3
 def setup_run(cfg: Config,   # every setting of the run
               on_step=None,  # optional on_step(trainer, batch), called after every optimiser step
              ) -> SimpleNamespace:  # trainer, train_dl, val_dl, steps (per epoch), sampler, run_dir
@@ -363,7 +363,8 @@ def setup_run(cfg: Config,   # every setting of the run
     with acc.main_process_first(): root = prepare_data(cfg)
     train_v, val_v = make_splits(cfg, root)
     with acc.main_process_first(): table = frame_table(train_v, min_pixels=cfg.min_pixels)
-    train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps)
+    train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps,
+                          seed=cfg.seed + acc.process_index)  # reproducible, and not the same draws on every process
     steps = epoch_steps(len(train_ds), cfg, acc.num_processes)
     sampler = make_train_sampler(cfg, train_ds, table, steps * cfg.batch_size * cfg.grad_accum * acc.num_processes)
     kw = dict(num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
