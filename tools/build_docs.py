@@ -89,9 +89,28 @@ def quarto_cells(nb):
     return nb
 
 
+def _only_clean_imports():
+    """Make nbdev's docs processing run export cells, show_doc cells and import-only cells, never a test cell
+    that happens to import something (nbdev would run it out of context: its data does not exist there)."""
+    import ast, nbdev.processors as P
+    if getattr(P._do_eval, "_surgseg", False): return
+    orig = P._do_eval
+    def _do_eval(cell):
+        res = orig(cell)
+        if res and not (cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}):
+            trees = cell.parsed_() or []
+            if P._ast_contains(trees, (ast.Import, ast.ImportFrom)) and not P._show_docs(trees) and \
+               any(not isinstance(t, (ast.Import, ast.ImportFrom)) for t in trees):
+                return None
+        return res
+    _do_eval._surgseg = True
+    P._do_eval = _do_eval
+
+
 def build(out: Path, nbs: Path = ROOT / "nbs") -> list[Path]:
     "Process the notebooks with nbdev and write one HTML page per sidebar entry into `out`."
     from nbdev.serve import proc_nbs
+    _only_clean_imports()
     os.chdir(ROOT)
     cache = proc_nbs(str(nbs), n_workers=0, force=True)
     quarto = yaml.safe_load((ROOT / "_quarto.yml").read_text())
@@ -139,6 +158,7 @@ def readme(index: Path = ROOT / "nbs" / "index.ipynb", out: Path = ROOT / "READM
     from nbconvert import MarkdownExporter
     from traitlets.config import Config
     os.chdir(ROOT)
+    _only_clean_imports()
     cache = proc_nbs(str(index.parent), n_workers=0, force=True)
     nb = nbformat.read(cache / index.name, as_version=4)
     meta = front_matter(nb)
