@@ -10,31 +10,24 @@ on the full, uncropped frame (binary_erosion, distance_transform_edt), as the or
 """
 import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[_v] = "1"
-import argparse, io, time
+import argparse, io, sys, time
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from surgseg.metrics import frame_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_metrics import scipy_scores  # the literal reference, written once, beside the tests that use it
 
 H, W = 1080, 1920
 
 
 def literal_scores(pred, gt, tau=10.0):
-    "The official rules on the full frame with scipy (the slow reference)."
-    iou, nsd = [], []
-    for c in range(1, 10):
-        p, g = pred == c, gt == c
-        u = (p | g).sum()
-        iou.append((p & g).sum() / u if u else 1.0)
-        if not p.any() and not g.any(): nsd.append(1.0); continue
-        if not p.any() or not g.any(): nsd.append(0.0); continue
-        pe, ge = p ^ ndimage.binary_erosion(p), g ^ ndimage.binary_erosion(g)
-        dp, dg = ndimage.distance_transform_edt(~ge)[pe], ndimage.distance_transform_edt(~pe)[ge]
-        nsd.append(((dp <= tau).sum() + (dg <= tau).sum()) / (pe.sum() + ge.sum()))
-    return np.array(iou), np.array(nsd)
+    "The official rules on the full frame with scipy (the slow reference): the one tests/test_metrics.py checks against."
+    return scipy_scores(pred, gt, tau)
 
 
 def instrument(m, rng, side):

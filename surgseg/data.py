@@ -22,8 +22,8 @@ from .core import SurgsegError, atomic_write, read_mask, NUM_CLASSES
 __all__ = ['MASK_STEP', 'SPLITS', 'VIDEO_FILE', 'SYNTHETIC_MARKER', 'PNG_PARAMS', 'natural_key', 'operation_of', 'Video',
            'load_video', 'find_videos', 'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'is_synthetic',
            'validate', 'decode_sequential', 'decode_seeking', 'seek_cost', 'seek_check', 'png_complete',
-           'target_frames', 'Extracted', 'extract_video', 'extract_frames', 'split_by_operation', 'build_transforms',
-           'SegDataset', 'unpack_cli', 'validate_cli', 'extract_cli']
+           'target_frames', 'Extracted', 'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation',
+           'build_transforms', 'SegDataset', 'unpack_cli', 'validate_cli', 'extract_cli']
 
 # %% ../nbs/01_data_extraction.ipynb #769c443b
 MASK_STEP = 60                       # frames between two masks: 1 Hz at 60 fps
@@ -448,6 +448,17 @@ class _PngWriter:
         if exc[0] is None:
             for f in self.futs: f.result()     # raise the first write error, if any
 
+def already_extracted(v: Video,     # the video folder
+                      fps: int = 1,   # frame rate of the targets
+                     ) -> Extracted | None: # "done" if every target frame is already complete, else None
+    "The cheap check of a rerun: the container's frame count from its header (no demuxing), then the PNGs."
+    if fps != 1 or not v.frames or not v.video.is_file(): return None
+    with contextlib.suppress(Exception):
+        with av.open(str(v.video)) as c: n = c.streams.video[0].frames
+        t = target_frames(v, n, fps)
+        if n and all(png_complete(v.rgb_path(f)) for f in t): return Extracted(v.name, "done", 0, len(t))
+    return None
+
 def extract_video(v: Video,                # the video folder
                   fps: int = 1,            # 1 = the annotated frames; 10 = every 6th frame as well
                   method: str = "auto",    # "auto" (seek where proven exact), "seek" (fail if not exact) or "sequential"
@@ -456,11 +467,7 @@ def extract_video(v: Video,                # the video folder
                  ) -> Extracted:
     "Extract one video's target frames to `v.rgb_dir`, skipping complete ones."
     if method not in ("auto", "seek", "sequential"): raise SurgsegError(f"method {method!r} is not one of auto, seek, sequential")
-    if fps == 1 and v.frames and v.video.is_file():   # fast path of a rerun: header frame count, no demuxing
-        with contextlib.suppress(Exception):
-            with av.open(str(v.video)) as c: n = c.streams.video[0].frames
-            t = target_frames(v, n, fps)
-            if n and all(png_complete(v.rgb_path(f)) for f in t): return Extracted(v.name, "done", 0, len(t))
+    if (e := already_extracted(v, fps)) is not None: return e
     pr = probe_video(v.video)
     if v.frames and v.frames[-1] >= pr.n_frames:
         raise SurgsegError(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, "
@@ -500,7 +507,11 @@ def extract_frames(root_or_videos,          # dataset root, or a list of `Video`
     ncpu = os.cpu_count() or 1
     workers = min(len(videos), ncpu) if workers is None else max(1, workers)
     writers = max(1, ncpu // min(workers, max(1, len(videos))))   # cores left over by the video processes write PNGs
-    res = _pool_map(extract_video, [(v, fps, method, verify, writers) for v in videos], workers, "extract", progress)
+    res = [already_extracted(v, fps) for v in videos]   # a rerun of a finished extraction starts no processes
+    todo = [i for i, r in enumerate(res) if r is None]
+    if todo:
+        for i, r in zip(todo, _pool_map(extract_video, [(videos[i], fps, method, verify, writers) for i in todo],
+                                        workers, "extract", progress)): res[i] = r
     errors = [str(r) for r in res if isinstance(r, SurgsegError)]
     if errors: raise SurgsegError(errors[0] + (f" (and {len(errors) - 1} more failed video(s))" if len(errors) > 1 else ""))
     return res
