@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from surgseg.metrics import frame_scores
+from surgseg.metrics import frame_scores, ScoreAccumulator, class_breakdown
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_metrics import scipy_scores  # the literal reference, written once, beside the tests that use it
@@ -114,6 +114,19 @@ def main(frames=6, ref_frames=2, repeats=5):
     print(f"with PNG decoding      : {1000 * io_cpu:.1f} ms/frame CPU -> the 3,252 test frames in "
           f"{3252 * io_cpu / 60:.1f} min on one core, {3252 * io_cpu / 60 / 16:.1f} min on 16")
     print(f"target < 60 ms/frame on one core: {'met' if fc < 60 else 'NOT met'} (CPU time)")
+
+    # bookkeeping over a test set's worth of frames: add() (with its presence check), compute(), class_breakdown()
+    scored = [frame_scores(p, g, with_confusion=True) for p, g in pairs]
+    n_test = 3252
+    def accumulate():
+        acc = ScoreAccumulator()
+        for i in range(n_test): acc.add(f"video_{41 + i % 10}", *scored[i % len(scored)], frame=60 * (i // 10))
+        return acc
+    t_add = min(timed(accumulate)[1] for _ in range(3)); acc = accumulate()
+    t_compute = min(timed(acc.compute)[1] for _ in range(3)); res = acc.compute()
+    t_bd = min(timed(class_breakdown, res)[1] for _ in range(3))
+    print(f"{n_test} frames, 10 videos: add {1e6 * t_add / n_test:.1f} us/frame, compute {1000 * t_compute:.0f} ms, "
+          f"class_breakdown {1000 * t_bd:.0f} ms (CPU; vs {n_test * fc / 1000:.0f} s of frame scoring)")
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,8 +12,8 @@ from scipy.spatial import cKDTree
 from .core import NUM_CLASSES, CLASS_NAMES
 
 # %% auto #0
-__all__ = ['check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points', 'surface_dice', 'frame_scores',
-           'ScoreAccumulator']
+__all__ = ['BREAKDOWN_COLUMNS', 'BREAKDOWN_COLORS', 'check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points',
+           'surface_dice', 'frame_scores', 'ScoreAccumulator', 'class_breakdown', 'plot_breakdown']
 
 # %% ../nbs/07_evaluation.ipynb #b29c9ed9
 def check_pair(pred: np.ndarray,  # (H, W) predicted class ids 0..9
@@ -99,6 +99,16 @@ def frame_scores(pred: np.ndarray,            # (H, W) predicted class ids 0..9
     return (iou, nsd, cm) if with_confusion else (iou, nsd)
 
 # %% ../nbs/07_evaluation.ipynb #4761d48b
+def _check_rule(video, frame, iou, nsd, in_gt, in_pred, missing):
+    "Fail on frame scores that break the official presence rule (what `class_breakdown` relies on)."
+    if missing: want = np.zeros_like(iou); known = np.ones(len(iou), bool)
+    else: want = np.where(in_gt | in_pred, 0.0, 1.0); known = ~(in_gt & in_pred)
+    bad = np.flatnonzero(known & ((iou != want) | (nsd != want)))
+    if len(bad):
+        c = int(bad[0])
+        raise ValueError(f"{video} frame {frame}: class {c + 1} scores IoU {iou[c]}, NSD {nsd[c]} but the official rule "
+                         f"gives {want[c]} (in ground truth: {bool(in_gt[c])}, predicted: {bool(in_pred[c])}, missing: {missing})")
+
 class ScoreAccumulator:
     "Collect per-frame official scores; `compute()` averages them over classes, frames, then videos."
     def __init__(self, tau: float = 10.0):  # NSD tolerance in pixels
@@ -109,13 +119,19 @@ class ScoreAccumulator:
 
     def add(self, video: str,                      # video name, e.g. "video_41"
             iou: np.ndarray, nsd: np.ndarray,      # (9,) frame scores of classes 1..9
-            confusion: np.ndarray | None = None,   # (10, 10) pixel counts of the frame, for the pooled IoU
+            confusion: np.ndarray | None = None,   # (10, 10) pixel counts of the frame: pooled IoU and which classes are where
             frame=None,                            # frame id (default: running index within the video)
-            missing: bool = False):                # the prediction of this frame was missing
-        "Record one frame's precomputed scores."
+            missing: bool = False,                 # the prediction of this frame was missing
+            present=None):                         # (in_gt, in_pred), (9,) bools of classes 1..9; default: read from `confusion`
+        "Record one frame's precomputed scores and which classes each mask holds (for `class_breakdown`)."
         if frame is None: frame = self._counts.get(video, 0)
+        iou, nsd = np.asarray(iou, float), np.asarray(nsd, float)
+        if present is None and confusion is not None: present = (confusion.sum(1)[1:] > 0, confusion.sum(0)[1:] > 0)
+        if present is not None:
+            present = (np.asarray(present[0], bool), np.asarray(present[1], bool))
+            _check_rule(video, frame, iou, nsd, *present, missing)
         self._counts[video] = self._counts.get(video, 0) + 1
-        self.records.append((video, frame, missing, np.asarray(iou, float), np.asarray(nsd, float)))
+        self.records.append((video, frame, missing, iou, nsd, present))
         if confusion is not None: self.confusion += confusion
         return self
 
@@ -134,15 +150,21 @@ class ScoreAccumulator:
 # %% ../nbs/07_evaluation.ipynb #a956688e
 _IOU = [f"iou_{c}" for c in range(1, NUM_CLASSES)]
 _NSD = [f"nsd_{c}" for c in range(1, NUM_CLASSES)]
+_GT = [f"in_gt_{c}" for c in range(1, NUM_CLASSES)]
+_PRED = [f"in_pred_{c}" for c in range(1, NUM_CLASSES)]
 
 @patch
 def frame_table(self: ScoreAccumulator) -> pd.DataFrame:
-    "One row per scored frame: video, frame, missing, mIoU, mNSD and the per-class iou_c / nsd_c."
+    "One row per scored frame: video, frame, missing, mIoU, mNSD, the per-class iou_c / nsd_c and in_gt_c / in_pred_c."
     if not self.records: raise ValueError("no frames were scored")
-    v, f, miss, iou, nsd = zip(*self.records)
+    v, f, miss, iou, nsd, pres = zip(*self.records)
     iou, nsd = np.stack(iou), np.stack(nsd)
     df = pd.DataFrame({"video": v, "frame": f, "missing": miss, "miou": iou.mean(1), "mnsd": nsd.mean(1)})
-    return pd.concat([df, pd.DataFrame(iou, columns=_IOU), pd.DataFrame(nsd, columns=_NSD)], axis=1)
+    parts = [df, pd.DataFrame(iou, columns=_IOU), pd.DataFrame(nsd, columns=_NSD)]
+    if all(p is not None for p in pres):  # presence known for every frame (always, when frames come with a confusion matrix)
+        parts += [pd.DataFrame(np.stack([p[0] for p in pres]), columns=_GT),
+                  pd.DataFrame(np.stack([p[1] for p in pres]), columns=_PRED)]
+    return pd.concat(parts, axis=1)
 
 @patch
 def compute(self: ScoreAccumulator) -> dict:
@@ -165,3 +187,56 @@ def compute(self: ScoreAccumulator) -> dict:
                 per_class=per_class, per_video=per_video, per_video_iou=video_iou, per_video_nsd=video_nsd,
                 frames=frames, confusion=self.confusion.copy(), tau=self.tau,
                 n_videos=len(per_video), n_frames=len(frames), n_missing=int(frames.missing.sum()))
+
+# %% ../nbs/07_evaluation.ipynb #98d4ac61
+BREAKDOWN_COLUMNS = ["class", "iou", "false_alarm", "miss", "delineation", "nsd", "nsd_false_alarm", "nsd_miss",
+                     "nsd_delineation", "frames_present", "frames_false_alarm", "frames_miss"]
+
+def _frame_table_of(results):
+    "The per-frame table inside a result dict or an accumulator, or the table itself."
+    if isinstance(results, ScoreAccumulator): return results.frame_table()
+    if isinstance(results, dict): return results["frames"]
+    return results
+
+def class_breakdown(results,  # `ScoreAccumulator.compute()` / `evaluate` result, its "frames" table (or per_frame_results.csv read back), or a `ScoreAccumulator`
+                   ) -> pd.DataFrame:  # one row per class 1..9 (index class_id), columns `BREAKDOWN_COLUMNS`
+    "Split each class's official IoU and NSD loss exactly into false alarms, misses and delineation, averaged like the score."
+    f = _frame_table_of(results)
+    lacking = [c for c in ["video", "missing", *_IOU, *_NSD, *_GT, *_PRED] if c not in f.columns]
+    if lacking: raise ValueError(f"the frame table has no column {lacking[0]}: class presence is recorded when frames "
+                                 "are added with their confusion matrix (or `present=`)")
+    iou, nsd = f[_IOU].to_numpy(float), f[_NSD].to_numpy(float)
+    gt, pred = f[_GT].to_numpy(bool), f[_PRED].to_numpy(bool)
+    lost = f["missing"].to_numpy(bool)[:, None]  # no prediction file: every class scores 0, counted as missed
+    fa, miss, both = ~lost & pred & ~gt, lost | (gt & ~pred), ~lost & gt & pred
+    parts = {"iou": iou, "false_alarm": (1 - iou) * fa, "miss": (1 - iou) * miss, "delineation": (1 - iou) * both,
+             "nsd": nsd, "nsd_false_alarm": (1 - nsd) * fa, "nsd_miss": (1 - nsd) * miss, "nsd_delineation": (1 - nsd) * both}
+    videos = f["video"].to_numpy()
+    df = pd.DataFrame({"class": CLASS_NAMES[1:]}, index=pd.RangeIndex(1, NUM_CLASSES, name="class_id"))
+    for name, a in parts.items():  # mean over each video's frames, then over videos: as `compute` does
+        df[name] = pd.DataFrame(a).groupby(videos, sort=True).mean().mean(axis=0).to_numpy()
+    for name, a in (("frames_present", gt), ("frames_false_alarm", fa), ("frames_miss", miss)): df[name] = a.sum(0)
+    return df[BREAKDOWN_COLUMNS]
+
+# %% ../nbs/07_evaluation.ipynb #9cb8f52b
+import matplotlib.pyplot as plt
+
+BREAKDOWN_COLORS = {"kept": "#4c9a6a", "false_alarm": "#d1495b", "miss": "#edae49", "delineation": "#7f98b8"}
+
+def plot_breakdown(df: pd.DataFrame,  # a `class_breakdown` table
+                   ax=None,           # matplotlib axes to draw on (None: a new figure)
+                   metric: str = "iou", # "iou" or "nsd"
+                  ):                  # the axes
+    "One stacked horizontal bar per class: the official score kept, then the losses to false alarms, misses and delineation (they add up to 1)."
+    if metric not in ("iou", "nsd"): raise ValueError(f"metric {metric!r}: choose iou or nsd")
+    pre = "" if metric == "iou" else "nsd_"
+    if ax is None: _, ax = plt.subplots(figsize=(7, 0.32 * len(df) + 1.2))
+    y, left = np.arange(len(df))[::-1], np.zeros(len(df))  # the first class on top
+    for col, key, label in ((metric, "kept", f"kept ({metric.upper()})"), (pre + "false_alarm", "false_alarm", "false alarms"),
+                            (pre + "miss", "miss", "misses"), (pre + "delineation", "delineation", "delineation")):
+        v = df[col].to_numpy(float)
+        ax.barh(y, v, left=left, height=0.7, color=BREAKDOWN_COLORS[key], label=label); left += v
+    ax.set_yticks(y, list(df["class"])); ax.set_xlim(0, 1)
+    ax.set_xlabel(f"official per-class {metric.upper()} (mean over videos) and where the rest is lost")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
+    return ax

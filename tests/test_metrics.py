@@ -6,7 +6,7 @@ Two references are written here from the definition alone, without any of surgse
 - `scipy_scores`: the toolkit's way, on the full uncropped frame (scipy `binary_erosion` with its defaults,
   `distance_transform_edt` of the other edge map's complement).
 """
-import math, subprocess, sys
+import io, math, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from surgseg.core import write_mask, SurgsegError
-from surgseg.metrics import frame_scores, ScoreAccumulator, edge_points, mask_edges, surface_dice
+from surgseg.core import write_mask
+from surgseg.metrics import (frame_scores, ScoreAccumulator, edge_points, mask_edges, surface_dice, class_breakdown,
+                             plot_breakdown, BREAKDOWN_COLUMNS)
 from surgseg.evaluate import evaluate, check_predictions, PredictionFolderError
 
 C = 10  # class ids 0..9, scored: 1..9
@@ -251,6 +252,131 @@ def test_accumulator_missing_and_pooled():
     with pytest.raises(ValueError): ScoreAccumulator().compute()
 
 
+# ---------------------------------------------------------------- where the points go: class_breakdown
+def test_breakdown_hand_made():
+    g1 = blank(); g1[2:8, 2:10] = 1                                  # a 48-pixel clasper
+    blob = g1.copy(); blob[15:17, 20:22] = 6                         # + a suction-tool blob the frame does not show
+    g7 = g1.copy(); g7[10:12, 10:12] = 7                             # a needle holder that the prediction g1 misses
+    gp, pp = blank(), blank(); gp[0:4, 0:5] = 1; pp[0:4, 0:4] = 1    # overlap 16 / 20, outlines within tau
+    acc = ScoreAccumulator()
+    acc.update("v1", blob, g1).update("v1", g1, g7).update("v1", pp, gp).update("v1", blank(), blank())
+    acc.update("v2", np.where(blob == 6, 6, 0).astype(np.uint8), g1)  # one frame: clasper missed, blob again
+    r = acc.compute(); bd = class_breakdown(r)
+    assert list(bd.columns) == BREAKDOWN_COLUMNS and list(bd.index) == list(range(1, 10))
+    assert bd["class"].tolist()[:2] == ["Tool clasper", "Tool wrist"]
+    # clasper: v1 (1 + 1 + 0.8 + 1) / 4 = 0.95 with 0.2 / 4 delineation; v2 all miss; then the mean of the videos
+    assert bd.loc[1, ["iou", "false_alarm", "miss", "delineation"]].tolist() == pytest.approx([0.475, 0, 0.5, 0.025], abs=1e-15)
+    assert bd.loc[1, ["nsd", "nsd_false_alarm", "nsd_miss", "nsd_delineation"]].tolist() == pytest.approx([0.5, 0, 0.5, 0], abs=1e-15)
+    # suction tool: a false alarm in 1 of v1's 4 frames and in v2's only frame: (1/4 + 1) / 2, not 2/5 pooled
+    assert bd.loc[6, ["iou", "false_alarm", "miss", "delineation"]].tolist() == pytest.approx([0.375, 0.625, 0, 0], abs=1e-15)
+    assert bd.loc[7, ["iou", "false_alarm", "miss", "delineation"]].tolist() == pytest.approx([0.875, 0, 0.125, 0], abs=1e-15)
+    assert bd.loc[1, ["frames_present", "frames_false_alarm", "frames_miss"]].tolist() == [4, 0, 1]
+    assert bd.loc[6, ["frames_present", "frames_false_alarm", "frames_miss"]].tolist() == [0, 2, 0]
+    assert bd.loc[7, ["frames_present", "frames_false_alarm", "frames_miss"]].tolist() == [1, 0, 1]
+    for c in (2, 3, 4, 5, 8, 9):                                     # absent from both everywhere: nothing lost
+        assert bd.loc[c, ["iou", "false_alarm", "miss", "delineation", "nsd", "frames_present"]].tolist() == [1, 0, 0, 0, 1, 0]
+    assert (bd.iou.to_numpy() == r["per_class_iou"]).all() and (bd.nsd.to_numpy() == r["per_class_nsd"]).all()
+    assert r["miou"] == pytest.approx((0.475 + 0.375 + 0.875 + 6) / 9)   # the official numbers are untouched
+
+
+def test_breakdown_missing_prediction_is_a_miss_of_every_class():
+    g = blank(); g[2:8, 2:10] = 1
+    r = ScoreAccumulator().update("v", g, g).update("v", None, g).compute()
+    bd = class_breakdown(r)
+    assert bd.miss.tolist() == [0.5] * 9 and bd.iou.tolist() == [0.5] * 9   # the toolkit scores all 9 classes 0
+    assert bd.frames_miss.tolist() == [1] * 9 and bd.frames_present.tolist() == [2] + [0] * 8
+    assert (bd.false_alarm == 0).all() and (bd.delineation == 0).all()
+
+
+def reference_breakdown(frames_by_video, tau):
+    "Shares and delineation per video from the masks with the scipy reference, then the mean over videos."
+    per_video = []
+    for pairs in frames_by_video.values():
+        n, acc = len(pairs), np.zeros((8, C - 1))
+        for p, g in pairs:
+            iou, nsd = scipy_scores(p if p is not None else np.zeros_like(g), g, tau)
+            for c in range(1, C):
+                i, k = c - 1, (g == c).any()
+                if p is None: acc[2, i] += 1; acc[6, i] += 1; continue        # scores 0 on every class: a miss
+                q = (p == c).any()
+                acc[1, i] += q and not k; acc[2, i] += k and not q; acc[3, i] += (1 - iou[i]) if (k and q) else 0
+                acc[5, i] += q and not k; acc[6, i] += k and not q; acc[7, i] += (1 - nsd[i]) if (k and q) else 0
+                acc[0, i] += iou[i]; acc[4, i] += nsd[i]
+        per_video.append(acc / n)
+    return np.mean(per_video, 0)  # rows: iou, false_alarm, miss, delineation, nsd, nsd_false_alarm, nsd_miss, nsd_delineation
+
+
+@pytest.mark.parametrize("tau", [10.0, 3.0])
+def test_breakdown_identity_on_random_masks(tau):
+    rng = np.random.default_rng(11)
+    frames, acc = {}, ScoreAccumulator(tau)
+    for v, n in (("video_41", 6), ("video_42", 2), ("video_43", 9), ("video_44", 1)):
+        for k in range(n):
+            g = structured(rng, (24, 40), 6); p = perturbed(rng, g)
+            if rng.random() < 0.3: p[rng.integers(0, 24), rng.integers(0, 40)] = rng.integers(1, C)   # a one-pixel false alarm
+            if v == "video_43" and k == 4: p = None                                                  # a missing prediction
+            frames.setdefault(v, []).append((p, g)); acc.update(v, p, g, frame=60 * k)
+    r = acc.compute(); bd = class_breakdown(r)
+    np.testing.assert_allclose(bd.false_alarm + bd.miss + bd.delineation, 1 - bd.iou, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(bd.nsd_false_alarm + bd.nsd_miss + bd.nsd_delineation, 1 - bd.nsd, atol=1e-12, rtol=0)
+    assert (bd.iou.to_numpy() == r["per_class_iou"]).all() and (bd.nsd.to_numpy() == r["per_class_nsd"]).all()
+    assert bd.iou.mean() == pytest.approx(r["miou"], abs=1e-15) and bd.nsd.mean() == pytest.approx(r["mnsd"], abs=1e-15)
+    assert (bd.nsd_false_alarm == bd.false_alarm).all() and (bd.nsd_miss == bd.miss).all()
+    cols = ["iou", "false_alarm", "miss", "delineation", "nsd", "nsd_false_alarm", "nsd_miss", "nsd_delineation"]
+    np.testing.assert_allclose(bd[cols].to_numpy().T, reference_breakdown(frames, tau), atol=1e-12, rtol=0)
+    allp = [(p, g) for pairs in frames.values() for p, g in pairs]
+    assert bd.frames_present.tolist() == [sum((g == c).any() for _, g in allp) for c in range(1, C)]
+    assert bd.frames_false_alarm.tolist() == [sum(p is not None and (p == c).any() and not (g == c).any() for p, g in allp) for c in range(1, C)]
+    assert bd.frames_miss.tolist() == [sum(p is None or ((g == c).any() and not (p == c).any()) for p, g in allp) for c in range(1, C)]
+    assert bd.false_alarm.max() > 0 and bd.miss.max() > 0 and bd.delineation.max() > 0   # all three kinds occur
+
+
+def test_breakdown_from_tables_and_presence():
+    rng = np.random.default_rng(12)
+    acc, bare = ScoreAccumulator(), ScoreAccumulator()
+    for k in range(4):
+        g = structured(rng, (24, 40), 5); p = perturbed(rng, g)
+        iou, nsd, cm = frame_scores(p, g, with_confusion=True)
+        acc.add("v", iou, nsd, cm)
+        bare.add("v", iou, nsd)                                             # no confusion: presence unknown
+    r = acc.compute(); bd = class_breakdown(r)
+    pd.testing.assert_frame_equal(class_breakdown(acc), bd)
+    pd.testing.assert_frame_equal(class_breakdown(r["frames"]), bd)
+    buf = io.StringIO(); r["frames"].to_csv(buf, index=False); buf.seek(0)     # per_frame_results.csv read back
+    pd.testing.assert_frame_equal(class_breakdown(pd.read_csv(buf)), bd, check_exact=False, atol=1e-15)
+    assert "in_gt_1" not in bare.compute()["frames"].columns
+    with pytest.raises(ValueError, match="in_gt_1"): class_breakdown(bare.compute())
+    f = r["frames"]; gt_p, pr_p = f.filter(like="in_gt_").to_numpy(), f.filter(like="in_pred_").to_numpy()
+    again = ScoreAccumulator()
+    for i in range(len(f)): again.add("v", f.filter(like="iou_").iloc[i], f.filter(like="nsd_").iloc[i], present=(gt_p[i], pr_p[i]))
+    pd.testing.assert_frame_equal(class_breakdown(again), bd)
+
+
+def test_add_refuses_scores_that_break_the_rule():
+    present_gt, nothing = np.eye(9, dtype=bool)[0], np.zeros(9, bool)     # class 1 in the ground truth, nothing predicted
+    with pytest.raises(ValueError, match="class 1 scores IoU 1.0"):
+        ScoreAccumulator().add("v", np.ones(9), np.ones(9), present=(present_gt, nothing))
+    with pytest.raises(ValueError, match="class 2"):                     # absent from both must score 1
+        ScoreAccumulator().add("v", np.r_[1, 0.5, np.ones(7)], np.ones(9), present=(nothing, nothing))
+    with pytest.raises(ValueError, match="missing: True"):
+        ScoreAccumulator().add("v", np.ones(9), np.ones(9), present=(nothing, nothing), missing=True)
+    ScoreAccumulator().add("v", np.r_[0.3, np.ones(8)], np.r_[0.7, np.ones(8)], present=(present_gt, present_gt))
+
+
+def test_plot_breakdown_bars_add_up_to_one():
+    import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
+    g = blank(); g[2:8, 2:10] = 1; p = g.copy(); p[2:8, 8:10] = 0; p[15:17, 20:22] = 6
+    bd = class_breakdown(ScoreAccumulator().update("v", p, g).update("v", blank(), g).compute())
+    for metric in ("iou", "nsd"):
+        ax = plot_breakdown(bd, metric=metric)
+        widths = np.array([b.get_width() for b in ax.patches]).reshape(4, 9)     # kept, false alarm, miss, delineation
+        np.testing.assert_allclose(widths.sum(0), 1.0, atol=1e-12)
+        assert widths[1, 5] == 0.5 and widths[2, 0] == 0.5                 # suction: 1 false alarm in 2 frames; clasper: 1 miss
+        assert [t.get_text() for t in ax.get_yticklabels()][0] == "Tool clasper"
+        plt.close(ax.figure)
+    with pytest.raises(ValueError, match="iou or nsd"): plot_breakdown(bd, metric="dice")
+
+
 # ---------------------------------------------------------------- prediction folders and the command
 def make_pair(root, rng, videos=(("video_41", 3), ("video_11_1", 2)), shape=(24, 40)):
     acc = ScoreAccumulator()
@@ -282,8 +408,14 @@ def test_cli_scores_and_writes_csvs(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "segmentation score" in res.stdout and f"{want['score']:.4f}" in res.stdout
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert names == {"per_video_results.csv", "final_results.csv", "per_class_results.csv",
-                     "per_video_class_iou.csv", "per_video_class_nsd.csv", "per_frame_results.csv"}
+    assert {"per_video_results.csv", "final_results.csv", "per_class_results.csv", "per_video_class_iou.csv",
+            "per_video_class_nsd.csv", "per_frame_results.csv"} <= names <= {
+            "per_video_results.csv", "final_results.csv", "per_class_results.csv", "per_video_class_iou.csv",
+            "per_video_class_nsd.csv", "per_frame_results.csv", "per_class_breakdown.csv"}
+    if "per_class_breakdown.csv" in names:   # written by evaluate from class_breakdown(results)
+        bd = pd.read_csv(tmp_path / "out" / "per_class_breakdown.csv")
+        assert list(bd.columns) == BREAKDOWN_COLUMNS and len(bd) == 9
+        np.testing.assert_allclose(bd.iou, want["per_class_iou"], atol=1e-12)
     final = pd.read_csv(tmp_path / "out" / "final_results.csv").set_index("metric").value
     assert final["segmentation_score"] == pytest.approx(want["score"], abs=1e-12)
     pv = pd.read_csv(tmp_path / "out" / "per_video_results.csv", dtype={"video_id": str})
@@ -343,3 +475,13 @@ def test_cli_bad_reference_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     res = surgseg(tmp_path / "empty", tmp_path / "empty")
     assert res.returncode == 1 and "no ground-truth masks" in res.stderr
+
+
+def test_evaluate_results_give_the_breakdown(tmp_path):
+    want = make_pair(tmp_path, np.random.default_rng(9))
+    r = evaluate(tmp_path / "ref", tmp_path / "pred", out=tmp_path / "out", workers=1, progress=False)
+    bd = class_breakdown(r)                                            # what evaluate writes as per_class_breakdown.csv
+    pd.testing.assert_frame_equal(bd, class_breakdown(want))
+    np.testing.assert_allclose(bd.false_alarm + bd.miss + bd.delineation, 1 - bd.iou, atol=1e-12, rtol=0)
+    back = class_breakdown(pd.read_csv(tmp_path / "out" / "per_frame_results.csv"))
+    pd.testing.assert_frame_equal(back, bd, check_exact=False, atol=1e-15)
