@@ -8,20 +8,22 @@ import json, statistics, time, warnings
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 import segmentation_models_pytorch as smp
 
-from .core import Config, SurgsegError, NUM_CLASSES, atomic_write, save_config, load_config
+from .core import Config, SurgsegError, NUM_CLASSES, atomic_write, save_config, load_config, register_choices
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SMP_ARCHS', 'DEFAULT_ENCODER', 'DINOV3_SIZES', 'HEADS', 'FINETUNE', 'MODELS',
-           'WEIGHTS_FILE', 'CONFIG_FILE', 'BACKBONE_FILE', 'FAMILIES', 'Segmenter', 'lite0_weights_file',
-           'lite0_to_timm', 'read_tensors', 'match_encoder_state', 'encoder_stats', 'SmpSegmenter', 'load_smp_weights',
-           'build_smp', 'dinov3_config', 'load_dinov3_backbone', 'set_rope_augmentation', 'MLPHead', 'MultiLayerHead',
-           'head_layer_ids', 'DinoV3Segmenter', 'build_dinov3', 'build_model', 'param_counts', 'param_groups',
-           'save_model', 'load_model', 'time_model']
+           'WEIGHTS_FILE', 'CONFIG_FILE', 'BACKBONE_FILE', 'FAMILIES', 'Segmenter', 'full_res_masks',
+           'lite0_weights_file', 'lite0_to_timm', 'read_tensors', 'match_encoder_state', 'encoder_stats',
+           'SmpSegmenter', 'hub_encoder_state', 'load_smp_weights', 'build_smp', 'dinov3_config',
+           'load_dinov3_backbone', 'set_rope_augmentation', 'MLPHead', 'MultiLayerHead', 'head_layer_ids',
+           'DinoV3Segmenter', 'build_dinov3', 'build_model', 'param_counts', 'param_groups', 'save_model', 'load_model',
+           'time_model']
 
 # %% ../nbs/05_models.ipynb #389e721d
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,6 +53,25 @@ class Segmenter(nn.Module):
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :H, :W]
+
+# %% ../nbs/05_models.ipynb #524babdc
+def full_res_masks(logits: torch.Tensor,  # (B, C, h, w) at the working resolution
+                   size: tuple,           # (H, W) full size of the masks
+                   top2: bool = False,    # also return the second most likely class
+                  ):                      # uint8 (B, H, W) class ids; with top2 a pair (best, second best)
+    "Upsample logits bilinearly to the full size (one frame at a time) and take the per-pixel argmax."
+    H, W = int(size[0]), int(size[1])
+    best = np.empty((len(logits), H, W), np.uint8)
+    second = np.empty_like(best) if top2 else None
+    with torch.no_grad():
+        for i in range(len(logits)):
+            s = logits[i:i + 1].float()
+            if s.shape[-2:] != (H, W): s = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)
+            s = s[0].permute(1, 2, 0).contiguous()  # (H, W, C): class scores innermost, a fast argmax
+            a = s.argmax(-1)
+            best[i] = a.to(torch.uint8).cpu().numpy()
+            if top2: second[i] = s.scatter(-1, a[..., None], float("-inf")).argmax(-1).to(torch.uint8).cpu().numpy()
+    return (best, second) if top2 else best
 
 # %% ../nbs/05_models.ipynb #4b69722d
 SMP_ARCHS: dict = dict(smp.MODEL_ARCHITECTURES_MAPPING)  # architecture name -> smp class (unet, fpn, segformer, ...)
@@ -172,23 +193,48 @@ class SmpSegmenter(Segmenter):
     def segment(self, x): return self.net(x)
 
 # %% ../nbs/05_models.ipynb #eb6bc522
-def _no_default_weights(encoder: str) -> SurgsegError:
+def _no_default_weights(encoder: str, why: str = "") -> SurgsegError:
+    "The one message for an encoder without weights here: how to get them (hub cache, a copied folder) or go without."
     return SurgsegError(
-        f"encoder {encoder!r}: no ImageNet weights ship with surgseg and nothing is downloaded at run time; "
-        f"on a machine with internet run `python -c \"import segmentation_models_pytorch as smp; "
-        f"smp.create_model('unet', '{encoder}', encoder_weights='imagenet').save_pretrained('weights/{encoder}')\"`, "
-        f"copy the folder here and pass --weights weights/{encoder} (or a .safetensors/.pth file of the encoder), "
-        f"or --weights none to start from random weights")
+        f"encoder {encoder!r}: {why or 'no ImageNet weights ship with surgseg'}; pass --weights imagenet (or a timm pretrained "
+        f"tag) to fetch them through smp/timm's hub cache on a machine with internet, or there run `python -c \"import "
+        f"segmentation_models_pytorch as smp; smp.create_model('unet', '{encoder}', encoder_weights='imagenet')"
+        f".save_pretrained('weights/{encoder}')\"`, copy the folder here and pass --weights weights/{encoder} "
+        f"(or a .safetensors/.pth file of the encoder), or --weights none to start from random weights")
+
+def _is_hub_tag(weights: str) -> bool:
+    "True for `imagenet` or a pretrained tag (`a1_in1k`), False for a local file or folder."
+    return weights == "imagenet" or not ("/" in weights or "\\" in weights or Path(weights).suffix
+                                         or Path(weights).expanduser().exists())
+
+def hub_encoder_state(encoder: str,  # smp encoder name (`tu-<timm model>` for timm)
+                      weights: str,  # `imagenet`, or a pretrained tag (smp's for native encoders, timm's for `tu-`)
+                     ) -> dict:      # the encoder's tensors
+    "Pretrained encoder tensors through smp/timm's own hub cache (downloaded once on a machine that is online)."
+    tu = encoder.startswith("tu-")
+    name = f"{encoder}.{weights}" if tu and weights != "imagenet" else encoder
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return smp.encoders.get_encoder(name, weights=True if tu else weights).state_dict()
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise _no_default_weights(encoder, f"cannot fetch {weights!r} weights through the smp/timm hub cache ({why})") from None
 
 def load_smp_weights(model: SmpSegmenter, # the model whose encoder is filled
                      encoder: str,        # its encoder name
-                     weights: str,        # "default", "none", or a local file/folder
+                     weights: str,        # "default", "none", "imagenet" or a pretrained tag, or a local file/folder
                     ) -> int:             # number of encoder tensors loaded
     "Load encoder weights as `cfg.weights` says; every encoder tensor must be found."
     if weights == "none": return 0
     if weights == "default":
         if encoder != DEFAULT_ENCODER: raise _no_default_weights(encoder)
         src = lite0_weights_file()
+    elif _is_hub_tag(weights):
+        src = f"{encoder} {weights} (hub cache)"
+        state = match_encoder_state(model.net.encoder, hub_encoder_state(encoder, weights), src)
+        model.net.encoder.load_state_dict(state)
+        return len(state)
     else: src = Path(weights).expanduser()
     state = match_encoder_state(model.net.encoder, read_tensors(src), src)
     model.net.encoder.load_state_dict(state)
@@ -355,7 +401,7 @@ class DinoV3Segmenter(Segmenter):
         c = backbone.config
         super().__init__(stride=c.patch_size)
         if cfg.finetune not in FINETUNE: raise SurgsegError(f"finetune {cfg.finetune!r}: choose from {', '.join(FINETUNE)}")
-        set_rope_augmentation(c, getattr(cfg, "pos_embed_rescale", 0.0))
+        set_rope_augmentation(c, cfg.pos_embed_rescale)
         self.finetune, self.n_layers, self.n_prefix = cfg.finetune, c.num_hidden_layers, 1 + c.num_register_tokens
         self.layers = head_layer_ids(c.num_hidden_layers, cfg.head, cfg.head_layers)
         if cfg.grad_checkpointing and cfg.finetune != "frozen": backbone.activation_checkpointing_enable()
@@ -389,6 +435,7 @@ def build_dinov3(cfg: Config,               # dinov3, weights ("default" or "non
 
 # %% ../nbs/05_models.ipynb #923618be
 MODELS: dict = {**{name: build_smp for name in SMP_ARCHS}, "dinov3": build_dinov3}  # model name -> builder(cfg, pretrained)
+register_choices("model", MODELS); register_choices("head", HEADS); register_choices("finetune", FINETUNE)  # Config checks names
 
 def build_model(cfg: Config,              # model, encoder, weights, dinov3, finetune, lora_*, head, head_layers, grad_checkpointing
                 pretrained: bool = True,  # False: architecture only, random weights
