@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f51a55c7
 from __future__ import annotations
-import contextlib, dataclasses, importlib, json, logging, math, multiprocessing, os, pickle, secrets, shutil, socket, tempfile, time, warnings, zlib
+import contextlib, dataclasses, importlib, json, logging, math, multiprocessing, os, pickle, re, secrets, shutil, socket, tempfile, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, asdict
 from datetime import datetime
@@ -79,6 +79,14 @@ def plot_legend(ax=None, classes=CLASSES[1:]):
     return ax
 
 # %% ../nbs/00_core.ipynb #a6da79f8
+def _host_tag() -> str:
+    "Eight hex digits identifying this host (in temporary names)."
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+def _writer_tag() -> str:
+    "Sixteen hex digits naming this writer (pid, host) in a temporary name, so a dead writer's leftovers are recognisable."
+    return f"{os.getpid():08x}{_host_tag()}"
+
 def _umask() -> int:
     "The process umask (read without changing it for long)."
     m = os.umask(0o022); os.umask(m); return m
@@ -91,7 +99,7 @@ def atomic_write(path: str | Path,      # final file name
     path = Path(path)
     if not overwrite and path.exists(): raise SurgsegError(f"{path}: already exists (refusing to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -101,9 +109,8 @@ def atomic_write(path: str | Path,      # final file name
         if os.path.exists(tmp): os.remove(tmp)
 
 # %% ../nbs/00_core.ipynb #e2cbccb6
-def _host_tag() -> str:
-    "Eight hex digits identifying this host (in partial-folder names)."
-    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[0-9a-f]{6}\.partial$")        # atomic_folder's
+_TMPFILE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[a-z0-9_]{8}\.tmp(?P<suffix>.*)$")  # atomic_write's
 
 def _pid_alive(pid: int) -> bool:
     "Whether process `pid` is running on this host (a zombie, killed but not yet reaped, counts as dead)."
@@ -116,22 +123,22 @@ def _pid_alive(pid: int) -> bool:
 
 def _partial_name(name: str) -> str:
     "A fresh hidden partial-folder name for output `name`: hex of the writer's pid, its host and a random part."
-    return f".{name}.{os.getpid():08x}{_host_tag()}{secrets.token_hex(3)}.partial"
+    return f".{name}.{_writer_tag()}{secrets.token_hex(3)}.partial"
+
+def _dead_writer(m) -> bool: return m["host"] == _host_tag() and not _pid_alive(int(m["pid"], 16))
 
 def clean_partials(parent: str | Path,       # folder holding outputs
                    name: str | None = None,  # only the leftovers of this output (None = of every output)
-                  ) -> list[Path]:           # the partial folders removed
-    "Remove `.<name>.<hex>.partial` folders of dead writers on this host; settle a `.<name>.old` left by a killed swap."
-    parent, removed = Path(parent), []
+                  ) -> list[Path]:           # what was removed
+    "Remove what killed writers left in `parent` (partial folders, temporary files); settle a `.<name>.old` of a killed swap."
+    parent, removed, live = Path(parent), [], set()
     if not parent.is_dir(): return removed
-    live = set()
-    for p in parent.glob(f".{name or '*'}.*.partial"):
-        hx = p.name[:-len(".partial")].rsplit(".", 1)[-1]
-        out = p.name[1:-len(".partial") - len(hx) - 1]
-        try: pid = int(hx[:8], 16)
-        except ValueError: continue
-        if hx[8:16] != _host_tag() or _pid_alive(pid): live.add(out); continue
-        shutil.rmtree(p, ignore_errors=True); removed.append(p)
+    for p in parent.glob(".*"):
+        if (m := _PARTIAL.match(p.name)) and name in (None, m["name"]):
+            if not _dead_writer(m): live.add(m["name"]); continue
+            shutil.rmtree(p, ignore_errors=True); removed.append(p)
+        elif (m := _TMPFILE.match(p.name)) and name in (None, m["stem"] + m["suffix"]) and _dead_writer(m):
+            with contextlib.suppress(FileNotFoundError): p.unlink(); removed.append(p)
     for old in parent.glob(f".{name or '*'}.old"):
         out = parent / old.name[1:-len(".old")]
         if out.name in live: continue               # a live writer is between its two renames
