@@ -13,7 +13,7 @@ from .core import NUM_CLASSES, CLASS_NAMES
 
 # %% auto #0
 __all__ = ['BREAKDOWN_COLUMNS', 'BREAKDOWN_COLORS', 'check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points',
-           'surface_dice', 'frame_scores', 'ScoreAccumulator', 'class_breakdown', 'plot_breakdown']
+           'surface_dice', 'frame_scores', 'ScoreAccumulator', 'class_breakdown', 'plot_breakdown', 'paired_bootstrap']
 
 # %% ../nbs/07_evaluation.ipynb #b29c9ed9
 def check_pair(pred: np.ndarray,  # (H, W) predicted class ids 0..9
@@ -198,8 +198,9 @@ def _frame_table_of(results):
     if isinstance(results, dict): return results["frames"]
     return results
 
-def class_breakdown(results,  # `ScoreAccumulator.compute()` / `evaluate` result, its "frames" table (or per_frame_results.csv read back), or a `ScoreAccumulator`
-                   ) -> pd.DataFrame:  # one row per class 1..9 (index class_id), columns `BREAKDOWN_COLUMNS`
+def class_breakdown(results,                 # `ScoreAccumulator.compute()` / `evaluate` result, its "frames" table (or per_frame_results.csv read back), or a `ScoreAccumulator`
+                    per_video: bool = False, # one row per video and class (columns video, class_id, ...) instead of per class
+                   ) -> pd.DataFrame:        # one row per class 1..9 (index class_id), columns `BREAKDOWN_COLUMNS`
     "Split each class's official IoU and NSD loss exactly into false alarms, misses and delineation, averaged like the score."
     f = _frame_table_of(results)
     lacking = [c for c in ["video", "missing", *_IOU, *_NSD, *_GT, *_PRED] if c not in f.columns]
@@ -211,11 +212,19 @@ def class_breakdown(results,  # `ScoreAccumulator.compute()` / `evaluate` result
     fa, miss, both = ~lost & pred & ~gt, lost | (gt & ~pred), ~lost & gt & pred
     parts = {"iou": iou, "false_alarm": (1 - iou) * fa, "miss": (1 - iou) * miss, "delineation": (1 - iou) * both,
              "nsd": nsd, "nsd_false_alarm": (1 - nsd) * fa, "nsd_miss": (1 - nsd) * miss, "nsd_delineation": (1 - nsd) * both}
-    videos = f["video"].to_numpy()
+    g = f["video"].to_numpy()
+    tables = {k: pd.DataFrame(a).groupby(g, sort=True).mean() for k, a in parts.items()}  # each video: mean over its frames
+    tables.update({k: pd.DataFrame(a).groupby(g, sort=True).sum() for k, a in
+                   (("frames_present", gt), ("frames_false_alarm", fa), ("frames_miss", miss))})
+    if per_video:
+        vids, C = tables["iou"].index, NUM_CLASSES - 1
+        df = pd.DataFrame({"video": np.repeat(vids.to_numpy(), C), "class_id": np.tile(np.arange(1, NUM_CLASSES), len(vids)),
+                           "class": np.tile(CLASS_NAMES[1:], len(vids))})
+        for k, t in tables.items(): df[k] = t.to_numpy().ravel()
+        return df[["video", "class_id", *BREAKDOWN_COLUMNS]]
     df = pd.DataFrame({"class": CLASS_NAMES[1:]}, index=pd.RangeIndex(1, NUM_CLASSES, name="class_id"))
-    for name, a in parts.items():  # mean over each video's frames, then over videos: as `compute` does
-        df[name] = pd.DataFrame(a).groupby(videos, sort=True).mean().mean(axis=0).to_numpy()
-    for name, a in (("frames_present", gt), ("frames_false_alarm", fa), ("frames_miss", miss)): df[name] = a.sum(0)
+    for k, t in tables.items():  # then the mean over videos (counts: the sum over all frames), as `compute` does
+        df[k] = t.mean(axis=0).to_numpy() if k in parts else t.sum(axis=0).to_numpy()
     return df[BREAKDOWN_COLUMNS]
 
 # %% ../nbs/07_evaluation.ipynb #9cb8f52b
@@ -240,3 +249,54 @@ def plot_breakdown(df: pd.DataFrame,  # a `class_breakdown` table
     ax.set_xlabel(f"official per-class {metric.upper()} (mean over videos) and where the rest is lost")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     return ax
+
+# %% ../nbs/07_evaluation.ipynb #bb08948f
+from .core import SurgsegError
+
+def _grid(df, col, configs, seeds, videos, keys):
+    "(configs, seeds, videos) array of one column; every combination must be there exactly once."
+    g = df.set_index(list(keys))[col]
+    if g.index.duplicated().any():
+        raise SurgsegError(f"paired_bootstrap: {tuple(g.index[g.index.duplicated()][0])} appears twice in the table")
+    full = pd.MultiIndex.from_product([configs, seeds, videos])
+    if len(absent := full.difference(g.index)):
+        raise SurgsegError(f"paired_bootstrap: no row for {keys} = {tuple(absent[0])}: every configuration needs every seed and video")
+    return g.reindex(full).to_numpy(float).reshape(len(configs), len(seeds), len(videos))
+
+def paired_bootstrap(df: pd.DataFrame,       # one row per configuration x seed x test video (x group), with the value columns
+                     values,                 # column(s) to compare; "score": the official score from the miou and mnsd columns
+                     baseline,               # the configuration the others are compared with
+                     n: int = 10000,         # bootstrap resamples
+                     seed: int = 0,          # seed of the resampling
+                     level: float = 0.95,    # coverage of the percentile interval
+                     by: str | None = None,  # a column (e.g. "class") to compare within each of its values
+                     config_col: str = "config", seed_col: str = "seed", video_col: str = "video",  # column names
+                    ) -> pd.DataFrame:       # one row per ([by], config, value): diff, low, high, n_seeds, n_videos
+    "Paired differences to `baseline` with a hierarchical bootstrap interval: resample seeds, then test videos within each."
+    values = [values] if isinstance(values, str) else list(values)
+    keys = (config_col, seed_col, video_col)
+    for c in [*keys, *([by] if by else [])]:
+        if c not in df.columns: raise SurgsegError(f"paired_bootstrap: the table has no column {c!r}")
+    if baseline not in set(df[config_col]): raise SurgsegError(f"paired_bootstrap: baseline {baseline!r} is not in column {config_col!r}")
+    configs = [baseline] + sorted(set(df[config_col]) - {baseline}, key=str)
+    seeds, videos = sorted(set(df[seed_col])), sorted(set(df[video_col]))
+    S, V = len(seeds), len(videos)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, S, (n, S))                                   # seeds drawn, with replacement
+    w = rng.multinomial(V, np.full(V, 1 / V), size=(n, S)) / V         # then each draw's videos: weights summing to 1
+    def boot(x):  # (S, V) -> (n + 1, S) video means per drawn seed; row 0: the data as observed
+        return np.concatenate([x.mean(1)[None], np.einsum("nsv,nsv->ns", x[pick], w)])
+    rows = []
+    for group, part in (df.groupby(by, sort=True) if by else [(None, df)]):
+        for v in values:
+            cols = ["miou", "mnsd"] if v == "score" else [v]
+            lacking = [c for c in cols if c not in df.columns]
+            if lacking: raise SurgsegError(f"paired_bootstrap: the table has no column {lacking[0]!r}")
+            means = [[boot(x) for x in _grid(part, c, configs, seeds, videos, keys)] for c in cols]  # per column, per config
+            per_config = [np.sqrt(a * b) for a, b in zip(*means)] if v == "score" else means[0]
+            for name, m in zip(configs[1:], per_config[1:]):
+                d = (m - per_config[0]).mean(1)                          # mean over drawn seeds of the paired difference
+                lo, hi = np.quantile(d[1:], [(1 - level) / 2, (1 + level) / 2])
+                rows.append({**({by: group} if by else {}), "config": name, "value": v, "diff": d[0], "low": lo, "high": hi,
+                             "n_seeds": S, "n_videos": V})
+    return pd.DataFrame(rows, columns=[*([by] if by else []), "config", "value", "diff", "low", "high", "n_seeds", "n_videos"])

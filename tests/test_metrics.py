@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from surgseg.core import write_mask
+from surgseg.core import write_mask, SurgsegError
 from surgseg.metrics import (frame_scores, ScoreAccumulator, edge_points, mask_edges, surface_dice, class_breakdown,
-                             plot_breakdown, BREAKDOWN_COLUMNS)
+                             plot_breakdown, paired_bootstrap, BREAKDOWN_COLUMNS)
 from surgseg.evaluate import evaluate, check_predictions, PredictionFolderError
 
 C = 10  # class ids 0..9, scored: 1..9
@@ -377,6 +377,71 @@ def test_plot_breakdown_bars_add_up_to_one():
     with pytest.raises(ValueError, match="iou or nsd"): plot_breakdown(bd, metric="dice")
 
 
+def test_breakdown_per_video_averages_to_the_breakdown():
+    rng = np.random.default_rng(13)
+    acc = ScoreAccumulator()
+    for v, n in (("video_42", 4), ("video_41", 1), ("video_50", 3)):
+        for k in range(n):
+            g = structured(rng, (24, 40), 6); acc.update(v, perturbed(rng, g), g)
+    r = acc.compute(); bd, pv = class_breakdown(r), class_breakdown(r, per_video=True)
+    assert list(pv.columns) == ["video", "class_id", *BREAKDOWN_COLUMNS] and len(pv) == 27
+    assert pv.video.tolist()[::9] == ["video_41", "video_42", "video_50"] and pv.class_id.tolist()[:9] == list(range(1, 10))
+    mean_cols = ["iou", "false_alarm", "miss", "delineation", "nsd", "nsd_false_alarm", "nsd_miss", "nsd_delineation"]
+    np.testing.assert_allclose(pv.groupby("class_id")[mean_cols].mean().to_numpy(), bd[mean_cols].to_numpy(), atol=1e-15)
+    count_cols = ["frames_present", "frames_false_alarm", "frames_miss"]
+    assert (pv.groupby("class_id")[count_cols].sum().to_numpy() == bd[count_cols].to_numpy()).all()
+    np.testing.assert_allclose(pv.set_index(["video", "class_id"]).iou.unstack().to_numpy(), r["per_video_iou"].to_numpy(), atol=1e-15)
+
+
+# ---------------------------------------------------------------- paired differences: the hierarchical bootstrap
+def study_table(diff, configs=("base", "new"), seeds=2, videos=5):
+    "A table of configurations x seeds x videos whose value x differs from the baseline by diff(seed, video)."
+    return pd.DataFrame([dict(config=c, seed=s, video=f"video_{41 + v}", x=0.5 + (diff(s, v) if c != "base" else 0.0))
+                         for c in configs for s in range(seeds) for v in range(videos)])
+
+def test_bootstrap_literal_intervals():
+    # all variation between 2 seeds (0 and 2): resampled means 0, 1, 2 with chances 1/4, 1/2, 1/4 -> [0, 2]
+    t = paired_bootstrap(study_table(lambda s, v: 2.0 * s), "x", "base")
+    assert t[["config", "value", "diff", "low", "high", "n_seeds", "n_videos"]].iloc[0].tolist() == ["new", "x", 1.0, 0.0, 2.0, 2, 5]
+    # one seed, two videos (0 and 1) -> [0, 1]
+    t = paired_bootstrap(study_table(lambda s, v: float(v), seeds=1, videos=2), "x", "base")
+    assert t[["diff", "low", "high"]].iloc[0].tolist() == [0.5, 0.0, 1.0]
+    # the same difference everywhere: no spread
+    t = paired_bootstrap(study_table(lambda s, v: -0.25), "x", "base")
+    assert t[["diff", "low", "high"]].iloc[0].tolist() == pytest.approx([-0.25] * 3, abs=1e-15)
+
+def test_bootstrap_is_hierarchical_and_reproducible():
+    # 3 seeds x 20 videos; the seeds differ a lot, the videos within a seed little
+    rng = np.random.default_rng(0); seed_eff = [0.0, 0.1, 0.2]; noise = rng.normal(0, 0.01, (3, 20))
+    t = study_table(lambda s, v: seed_eff[s] + noise[s, v], seeds=3, videos=20)
+    a, b = paired_bootstrap(t, "x", "base", seed=1), paired_bootstrap(t, "x", "base", seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert not paired_bootstrap(t, "x", "base", seed=2).equals(a)
+    assert a["diff"].iloc[0] == pytest.approx(0.1 + noise.mean(), abs=1e-12)
+    # the seed level dominates: the interval spans most of [0, 0.2] (a flat resample of 60 pairs would give ~±0.02)
+    assert a.low.iloc[0] < 0.04 and a.high.iloc[0] > 0.16
+    # the seed draw and the video draw are independent of the data: a shifted table shifts the interval exactly
+    s = t.assign(x=np.where(t.config == "new", t.x + 1.0, t.x))
+    np.testing.assert_allclose(paired_bootstrap(s, "x", "base", seed=1)[["diff", "low", "high"]].to_numpy(),
+                               a[["diff", "low", "high"]].to_numpy() + 1.0, atol=1e-12)
+
+def test_bootstrap_score_groups_and_errors():
+    rows = [dict(config=c, seed=s, video=v, miou=m, mnsd=0.8)
+            for c, m in (("base", 0.5), ("b", 0.7), ("a", 0.6)) for s in range(2) for v in ("video_41", "video_42")]
+    t = paired_bootstrap(pd.DataFrame(rows), ["score", "miou"], "base", n=200)
+    assert t.config.tolist() == ["a", "b", "a", "b"] and t.value.tolist() == ["score", "score", "miou", "miou"]
+    assert t["diff"].tolist() == pytest.approx([math.sqrt(0.48) - math.sqrt(0.4), math.sqrt(0.56) - math.sqrt(0.4), 0.1, 0.2])
+    # by class: each class compared on its own rows
+    long = pd.concat([study_table(lambda s, v, k=k: 0.1 * k).assign(class_id=k) for k in (6, 8)])
+    t = paired_bootstrap(long, "x", "base", by="class_id", n=500)
+    assert t.class_id.tolist() == [6, 8] and t["diff"].tolist() == pytest.approx([0.6, 0.8])
+    with pytest.raises(SurgsegError, match="baseline 'dice_ce'"): paired_bootstrap(long, "x", "dice_ce")
+    with pytest.raises(SurgsegError, match="every configuration needs every seed and video"):
+        paired_bootstrap(study_table(lambda s, v: 0).iloc[1:], "x", "base")
+    with pytest.raises(SurgsegError, match="appears twice"): paired_bootstrap(long, "x", "base")   # class rows without by=
+    with pytest.raises(SurgsegError, match="no column 'miss'"): paired_bootstrap(long, "miss", "base", by="class_id")
+
+
 # ---------------------------------------------------------------- prediction folders and the command
 def make_pair(root, rng, videos=(("video_41", 3), ("video_11_1", 2)), shape=(24, 40)):
     acc = ScoreAccumulator()
@@ -433,7 +498,8 @@ def test_cli_lists_every_violation(tmp_path):
     (s41 / "000000060.png").unlink()
     Image.fromarray(np.zeros((24, 40), np.uint8)).convert("P").save(s41 / "000000000.png")
     Image.fromarray(np.zeros((24, 40), np.uint16)).save(s41 / "000000120.png")
-    Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(s11 / "000000000.png")
+    rgb = np.zeros((24, 40, 3), np.uint8); rgb[..., 1] = 1                     # channels differ (equal ones are read as grey)
+    Image.fromarray(rgb).save(s11 / "000000000.png")
     Image.fromarray(np.full((24, 40), 10, np.uint8)).save(s11 / "000000060.png")
     (s11 / "notes.txt").write_text("x")
     write_mask(tmp_path / "pred/video_50/segmentation/000000000.png", np.zeros((24, 40)))
@@ -445,7 +511,7 @@ def test_cli_lists_every_violation(tmp_path):
     assert len(lines) == 7, res.stderr
     for want in ["video_50: not a video", "video_41/segmentation/000000060.png: missing prediction",
                  "video_41/segmentation/000000000.png: a palette", "video_41/segmentation/000000120.png: a 16-bit",
-                 "video_11_1/segmentation/000000000.png: an RGB", "video_11_1/segmentation/000000060.png: value 10",
+                 "video_11_1/segmentation/000000000.png: a colour image whose channels differ", "video_11_1/segmentation/000000060.png: value 10",
                  "video_11_1/segmentation/notes.txt: no ground-truth mask"]:
         assert sum(want in l for l in lines) == 1, (want, res.stderr)
     assert not (tmp_path / "out").exists()
