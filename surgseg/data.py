@@ -4,8 +4,9 @@
 
 # %% ../nbs/01_data_extraction.ipynb #79e31415
 from __future__ import annotations
-import bisect, contextlib, csv, importlib, io, os, random, re, shutil, struct, threading, zipfile, zlib
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+import bisect, contextlib, csv, importlib, io, os, random, re, shutil, struct, tempfile, threading, zipfile, zlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -16,17 +17,18 @@ import numpy as np
 from fastcore.script import Param, store_true
 from tqdm.auto import tqdm
 
-from .core import SurgsegError, atomic_write, read_mask, NUM_CLASSES
+from .core import (SurgsegError, Config, MASK_STEP, VIDEO_FPS, atomic_write, default_workers, output_lock,
+                          parallel_map, read_mask)
 
 # %% auto #0
-__all__ = ['MASK_STEP', 'SPLITS', 'VIDEO_FILE', 'SYNTHETIC_MARKER', 'PNG_PARAMS', 'natural_key', 'operation_of', 'Video',
-           'load_video', 'find_videos', 'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'is_synthetic',
-           'validate', 'decode_sequential', 'decode_seeking', 'seek_cost', 'seek_check', 'png_complete',
-           'target_frames', 'Extracted', 'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation',
-           'build_transforms', 'SegDataset', 'unpack_cli', 'validate_cli', 'extract_cli']
+__all__ = ['SPLITS', 'VIDEO_FILE', 'SYNTHETIC_MARKER', 'PNG_PARAMS', 'natural_key', 'operation_of', 'Video', 'load_video',
+           'find_videos', 'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'seek_cost', 'seek_check',
+           'FrameReader', 'read_frames', 'is_synthetic', 'validate_dataset', 'png_complete', 'target_frames',
+           'Extracted', 'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation',
+           'resolve_data_dir', 'make_splits', 'build_transforms', 'SegDataset', 'unpack_cli', 'validate_cli',
+           'extract_cli']
 
 # %% ../nbs/01_data_extraction.ipynb #769c443b
-MASK_STEP = 60                       # frames between two masks: 1 Hz at 60 fps
 SPLITS = ("train", "train1", "train2", "test")  # split folder names used by the releases
 VIDEO_FILE = "video_left.avi"        # the video inside each video folder
 _VIDEO_RE = re.compile(r"video_(\d+)(?:_(\d+))?$")
@@ -139,6 +141,17 @@ def _plan_zip(zpath: Path, zf: zipfile.ZipFile, to: Path, split: str | None, kno
         plan.append((info, to / sp / video / Path(*parts[j:])))
     return plan, ignored
 
+def _writable(folder: Path, what: str):
+    "Make `folder` if needed and prove a file can be created in it; else a one-line SurgsegError."
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder): pass
+    except OSError as e: raise SurgsegError(f"{folder}: cannot write {what} here ({e.strerror or e})") from None
+
+def _temporaries(dest: Path) -> list[Path]:
+    "Temporary files `atomic_write` makes for `dest` (left behind only by a killed process)."
+    return list(dest.parent.glob(f".{dest.stem}.*.tmp{dest.suffix}")) if dest.parent.is_dir() else []
+
 def _crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -150,7 +163,7 @@ def unpack(zips: list,             # zip archives of the dataset
            split: str | None = None, # force this split folder (default: from the archive or the released table)
            progress: bool = True,  # show a progress bar
           ) -> dict:               # counts: written, identical (already there), ignored (not part of a video folder)
-    "Unpack SAR-RARP50 zip archives into the official layout: no path escapes `to`, nothing is overwritten, resumable."
+    "Unpack SAR-RARP50 zip archives into the official layout: no path escapes `to`, nothing is overwritten, resumable, one process at a time."
     to = Path(to)
     if to.exists() and not to.is_dir(): raise SurgsegError(f"{to}: exists and is not a folder")
     if split is not None and split not in SPLITS: raise SurgsegError(f"split {split!r} is not one of {', '.join(SPLITS)}")
@@ -172,12 +185,18 @@ def unpack(zips: list,             # zip archives of the dataset
                     if dest.is_file() and dest.stat().st_size == info.file_size and _crc32(dest) == info.CRC: identical += 1; continue
                     raise SurgsegError(f"{dest}: already exists and differs from {z.name}:{info.filename} (refusing to overwrite)")
                 todo.append((z, zf, info, dest))
-        for z, zf, info, dest in tqdm(todo, desc="unpack", unit="file", disable=not progress):
-            try:
-                with atomic_write(dest, overwrite=False) as tmp, zf.open(info) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-                raise SurgsegError(f"{z}: member {info.filename!r} is corrupt ({type(e).__name__}: {e})") from None
+        if not todo: return dict(written=0, identical=identical, ignored=ignored)
+        _writable(to, "the dataset")
+        with output_lock(to / "unpack"):                 # `to/.unpack.lock`: a second unpack into `to` is refused
+            for *_, dest in todo:
+                for tmp in _temporaries(dest): tmp.unlink()   # left by a killed unpack (we hold the lock)
+            for z, zf, info, dest in tqdm(todo, desc="unpack", unit="file", disable=not progress):
+                try:
+                    with atomic_write(dest, overwrite=False) as tmp:
+                        with zf.open(info) as src, open(tmp, "wb") as dst: shutil.copyfileobj(src, dst, 1 << 20)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                    raise SurgsegError(f"{z}: member {info.filename!r} is corrupt ({type(e).__name__}: {e})") from None
+                except OSError as e: raise SurgsegError(f"{dest}: cannot write ({e.strerror or e})") from None
     finally:
         for zf in archives: zf.close()
     return dict(written=len(todo), identical=identical, ignored=ignored)
@@ -194,6 +213,7 @@ class VideoProbe:
     pts: list         # timestamps in presentation order (index = frame number), or [] if unusable
     keyframes: list   # frame numbers of the keyframes (seek points), if `pts` is usable
     note: str = ""    # why the timestamps are unusable for seeking, if they are
+    fps: float = 0.0  # frames per second the container declares (0 = it declares none)
 
 def probe_video(path: str | Path) -> VideoProbe:
     "Demux `path` (no decoding): size, frame count, timestamps and keyframes; SurgsegError if missing, unreadable or truncated."
@@ -204,6 +224,7 @@ def probe_video(path: str | Path) -> VideoProbe:
             if not c.streams.video: raise SurgsegError(f"{path}: holds no video stream")
             s = c.streams.video[0]
             header, h, w, codec = s.frames, s.codec_context.height, s.codec_context.width, s.codec_context.name
+            rate = s.average_rate or s.guessed_rate or s.base_rate
             pk = [(p.pts, p.is_keyframe) for p in c.demux(s) if p.size > 0]
     except av.error.FFmpegError as e:
         raise SurgsegError(f"{path}: unreadable video ({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
@@ -214,9 +235,158 @@ def probe_video(path: str | Path) -> VideoProbe:
     if len(pts) < len(pk): note = "some frames have no timestamp"
     elif len(set(pts)) < len(pts): note = "duplicate timestamps"
     elif not pk[0][1]: note = "the first frame is not a keyframe"
-    if note: return VideoProbe(path, len(pk), h, w, codec, [], [], note)
+    fps = float(rate) if rate else 0.0
+    if note: return VideoProbe(path, len(pk), h, w, codec, [], [], note, fps)
     index = {p: i for i, p in enumerate(pts)}
-    return VideoProbe(path, len(pk), h, w, codec, pts, sorted(index[p] for p, k in pk if k))
+    return VideoProbe(path, len(pk), h, w, codec, pts, sorted(index[p] for p, k in pk if k), "", fps)
+
+# %% ../nbs/01_data_extraction.ipynb #9fed656f
+def _open_video(path: Path, threads: str = "SLICE"):
+    "Open a video for decoding; frame threading pays for sequential decoding, not for seeking."
+    c = av.open(str(path))
+    s = c.streams.video[0]
+    s.codec_context.thread_type = threads
+    return c, s
+
+def _reason(e: Exception) -> str:
+    "The first line of an FFmpeg error, without its errno prefix."
+    return str(getattr(e, "strerror", None) or e).splitlines()[0]
+
+def _decode_in_order(path: Path,       # video file
+                     last: int,        # stop after this frame number
+                     threads: str = "AUTO",
+                    ):                 # yields (frame number, av.VideoFrame)
+    "The reference: every frame in decoding order, numbered 0, 1, 2, ... (frame N = N-th decoded frame)."
+    c, s = _open_video(path, threads)
+    i = 0
+    with c:
+        try:
+            for fr in c.decode(s):
+                yield i, fr
+                if i >= last: return
+                i += 1
+        except av.error.FFmpegError as e:
+            what = "no decodable frame" if i == 0 else f"frame {i} cannot be decoded"
+            raise SurgsegError(f"{path}: {what} ({type(e).__name__}: {_reason(e)})") from None
+
+class _SeekMismatch(Exception): "Seeking did not reproduce the sequential frame order."
+
+def _decode_seeking(path: Path,         # video file
+                    probe: VideoProbe,  # its probe (timestamps and keyframes)
+                    frames: list,       # frame numbers wanted, increasing
+                    always_seek: bool = False,  # seek for every target (used to test seeking itself)
+                    threads: str = "SLICE",     # decoder threading: SLICE (low latency) or AUTO (frame threads)
+                   ):                   # yields (frame number, av.VideoFrame)
+    "Decode only from the keyframe before each wanted frame, checking every decoded timestamp against the map."
+    pts, keys = probe.pts, probe.keyframes
+    c, s = _open_video(path, threads)
+    with c:
+        cur, gen = None, None
+        for t in frames:
+            k = keys[bisect.bisect_right(keys, t) - 1]
+            try:
+                if gen is None or always_seek or cur is None or k > cur:
+                    c.seek(pts[k], stream=s, backward=True, any_frame=False)
+                    gen, cur, fresh = c.decode(s), k - 1, True
+                for fr in gen:
+                    if fresh and fr.pts is not None and fr.pts < pts[k]: continue   # leading frames before the keyframe
+                    fresh = False
+                    if cur + 1 >= len(pts) or fr.pts != pts[cur + 1]:
+                        raise _SeekMismatch(f"after frame {cur} the decoder gave pts {fr.pts}, expected {pts[cur + 1] if cur + 1 < len(pts) else 'the end'}")
+                    cur += 1
+                    if cur == t: yield t, fr; break
+                else: raise _SeekMismatch(f"the stream ended before frame {t}")
+            except av.error.FFmpegError as e: raise _SeekMismatch(f"decoder error near frame {t} ({_reason(e)})") from None
+
+# %% ../nbs/01_data_extraction.ipynb #20738831
+def seek_cost(probe: VideoProbe,  # the video's probe
+              frames: list,       # frame numbers wanted
+             ) -> int:            # frames decoded by seeking (a sequential decode: max(frames) + 1)
+    "How many frames seeking decodes to reach `frames` (from the keyframe before each, or forward when cheaper)."
+    keys, cur, n = probe.keyframes, None, 0
+    for t in sorted(set(frames)):
+        k = keys[bisect.bisect_right(keys, t) - 1]
+        n += t - k + 1 if cur is None or k > cur else t - cur
+        cur = t
+    return n
+
+# %% ../nbs/01_data_extraction.ipynb #1ba903b0
+def seek_check(path: str | Path,   # video file
+               probe: VideoProbe,  # its probe
+               frames: list,       # the frames to be read
+               n: int = 2,         # how many of the first targets to check
+              ) -> str:            # "" if seeking is exact here, else the reason it is not
+    "Prove on this video that seeking returns the pixels of a sequential decode (first `n` targets + the first real seek)."
+    if not probe.pts: return probe.note or "no usable timestamps"
+    frames = sorted(set(frames))
+    check = frames[:n]
+    first_seek = next((t for t in frames if probe.keyframes[bisect.bisect_right(probe.keyframes, t) - 1] > 0), None)
+    if first_seek is not None and first_seek not in check: check.append(first_seek)
+    if not check: return ""
+    ref, seen = {}, []
+    for i, fr in _decode_in_order(Path(path), check[-1]):
+        seen.append(fr.pts)
+        if i in check: ref[i] = fr.to_ndarray(format="rgb24")
+    if seen != probe.pts[:len(seen)]: return "decoded timestamps are not in presentation order"
+    try:
+        for t, fr in _decode_seeking(Path(path), probe, check, always_seek=True):
+            if not np.array_equal(fr.to_ndarray(format="rgb24"), ref[t]): return f"seeking to frame {t} gives different pixels"
+    except _SeekMismatch as e: return str(e)
+    return ""
+
+# %% ../nbs/01_data_extraction.ipynb #ab356816
+class FrameReader:
+    "Iterator of (frame number, RGB uint8 (H, W, 3)) over given frames of a video, in increasing order, each once."
+    def __init__(self, path: str | Path,        # video file
+                 frames: list,                  # frame numbers wanted (frame N = the N-th frame of a sequential decode)
+                 method: str = "auto",          # "auto": seek where proven exact, else decode in order; "seek": fail if not exact; "sequential"
+                 verify: int = 2,               # targets compared with a sequential decode before seeking
+                 probe: VideoProbe | None = None, # the video's probe, if already made
+                ):
+        if method not in ("auto", "seek", "sequential"): raise SurgsegError(f"method {method!r} is not one of auto, seek, sequential")
+        self.path, self.frames = Path(path), sorted(set(int(f) for f in frames))
+        self.probe = pr = probe or probe_video(self.path)
+        if self.frames and (self.frames[0] < 0 or self.frames[-1] >= pr.n_frames):
+            bad = self.frames[0] if self.frames[0] < 0 else self.frames[-1]
+            raise SurgsegError(f"{self.path}: frame {bad} does not exist (the video has {pr.n_frames} frames, 0..{pr.n_frames - 1})")
+        self.cost = seek_cost(pr, self.frames) if pr.pts and self.frames else 0
+        note = "forced" if method == "sequential" else ""
+        if method == "auto" and self.frames and self.cost > (self.frames[-1] + 1) / 2:
+            note = f"keyframes too sparse: seeking would decode {self.cost / (self.frames[-1] + 1):.0%} of the frames"
+        note = note or (seek_check(self.path, pr, self.frames, verify) if self.frames else "")
+        if note and method == "seek": raise SurgsegError(f"{self.path}: seeking is not exact here ({note})")
+        self.method, self.note = "sequential" if note else "seek", note   # how the frames are (being) read, and why not by seeking
+        self._it = self._read()
+
+    def _read(self):
+        done = 0
+        if self.method == "seek":   # frame threads pay when each target needs many decoded frames, slice threads otherwise
+            try:
+                for f, fr in _decode_seeking(self.path, self.probe, self.frames, threads="AUTO" if self.cost > 4 * len(self.frames) else "SLICE"):
+                    img = fr.to_ndarray(format="rgb24"); done += 1
+                    yield f, img
+            except _SeekMismatch as e: self.method, self.note = "sequential", f"seeking failed after {done} frames: {e}"
+        want = set(self.frames[done:])
+        if want:
+            for i, fr in _decode_in_order(self.path, self.frames[-1]):
+                if i in want: img = fr.to_ndarray(format="rgb24"); done += 1; yield i, img
+        if done < len(self.frames):
+            raise SurgsegError(f"{self.path}: decoding stopped before frame {self.frames[done]} ({self.probe.n_frames} frames expected)")
+
+    def __iter__(self): return self
+    def __next__(self): return next(self._it)
+    def __len__(self): return len(self.frames)
+    def close(self): self._it.close()   # stop early: closes the video
+    def __repr__(self): return f"FrameReader({self.path.name}, {len(self.frames)} frames, {self.method}{': ' + self.note if self.note else ''})"
+
+def read_frames(path: str | Path,   # video file
+                frames: list,       # frame numbers wanted (frame N = the N-th frame of a sequential decode)
+                method: str = "auto", # "auto": seek where proven exact, else decode in order; "seek": fail if not exact; "sequential"
+                verify: int = 2,    # targets compared with a sequential decode before seeking
+                probe: VideoProbe | None = None, # the video's probe, if already made
+               ) -> FrameReader:    # iterator of (frame number, RGB uint8 (H, W, 3)); `.method` and `.note` say how
+    "The one way to read given frames of a video: seeking where proven pixel-identical to a sequential decode, else decoding in order."
+    return FrameReader(path, frames, method, verify, probe)
 
 # %% ../nbs/01_data_extraction.ipynb #c4e1ba37
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written at the root of a synthetic stand-in by `surgseg.synthetic.generate`
@@ -224,6 +394,35 @@ SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written at the root of a synthetic stand-i
 def is_synthetic(v: Video) -> bool:
     "Whether `v` belongs to a synthetic stand-in (its dataset root holds `SYNTHETIC_MARKER`)."
     return any((p / SYNTHETIC_MARKER).is_file() for p in (v.path.parent, v.path.parent.parent))
+
+# %% ../nbs/01_data_extraction.ipynb #65b0c408
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+def _png_size(path: Path) -> tuple:
+    "(H, W) from a PNG header, without decoding."
+    with open(path, "rb") as f: head = f.read(24)
+    if head[:8] != _PNG_SIG: raise SurgsegError(f"{path}: not a PNG file")
+    w, h = struct.unpack(">II", head[16:24])
+    return h, w
+
+def _mask_size(v: Video) -> tuple | None:
+    "The (H, W) that most of the first 50 masks of `v` have (read from their PNG headers), or None."
+    sizes = Counter()
+    for p in v.mask_paths[:50]:
+        with contextlib.suppress(SurgsegError, OSError): sizes[_png_size(p)] += 1
+    return sizes.most_common(1)[0][0] if sizes else None
+
+def _stream_problems(v: Video,          # the video folder
+                     probe: VideoProbe, # its video's probe
+                    ) -> list[str]:     # one line each, naming the video file
+    "Do the video and its masks belong together: 60 fps, and frames the size of the masks?"
+    problems = []
+    if probe.fps and abs(probe.fps - VIDEO_FPS) > 0.01:
+        problems.append(f"{v.video}: {probe.fps:g} fps, but SAR-RARP50 videos are {VIDEO_FPS} fps (a mask every {MASK_STEP} frames is 1 Hz)")
+    ms = _mask_size(v)
+    if ms and ms != (probe.height, probe.width):
+        problems.append(f"{v.video}: frames are {probe.width}x{probe.height}, but its masks are {ms[1]}x{ms[0]}")
+    return problems
 
 # %% ../nbs/01_data_extraction.ipynb #d2922e39
 def _check_video(v: Video,             # the video folder
@@ -233,7 +432,10 @@ def _check_video(v: Video,             # the video folder
     "Every problem of one video folder, one line each."
     problems, size, n = [], None, None
     try:
-        pr = probe_video(v.video); size, n = (pr.height, pr.width), pr.n_frames
+        pr = probe_video(v.video); n = pr.n_frames
+        size = _mask_size(v) or (pr.height, pr.width)   # a video/mask size mismatch is one problem, not one per mask
+        problems += _stream_problems(v, pr)
+        r = read_frames(v.video, [0], "sequential", probe=pr); next(r); r.close()   # at least its first frame decodes
     except SurgsegError as e: problems.append(str(e))
     seg = v.path / "segmentation"
     if not seg.is_dir(): problems.append(f"{seg}: missing (no masks)")
@@ -262,133 +464,29 @@ def _check_video(v: Video,             # the video folder
     return problems
 
 # %% ../nbs/01_data_extraction.ipynb #451e05b2
-def _pool_map(fn, args: list, workers: int | None, desc: str, progress: bool) -> list:
-    "fn(*a) for a in args, in a process pool when workers > 1, in order; SurgsegErrors are returned, not raised."
-    workers = min(len(args), os.cpu_count() or 1) if workers is None else max(1, workers)
-    if workers <= 1 or len(args) <= 1:
-        return [_call_safely(fn, a) for a in tqdm(args, desc=desc, unit="video", disable=not progress)]
-    # workers run the installed module's functions and classes, so this also works from a notebook,
-    # where `fn` and `Video` live in the notebook's namespace (the platform's default start method:
-    # "fork" on Linux needs no `if __name__ == "__main__"` guard in the caller's script)
-    mod = importlib.import_module("surgseg.data")
-    def portable(x):
-        if type(x).__name__ == "Video" and type(x) is not mod.Video: return mod.Video(**vars(x))
-        return x
-    out = [None] * len(args)
-    with ProcessPoolExecutor(workers) as ex:
-        futs = {ex.submit(mod._call_safely, getattr(mod, fn.__name__), tuple(map(portable, a))): i for i, a in enumerate(args)}
-        for f in tqdm(as_completed(futs), total=len(futs), desc=desc, unit="video", disable=not progress):
-            out[futs[f]] = f.result()
-    return out
+def _installed(fn):
+    "The function of the installed `surgseg.data` named like `fn`: a process pool cannot import a notebook's functions."
+    return getattr(importlib.import_module("surgseg.data"), fn.__name__)
 
-def _call_safely(fn, a):
-    "Pool worker: fn(*a), returning a SurgsegError instead of raising it."
-    try: return fn(*a)
-    except SurgsegError as e: return e
+def _check_one(job: tuple) -> list[str]:
+    "Pool worker: `_check_video` of one video given as plain data (a notebook's `Video` cannot travel to a process)."
+    fields, known, force = job
+    return _check_video(Video(**fields), known, force)
 
-def validate(root: str | Path,        # dataset root (or split folder, or video folder)
-             known: bool | None = None, # compare with the released per-folder counts: None = when it looks like the released data
-             workers: int | None = None, # processes (None = one per core)
-             progress: bool = True,     # show a progress bar
-            ) -> list[str]:             # every problem, one line each naming the file; [] = valid
+def validate_dataset(root: str | Path,        # dataset root (or split folder, or video folder)
+                     known: bool | None = None, # compare with the released per-folder counts: None = when it looks like the released data
+                     workers: int | None = None, # processes (None = one per core)
+                     progress: bool = True,     # show a progress bar
+                    ) -> list[str]:             # every problem, one line each naming the file; [] = valid
     "Check layout, videos, masks and frame numbers of a dataset; list every problem."
     try: videos = find_videos(root)
     except SurgsegError as e: return [str(e)]
     table = known_counts() if known is not False else None
-    res = _pool_map(_check_video, [(v, table, known) for v in videos], workers, "validate", progress)
+    res = parallel_map(_installed(_check_one), [(vars(v), table, known) for v in videos], workers, "validate", progress,
+                       "video", errors="return")
     return [p for r in res for p in ([str(r)] if isinstance(r, SurgsegError) else r)]
 
-# %% ../nbs/01_data_extraction.ipynb #9fed656f
-def _open_video(path: Path, threads: str = "SLICE"):
-    "Open a video for decoding; frame threading pays for sequential decoding, not for seeking."
-    c = av.open(str(path))
-    s = c.streams.video[0]
-    s.codec_context.thread_type = threads
-    return c, s
-
-def _rgb(fr) -> np.ndarray: return fr.to_ndarray(format="bgr24")   # BGR: what cv2.imwrite expects
-
-def decode_sequential(path: str | Path,  # video file
-                      frames: list,      # frame numbers wanted
-                     ):                  # yields (frame number, BGR uint8 array, pts)
-    "The reference: decode every frame in order and yield the wanted ones (frame N = N-th decoded frame)."
-    want = set(frames); last = max(want, default=-1)
-    if last < 0: return
-    c, s = _open_video(Path(path), "AUTO")
-    with c:
-        for i, fr in enumerate(c.decode(s)):
-            if i in want: yield i, _rgb(fr), fr.pts
-            if i >= last: return
-
-class _SeekMismatch(Exception): "Seeking did not reproduce the sequential frame order."
-
-def decode_seeking(path: str | Path,   # video file
-                   probe: VideoProbe,  # its probe (timestamps and keyframes)
-                   frames: list,       # frame numbers wanted
-                   always_seek: bool = False,  # seek for every target (used to test seeking itself)
-                   threads: str = "SLICE",     # decoder threading: SLICE (low latency) or AUTO (frame threads)
-                  ):                   # yields (frame number, BGR uint8 array)
-    "Decode only from the keyframe before each wanted frame, checking every decoded timestamp against the map."
-    pts, keys = probe.pts, probe.keyframes
-    c, s = _open_video(Path(path), threads)
-    with c:
-        cur, gen = None, None
-        for t in sorted(set(frames)):
-            k = keys[bisect.bisect_right(keys, t) - 1]
-            if gen is None or always_seek or cur is None or k > cur:
-                c.seek(pts[k], stream=s, backward=True, any_frame=False)
-                gen, cur, fresh = c.decode(s), k - 1, True
-            for fr in gen:
-                if fresh and fr.pts is not None and fr.pts < pts[k]: continue   # leading frames before the keyframe
-                fresh = False
-                if cur + 1 >= len(pts) or fr.pts != pts[cur + 1]:
-                    raise _SeekMismatch(f"after frame {cur} the decoder gave pts {fr.pts}, expected {pts[cur + 1] if cur + 1 < len(pts) else 'the end'}")
-                cur += 1
-                if cur == t: yield t, _rgb(fr); break
-            else: raise _SeekMismatch(f"the stream ended before frame {t}")
-
-# %% ../nbs/01_data_extraction.ipynb #20738831
-def seek_cost(probe: VideoProbe,  # the video's probe
-              frames: list,       # frame numbers wanted
-             ) -> int:            # frames decoded by `decode_seeking` (a sequential decode: max(frames) + 1)
-    "How many frames seeking decodes to reach `frames` (from the keyframe before each, or forward when cheaper)."
-    keys, cur, n = probe.keyframes, None, 0
-    for t in sorted(set(frames)):
-        k = keys[bisect.bisect_right(keys, t) - 1]
-        n += t - k + 1 if cur is None or k > cur else t - cur
-        cur = t
-    return n
-
-# %% ../nbs/01_data_extraction.ipynb #1ba903b0
-def seek_check(path: str | Path,   # video file
-               probe: VideoProbe,  # its probe
-               frames: list,       # the frames to be extracted
-               n: int = 2,         # how many of the first targets to check
-              ) -> str:            # "" if seeking is exact here, else the reason it is not
-    "Prove on this video that seeking returns the pixels of a sequential decode (first `n` targets + the first real seek)."
-    if not probe.pts: return probe.note or "no usable timestamps"
-    frames = sorted(set(frames))
-    check = frames[:n]
-    first_seek = next((t for t in frames if probe.keyframes[bisect.bisect_right(probe.keyframes, t) - 1] > 0), None)
-    if first_seek is not None and first_seek not in check: check.append(first_seek)
-    if not check: return ""
-    ref, seen = {}, []
-    c, s = _open_video(Path(path), "AUTO")
-    with c:
-        for i, fr in enumerate(c.decode(s)):
-            seen.append(fr.pts)
-            if i in check: ref[i] = _rgb(fr)
-            if i >= check[-1]: break
-    if seen != probe.pts[:len(seen)]: return "decoded timestamps are not in presentation order"
-    try:
-        for t, img in decode_seeking(path, probe, check, always_seek=True):
-            if not np.array_equal(img, ref[t]): return f"seeking to frame {t} gives different pixels"
-    except _SeekMismatch as e: return str(e)
-    return ""
-
 # %% ../nbs/01_data_extraction.ipynb #cd10c60a
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-
 def png_complete(path: str | Path,       # a PNG file
                  size: tuple | None = None, # expected (H, W), if known
                 ) -> bool:
@@ -429,18 +527,26 @@ PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1] + (
     [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
     if hasattr(cv2, "IMWRITE_PNG_FILTER") else [])
 
-def _write_png(path: Path, img: np.ndarray):
-    with atomic_write(path) as tmp:
-        if not cv2.imwrite(str(tmp), img, PNG_PARAMS): raise SurgsegError(f"{path}: could not write the frame")
+def _write_png(path: Path, rgb: np.ndarray):
+    "Write an RGB frame as PNG (OpenCV wants BGR), atomically; a one-line error naming the file if it cannot."
+    try:
+        with atomic_write(path) as tmp:
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS):
+                raise SurgsegError(f"{path}: could not write the frame")
+    except OSError as e: raise SurgsegError(f"{path}: cannot write the frame ({e.strerror or e})") from None
 
 class _PngWriter:
     "Encode and write PNGs on background threads (OpenCV releases the GIL), so writing overlaps decoding."
     def __init__(self, threads: int = 1, depth: int = 4):  # writer threads; frames waiting at most (6 MB per 1080p frame)
-        self.ex, self.slots, self.futs = ThreadPoolExecutor(threads), threading.BoundedSemaphore(depth + threads), []
+        self.ex, self.slots, self.futs, self.error = ThreadPoolExecutor(threads), threading.BoundedSemaphore(depth + threads), [], None
+    def _done(self, f):
+        self.slots.release()
+        if f.exception() is not None and self.error is None: self.error = f.exception()
     def put(self, path: Path, img: np.ndarray):
+        if self.error is not None: raise self.error   # stop decoding at the first write error
         self.slots.acquire()
         f = self.ex.submit(_write_png, path, img)
-        f.add_done_callback(lambda _: self.slots.release())
+        f.add_done_callback(self._done)
         self.futs.append(f)
     def __enter__(self): return self
     def __exit__(self, *exc):
@@ -448,11 +554,12 @@ class _PngWriter:
         if exc[0] is None:
             for f in self.futs: f.result()     # raise the first write error, if any
 
+# %% ../nbs/01_data_extraction.ipynb #e14eb0a6
 def already_extracted(v: Video,     # the video folder
                       fps: int = 1,   # frame rate of the targets
                      ) -> Extracted | None: # "done" if every target frame is already complete, else None
     "The cheap check of a rerun: the container's frame count from its header (no demuxing), then the PNGs."
-    if fps != 1 or not v.frames or not v.video.is_file(): return None
+    if fps != 1 or not v.frames or not v.video.is_file() or (v.path / f".{v.rgb_dir.name}.lock").exists(): return None
     with contextlib.suppress(Exception):
         with av.open(str(v.video)) as c: n = c.streams.video[0].frames
         t = target_frames(v, n, fps)
@@ -465,34 +572,29 @@ def extract_video(v: Video,                # the video folder
                   verify: int = 2,         # targets checked against a sequential decode before seeking
                   writers: int = 1,        # PNG writer threads
                  ) -> Extracted:
-    "Extract one video's target frames to `v.rgb_dir`, skipping complete ones."
-    if method not in ("auto", "seek", "sequential"): raise SurgsegError(f"method {method!r} is not one of auto, seek, sequential")
+    "Extract one video's target frames to `v.rgb_dir`, skipping complete ones; one process at a time per video."
     if (e := already_extracted(v, fps)) is not None: return e
     pr = probe_video(v.video)
+    problems = _stream_problems(v, pr)
     if v.frames and v.frames[-1] >= pr.n_frames:
-        raise SurgsegError(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, "
-                           f"but {v.mask_paths[-1].name} is frame {v.frames[-1]}")
+        problems.append(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, but {v.mask_paths[-1].name} is frame {v.frames[-1]}")
+    if problems: raise SurgsegError(problems[0])
     targets = target_frames(v, pr.n_frames, fps)
-    todo = [f for f in targets if not png_complete(v.rgb_path(f), (pr.height, pr.width))]
-    if not todo: return Extracted(v.name, "done", 0, len(targets))
-    note = "forced" if method == "sequential" else ""
-    cost = seek_cost(pr, todo) if pr.pts else 0
-    if method == "auto" and pr.pts and cost > (todo[-1] + 1) / 2:
-        note = f"keyframes too sparse: seeking would decode {cost / (todo[-1] + 1):.0%} of the frames"
-    note = note or seek_check(v.video, pr, targets, verify)
-    if note and method == "seek": raise SurgsegError(f"{v.video}: seeking is not exact here ({note})")
-    done = set()
-    with _PngWriter(writers) as w:
-        if not note:
-            try:   # frame threads pay when each target needs many decoded frames, slice threads otherwise
-                for f, img in decode_seeking(v.video, pr, todo, threads="AUTO" if cost > 4 * len(todo) else "SLICE"):
-                    w.put(v.rgb_path(f), img); done.add(f)
-            except _SeekMismatch as e: note = f"seeking failed after {len(done)} frames: {e}"
-        rest = [f for f in todo if f not in done]
-        for f, img, _ in decode_sequential(v.video, rest): w.put(v.rgb_path(f), img); done.add(f)
-    if len(done) < len(todo):
-        raise SurgsegError(f"{v.video}: decoding stopped before frame {min(set(todo) - done)} ({pr.n_frames} frames expected)")
-    return Extracted(v.name, "sequential" if note else "seek", len(todo), len(targets) - len(todo), note)
+    _writable(v.rgb_dir if v.rgb_dir.exists() else v.path, "the extracted frames")
+    with output_lock(v.rgb_dir):                                   # `video_*/.rgb.lock`
+        for tmp in v.rgb_dir.glob(".*.tmp.png"): tmp.unlink()      # left by a killed writer (we hold the lock)
+        todo = [f for f in targets if not png_complete(v.rgb_path(f), (pr.height, pr.width))]
+        if not todo: return Extracted(v.name, "done", 0, len(targets))
+        frames = read_frames(v.video, todo, method, verify, pr)
+        with _PngWriter(writers) as w:
+            for f, rgb in frames: w.put(v.rgb_path(f), rgb)
+    return Extracted(v.name, frames.method, len(todo), len(targets) - len(todo), frames.note)
+
+# %% ../nbs/01_data_extraction.ipynb #8d5a8ee2
+def _extract_one(job: tuple) -> Extracted:
+    "Pool worker: `extract_video` of one video, given as plain data (a notebook's `Video` cannot travel to a process)."
+    fields, *args = job
+    return extract_video(Video(**fields), *args)
 
 def extract_frames(root_or_videos,          # dataset root, or a list of `Video`
                    fps: int = 1,            # 1 = the annotated frames; 10 = every 6th frame as well
@@ -501,17 +603,16 @@ def extract_frames(root_or_videos,          # dataset root, or a list of `Video`
                    verify: int = 2,         # targets checked against a sequential decode, per video
                    progress: bool = True,   # show a progress bar
                   ) -> list[Extracted]:     # one per video
-    "Extract the annotated frames of every video to `video_*/rgb/NNNNNNNNN.png`: exact, parallel, resumable, atomic."
+    "Extract the annotated frames of every video to `video_*/rgb/NNNNNNNNN.png`: exact, parallel, resumable, atomic, locked."
     videos = find_videos(root_or_videos) if isinstance(root_or_videos, (str, Path)) else list(root_or_videos)
     _step(fps)
-    ncpu = os.cpu_count() or 1
-    workers = min(len(videos), ncpu) if workers is None else max(1, workers)
-    writers = max(1, ncpu // min(workers, max(1, len(videos))))   # cores left over by the video processes write PNGs
     res = [already_extracted(v, fps) for v in videos]   # a rerun of a finished extraction starts no processes
     todo = [i for i, r in enumerate(res) if r is None]
     if todo:
-        for i, r in zip(todo, _pool_map(extract_video, [(videos[i], fps, method, verify, writers) for i in todo],
-                                        workers, "extract", progress)): res[i] = r
+        n = default_workers(len(todo), workers)
+        writers = max(1, default_workers(10**6) // n)   # cores left over by the video processes write PNGs
+        jobs = [(vars(videos[i]), fps, method, verify, writers) for i in todo]
+        for i, r in zip(todo, parallel_map(_installed(_extract_one), jobs, n, "extract", progress, "video", errors="return")): res[i] = r
     errors = [str(r) for r in res if isinstance(r, SurgsegError)]
     if errors: raise SurgsegError(errors[0] + (f" (and {len(errors) - 1} more failed video(s))" if len(errors) > 1 else ""))
     return res
@@ -528,6 +629,29 @@ def split_by_operation(videos: list,             # the training videos (e.g. fin
     random.Random(seed).shuffle(ops)
     val = set(ops[:n_val])
     return [v for v in videos if v.operation not in val], [v for v in videos if v.operation in val]
+
+# %% ../nbs/01_data_extraction.ipynb #54bd971a
+def resolve_data_dir(data_dir: str | Path = "",  # dataset root; "" = the synthetic stand-in
+                    ) -> Path:                   # the dataset root, which exists
+    "The dataset root to use: `data_dir`, or the synthetic stand-in (generated on first use) when it is empty."
+    if data_dir is None or str(data_dir) == "":
+        from surgseg.synthetic import ensure_synthetic   # synthetic imports data until SYNTHETIC_MARKER moves there
+        return Path(ensure_synthetic())
+    root = Path(data_dir).expanduser()
+    if not root.exists(): raise SurgsegError(f"{root}: data folder not found (data_dir must be a dataset root in the official layout)")
+    if not root.is_dir(): raise SurgsegError(f"{root}: not a folder (data_dir must be a dataset root in the official layout)")
+    return root
+
+# %% ../nbs/01_data_extraction.ipynb #39c62960
+def make_splits(cfg: Config,              # uses data_dir, val_fraction and seed
+                root: str | Path | None = None, # dataset root (default: `resolve_data_dir(cfg.data_dir)`)
+               ) -> tuple[list, list]:    # (train videos, validation videos)
+    "The training videos of the dataset (test split excluded), split by operation into train and validation."
+    root = resolve_data_dir(cfg.data_dir) if root is None else Path(root)
+    videos = [v for v in find_videos(root) if v.split != "test"]
+    if not videos: raise SurgsegError(f"{root}: no training videos found (expected train*/video_*/ or video_*/)")
+    if cfg.val_fraction <= 0: return videos, []
+    return split_by_operation(videos, val_fraction=cfg.val_fraction, seed=cfg.seed)
 
 # %% ../nbs/01_data_extraction.ipynb #97487ed2
 def build_transforms(size: tuple,             # working (H, W)
@@ -553,14 +677,6 @@ def build_transforms(size: tuple,             # working (H, W)
         A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
     ])
 
-# %% ../nbs/01_data_extraction.ipynb #3095afda
-def _png_size(path: Path) -> tuple:
-    "(H, W) from a PNG header, without decoding."
-    with open(path, "rb") as f: head = f.read(24)
-    if head[:8] != _PNG_SIG: raise SurgsegError(f"{path}: not a PNG file")
-    w, h = struct.unpack(">II", head[16:24])
-    return h, w
-
 # %% ../nbs/01_data_extraction.ipynb #3cb1d657
 class SegDataset:
     "(image, mask) pairs of the extracted frames of `videos`, at a working scale, augmented for training."
@@ -569,7 +685,7 @@ class SegDataset:
                  train: bool = False,          # training: augment; evaluation: resize only
                  augment: bool = True,         # with train=True: False = resize only
                  fps: int = 1,                 # frame rate of the items: masked frames at this rate
-                 seed: int | None = None,      # augmentation seed (None = from torch's seed, so seed_everything fixes it)
+                 seed: int | None = None,      # augmentation seed (None = from torch's seed, so `set_seed` fixes it)
                  fill_mask: int = 0,           # mask value of pixels the affine brings in from outside the frame
                 ):
         self.videos = find_videos(videos) if isinstance(videos, (str, Path)) else list(videos)
@@ -655,7 +771,7 @@ def validate_cli(root: str,                     # dataset root (train/, test/, .
                  known: store_true = False,     # always compare mask counts with the released dataset's
                  workers: int = None):          # processes (default: one per core)
     "Check a dataset root (layout, videos, masks, frame numbers); print every problem, exit 1 if any."
-    problems = validate(root, known=True if known else None, workers=workers)
+    problems = validate_dataset(root, known=True if known else None, workers=workers)
     for p in problems: print(p)
     if problems:
         print(f"{root}: {len(problems)} problem(s)")

@@ -1,8 +1,9 @@
 """surgseg.data from the outside: the `surgseg unpack / validate / extract` commands as subprocesses (exit
-codes, one-line errors naming the file, nothing half-written), every bad input of the issue on its own,
-extraction cross-checked frame by frame against a sequential decode on several codecs, and the dataset
-in a multi-worker DataLoader."""
-import os, re, shutil, subprocess, sys, zipfile
+codes, one-line errors naming the file, nothing half-written), every bad input of the issues on its own,
+`read_frames` and extraction cross-checked frame by frame against a plain sequential decode on several
+codecs, `unpack` and `extract` killed with SIGKILL mid-write and rerun (byte-identical to an uninterrupted
+run), the per-video extraction lock, and the dataset in a multi-worker DataLoader."""
+import contextlib, json, os, re, shutil, signal, socket, subprocess, sys, zipfile
 from pathlib import Path
 
 import av
@@ -11,16 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surgseg.core import SurgsegError, write_mask, read_mask
-from surgseg.data import (VIDEO_FILE, MASK_STEP, find_videos, validate, extract_frames, unpack, probe_video,
-                          decode_sequential, split_by_operation, SegDataset)
+from surgseg.core import SurgsegError, MASK_STEP, Config, write_mask, read_mask
+from surgseg.data import (VIDEO_FILE, find_videos, validate_dataset, extract_frames, probe_video, read_frames,
+                          split_by_operation, make_splits, resolve_data_dir, SegDataset)
 
 SURGSEG = str(Path(sys.executable).with_name("surgseg"))
 SIZE = (48, 64)
 
 
-def make_video(path, n, size=SIZE, codec="MJPG", seed=0, gop=90):
-    "An n-frame 60 fps video whose frames all differ (moving texture + frame number); codec: cv2 fourcc or 'h264'."
+def make_video(path, n, size=SIZE, codec="MJPG", seed=0, gop=90, fps=60):
+    "An n-frame video whose frames all differ (moving texture + frame number); codec: cv2 fourcc or 'h264'."
     h, w = size
     rng = np.random.default_rng(seed)
     tex = cv2.GaussianBlur(rng.integers(0, 255, (h * 2, w * 2, 3), dtype=np.uint8), (0, 0), 2)
@@ -31,16 +32,39 @@ def make_video(path, n, size=SIZE, codec="MJPG", seed=0, gop=90):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     if codec == "h264":
         with av.open(str(path), "w") as c:
-            s = c.add_stream("libx264", rate=60); s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            s = c.add_stream("libx264", rate=fps); s.width, s.height, s.pix_fmt = w, h, "yuv420p"
             s.codec_context.options = {"g": str(gop)}
             for i in range(n):
                 for p in s.encode(av.VideoFrame.from_ndarray(frame(i), format="bgr24")): c.mux(p)
             for p in s.encode(): c.mux(p)
     else:
-        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), 60, (w, h))
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
         for i in range(n): vw.write(frame(i))
         vw.release()
     return path
+
+
+def reference(path, frames):
+    "The definition of frame N, written plainly: decode every frame in order with PyAV; {frame: RGB} of the wanted ones."
+    want, out = set(frames), {}
+    with av.open(str(path)) as c:
+        for i, fr in enumerate(c.decode(video=0)):
+            if i in want: out[i] = fr.to_ndarray(format="rgb24")
+    return out
+
+
+def undecodable(path):
+    "Zero the payload of every packet: the container stays readable, no frame decodes."
+    b = bytearray(Path(path).read_bytes())
+    with av.open(str(path)) as c:
+        for p in c.demux(video=0):
+            if p.size: b[p.pos:p.pos + p.size] = bytes(p.size)
+    Path(path).write_bytes(bytes(b))
+
+
+def tree(root):
+    "{relative path: bytes} of every file under root, hidden ones included."
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
 def make_root(root, videos={"train/video_01": 250, "train/video_02_1": 130, "train/video_02_2": 125, "test/video_41": 181},
@@ -55,9 +79,9 @@ def make_root(root, videos={"train/video_01": 250, "train/video_02_1": 130, "tra
     return root
 
 
-def run(*args):
-    "Run `surgseg ARGS`: (exit code, stdout, stderr without the progress-bar lines)."
-    r = subprocess.run([SURGSEG, *map(str, args)], capture_output=True, text=True, timeout=300,
+def run(*args, cmd=None):
+    "Run `surgseg ARGS` (or `cmd`): (exit code, stdout, stderr without the progress-bar lines)."
+    r = subprocess.run(cmd or [SURGSEG, *map(str, args)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     err = "".join(l for l in r.stderr.replace("\r", "\n").splitlines(keepends=True) if not re.match(r"^\w+: +\d+%\|", l) and l.strip())
     return r.returncode, r.stdout, err
@@ -91,7 +115,7 @@ MASK_CASES = {"corrupt": (_corrupt, "unreadable image"), "value": (_value, "valu
 def test_bad_mask_is_one_problem_naming_the_file(copy, case):
     fn, msg = MASK_CASES[case]
     p = copy / "train/video_01/segmentation/000000120.png"; fn(p)
-    problems = validate(copy, workers=1, progress=False)
+    problems = validate_dataset(copy, workers=1, progress=False)
     assert len(problems) == 1 and problems[0].startswith(f"{p}: ") and msg in problems[0], problems
 
 
@@ -99,7 +123,7 @@ def test_bad_videos_each_one_problem(copy):
     (copy / "train/video_01" / VIDEO_FILE).unlink()                                        # missing
     v = copy / "train/video_02_1" / VIDEO_FILE; v.write_bytes(v.read_bytes()[:v.stat().st_size // 2])  # truncated
     make_video(copy / "test/video_41" / VIDEO_FILE, 100)                                    # shorter than its masks
-    problems = validate(copy, workers=1, progress=False)
+    problems = validate_dataset(copy, workers=1, progress=False)
     assert len(problems) == 4, problems
     assert problems[0] == f"{copy}/train/video_01/{VIDEO_FILE}: video file is missing"
     assert problems[1].startswith(f"{copy}/train/video_02_1/{VIDEO_FILE}: truncated video: the header declares 130 frames, the file holds ")
@@ -109,7 +133,7 @@ def test_bad_videos_each_one_problem(copy):
 def test_missing_and_off_grid_masks(copy):
     seg = copy / "train/video_01/segmentation"
     (seg / "000000060.png").unlink(); (seg / "000000120.png").rename(seg / "000000121.png"); (seg / "notes.txt").write_text("x")
-    problems = validate(copy, workers=1, progress=False)
+    problems = validate_dataset(copy, workers=1, progress=False)
     assert sorted(p.split(": ")[0].rsplit("/", 1)[1] for p in problems) == \
         ["000000060.png", "000000120.png", "000000121.png", "notes.txt"], problems
 
@@ -134,8 +158,8 @@ def test_extract_cli_exact_and_resumable(copy):
     rc, out, err = run("extract", copy, "--workers", 2)
     assert rc == 0 and "15 frames written, 0 already there" in out and "4 by seeking" in out, (rc, out, err)
     for v in find_videos(copy):
-        ref = {i: a for i, a, _ in decode_sequential(v.video, v.frames)}
-        for f in v.frames: assert np.array_equal(cv2.imread(str(v.rgb_path(f)), cv2.IMREAD_UNCHANGED), ref[f])
+        ref = reference(v.video, v.frames)
+        for f in v.frames: assert np.array_equal(cv2.imread(str(v.rgb_path(f)), cv2.IMREAD_UNCHANGED), ref[f][..., ::-1])
         assert not [p for p in v.rgb_dir.iterdir() if p.name.startswith(".")]   # no temporary files left
     (copy / "train/video_01/rgb/000000060.png").unlink()
     rc, out, err = run("extract", copy)
@@ -176,7 +200,7 @@ def test_unpack_cli(good, tmp_path):
     out = tmp_path / "root"
     rc, o, e = run("unpack", z1, z2, "--to", out)
     assert rc == 0 and "unpacked 12 files (0 already there" in o, (rc, o, e)
-    assert [v.name for v in find_videos(out)] == ["video_01", "video_41"] and validate(out, progress=False) == []
+    assert [v.name for v in find_videos(out)] == ["video_01", "video_41"] and validate_dataset(out, progress=False) == []
     rc, o, e = run("unpack", z1, z2, "--to", out)                       # resumable: nothing rewritten
     assert rc == 0 and "unpacked 0 files (12 already there" in o, (rc, o, e)
     before = sorted(p for p in out.rglob("*"))
@@ -210,9 +234,9 @@ def test_extraction_equals_sequential_decode(tmp_path, codec, suffix, gop, fps, 
     r, = extract_frames(d, fps=fps, progress=False)
     step = 60 // fps
     assert r.method == method and note in r.note and r.written == len(range(0, 420, step)), r
-    ref = dict((i, a) for i, a, _ in decode_sequential(d / VIDEO_FILE, range(0, 420, step)))
+    ref = reference(d / VIDEO_FILE, range(0, 420, step))
     for f, a in ref.items():
-        assert np.array_equal(cv2.imread(str(d / "rgb" / f"{f:09d}.png"), cv2.IMREAD_UNCHANGED), a), f
+        assert np.array_equal(cv2.imread(str(d / "rgb" / f"{f:09d}.png"), cv2.IMREAD_UNCHANGED), a[..., ::-1]), f
     assert sorted(p.name for p in (d / "rgb").iterdir()) == [f"{f:09d}.png" for f in ref]
     with pytest.raises(SurgsegError, match="fps 7 must divide 60"): extract_frames(d, fps=7, progress=False)
 
@@ -244,3 +268,192 @@ def test_dataset_workers_draw_different_augmentations(copy):
     ev = SegDataset(copy, scale=0.5)
     assert torch.equal(ev[3]["image"], ev[3]["image"]) and ev[3]["mask"].dtype == torch.int64
     assert np.array_equal(ev.full_mask(3), read_mask(ev.items[3][3]))
+
+
+# ---------------------------------------------------------------- the one frame reader
+
+@pytest.mark.parametrize("codec,suffix,gop,method", [("MJPG", "avi", 0, "seek"), ("mp4v", "avi", 0, "seek"),
+                                                      ("h264", "mp4", 40, "seek"), ("h264", "avi", 40, "sequential")])
+def test_read_frames_equals_sequential_decode(tmp_path, codec, suffix, gop, method):
+    p = make_video(tmp_path / f"v.{suffix}", 300, codec=codec, gop=gop)
+    want = [299, 7, 150, 41, 42, 7, 0, 120]
+    r = read_frames(p, want)
+    got = list(r)
+    assert r.method == method and [f for f, _ in got] == sorted(set(want)), (r, [f for f, _ in got])
+    ref = reference(p, want)
+    for f, img in got: assert img.dtype == np.uint8 and img.shape == SIZE + (3,) and np.array_equal(img, ref[f]), f
+    with pytest.raises(SurgsegError, match=r"v\.\w+: frame 300 does not exist \(the video has 300 frames, 0\.\.299\)"):
+        read_frames(p, [0, 300])
+
+
+def test_read_frames_is_rgb(tmp_path):
+    "Colour order is RGB: a red video reads as high R, low B (OpenCV would give it the other way round)."
+    vw = cv2.VideoWriter(str(tmp_path / "red.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 60, (64, 48))
+    for _ in range(3): vw.write(np.full((48, 64, 3), (0, 0, 255), np.uint8))   # BGR red
+    vw.release()
+    (_, img), = read_frames(tmp_path / "red.avi", [1])
+    r, g, b = img.reshape(-1, 3).mean(0)
+    assert r > 200 and g < 40 and b < 40, (r, g, b)
+
+
+# ---------------------------------------------------------------- bad input, second round
+
+def _one_line_error(rc, out, err, path, msg):
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and err.startswith(f"surgseg extract: error: {path}: {msg}"), (rc, out, err)
+
+
+@pytest.mark.parametrize("case", ["size", "fps", "undecodable"])
+def test_video_that_does_not_fit_its_masks(copy, case):
+    v = copy / "train/video_01" / VIDEO_FILE
+    if case == "size": make_video(v, 250, size=(64, 96)); msg = "frames are 96x64, but its masks are 64x48"
+    if case == "fps": make_video(v, 250, fps=30); msg = "30 fps, but SAR-RARP50 videos are 60 fps"
+    if case == "undecodable": undecodable(v); msg = "no decodable frame ("
+    problems = validate_dataset(copy, workers=1, progress=False)
+    assert len(problems) == 1 and problems[0].startswith(f"{v}: {msg}"), problems      # one problem, not one per mask
+    rc, out, err = run("validate", copy)
+    assert rc == 1 and out.startswith(f"{v}: {msg}"), (rc, out, err)
+    _one_line_error(*run("extract", copy / "train/video_01"), v, msg)
+    assert not (copy / "train/video_01/rgb").exists() and not list((copy / "train/video_01").glob(".*"))   # nothing written
+
+
+def test_paths_with_spaces_and_non_ascii(good, tmp_path):
+    root = tmp_path / "my data" / "vidéos ü 手術"
+    shutil.copytree(good, root)
+    rc, out, err = run("validate", root)
+    assert rc == 0 and "OK: 4 videos" in out, (rc, out, err)
+    rc, out, err = run("extract", root)
+    assert rc == 0 and "15 frames written" in out, (rc, out, err)
+    v = find_videos(root)[0]
+    ref = reference(v.video, v.frames)
+    for f in v.frames: assert np.array_equal(cv2.imread(str(v.rgb_path(f)), cv2.IMREAD_UNCHANGED), ref[f][..., ::-1])
+
+
+def test_dataset_root_that_is_a_symlink(good, tmp_path):
+    real = tmp_path / "real"; shutil.copytree(good, real)
+    link = tmp_path / "link"; link.symlink_to(real, target_is_directory=True)
+    assert validate_dataset(link, workers=1, progress=False) == []
+    rc, out, err = run("extract", link, "--workers", 2)
+    assert rc == 0 and "15 frames written" in out, (rc, out, err)
+    assert len(list(real.glob("*/*/rgb/*.png"))) == 15            # the frames are in the real folder
+    assert SegDataset(link)[0]["image"].shape == (3,) + SIZE
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    "Make `folder` unwritable for this user: permission bits, or for root (whom they do not stop) the immutable flag."
+    if os.geteuid() != 0:
+        mode = folder.stat().st_mode; folder.chmod(0o555)
+        try: yield
+        finally: folder.chmod(mode)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root and cannot set the immutable flag: no way to make a read-only folder")
+    try: yield
+    finally: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_read_only_output_folder(good, copy, tmp_path):
+    d = copy / "train/video_01"
+    before = tree(d)
+    with read_only(d):
+        _one_line_error(*run("extract", d), d, "cannot write the extracted frames here (")
+    assert tree(d) == before
+    z = tmp_path / "video_01.zip"
+    with zipfile.ZipFile(z, "w") as zf: zf.writestr(VIDEO_FILE, (good / "train/video_01" / VIDEO_FILE).read_bytes())
+    out = tmp_path / "ro"; out.mkdir()
+    with read_only(out):
+        rc, o, e = run("unpack", z, "--to", out)
+    assert rc == 1 and len(e.strip().splitlines()) == 1 and e.startswith(f"surgseg unpack: error: {out}: cannot write the dataset here ("), (rc, o, e)
+    assert not any(out.iterdir())
+
+
+# ---------------------------------------------------------------- killed mid-write, rerun
+
+# a real `surgseg` process that SIGKILLs itself in the middle of its K-th file write (after writing part of it)
+KILLED = r"""
+import os, signal, sys, shutil, cv2
+k, n = int(sys.argv[1]), [0]
+def die_in_the_middle(write_part):
+    n[0] += 1
+    if n[0] == k: write_part(); os.kill(os.getpid(), signal.SIGKILL)
+copy, imwrite = shutil.copyfileobj, cv2.imwrite
+def copyfileobj(src, dst, length=0):
+    die_in_the_middle(lambda: (dst.write(src.read(300)), dst.flush()))
+    return copy(src, dst, length)
+def write_png(path, img, params=()):
+    die_in_the_middle(lambda: open(path, "wb").write(cv2.imencode(".png", img, params)[1].tobytes()[:200]))
+    return imwrite(path, img, params)
+shutil.copyfileobj, cv2.imwrite = copyfileobj, write_png
+from surgseg.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_at(k, *args):
+    rc, out, err = run(cmd=[sys.executable, "-c", KILLED, str(k), *map(str, args)])
+    assert rc == -signal.SIGKILL, (rc, out, err)
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_unpack_killed_and_rerun(good, tmp_path, k):
+    src = good / "train/video_01"
+    z = tmp_path / "video_01.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(src / VIDEO_FILE, VIDEO_FILE)
+        for p in sorted((src / "segmentation").iterdir()): zf.write(p, f"segmentation/{p.name}")
+        zf.write(good / "test/video_41" / VIDEO_FILE, f"test/video_41/{VIDEO_FILE}")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert run("unpack", z, "--to", ref)[0] == 0
+    killed_at(k, "unpack", z, "--to", out)
+    assert list(out.rglob(".*.tmp*")) and (out / ".unpack.lock").exists()   # it died mid-write, holding the lock
+    rc, o, e = run("unpack", z, "--to", out)
+    assert rc == 0 and f"unpacked {7 - (k - 1)} files ({k - 1} already there" in o, (rc, o, e)
+    assert tree(out) == tree(ref)                                          # same bytes, nothing else left
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_extract_killed_and_rerun(good, tmp_path, k):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    shutil.copytree(good, ref); shutil.copytree(good, out)
+    assert run("extract", ref)[0] == 0
+    killed_at(k, "extract", out, "--workers", 1)
+    assert list(out.rglob("rgb/.*.tmp.png")) and list(out.rglob(".rgb.lock"))   # it died mid-write, holding a lock
+    rc, o, e = run("extract", out)
+    assert rc == 0 and f"{15 - (k - 1)} frames written, {k - 1} already there" in o, (rc, o, e)
+    assert tree(out) == tree(ref)
+
+
+def test_second_extraction_of_a_video_is_refused(good, tmp_path):
+    root = tmp_path / "root"; shutil.copytree(good, root)
+    v = find_videos(root)[0]
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom surgseg.core import output_lock\n"
+                               "with output_lock(sys.argv[1]): print('held', flush=True); time.sleep(120)", str(v.rgb_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, out, err = run("extract", root)
+        assert rc == 1 and len(err.strip().splitlines()) == 1, (rc, out, err)
+        assert re.match(rf"surgseg extract: error: {re.escape(str(v.rgb_dir))}: in use by pid {holder.pid} on "
+                        rf"{re.escape(socket.gethostname())} since \d{{4}}-\d\d-\d\dT", err), err
+        assert not v.rgb_dir.exists()                                # the other videos went ahead, this one untouched
+        assert len(list(root.glob("*/*/rgb/*.png"))) == 15 - len(v.frames)
+    finally:
+        holder.kill(); holder.wait()
+    lock = json.loads((v.path / ".rgb.lock").read_text())
+    assert lock["pid"] == holder.pid                                 # left behind by the killed holder: stale
+    rc, out, err = run("extract", root)
+    assert rc == 0 and f"{len(v.frames)} frames written" in out, (rc, out, err)
+    assert not (v.path / ".rgb.lock").exists()
+
+
+# ---------------------------------------------------------------- the data root and the splits of a run
+
+def test_make_splits_and_data_dir(good, tmp_path):
+    cfg = Config(data_dir=str(good), val_fraction=0.5, seed=3)
+    tr, va = make_splits(cfg)
+    assert sorted(v.name for v in tr + va) == ["video_01", "video_02_1", "video_02_2"]      # never the test split
+    assert tr and va and not ({v.operation for v in tr} & {v.operation for v in va})
+    assert make_splits(Config(data_dir=str(good), val_fraction=0))[1] == []
+    assert resolve_data_dir(str(good)) == good
+    for bad, msg in [(tmp_path / "nowhere", "data folder not found"), (good / "train/video_01" / VIDEO_FILE, "not a folder")]:
+        with pytest.raises(SurgsegError, match=f"^{re.escape(str(bad))}: {msg}"): resolve_data_dir(str(bad))
