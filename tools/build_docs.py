@@ -10,7 +10,7 @@ to static HTML with nbconvert, with the sidebar of `_quarto.yml`.
     python tools/build_docs.py [--out _site]    # the site
     python tools/build_docs.py --readme         # README.md from nbs/index.ipynb
 """
-import argparse, html, os, re, shutil, sys
+import argparse, html, os, re, shutil
 from pathlib import Path
 
 import nbformat, yaml

@@ -1,0 +1,259 @@
+"Tests of the `surgseg` command line (surgseg.cli): parsers, conventions, errors, and Config's round trip through YAML, the CLI and papermill."
+import contextlib, dataclasses, io, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from surgseg import cli
+from surgseg.cli import COMMANDS, main, parser, train_config
+from surgseg.core import CONFIG_SECTIONS, Config, choices, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SURGSEG = Path(sys.executable).parent / "surgseg"
+TRAIN_NB = ROOT / "nbs" / "06_train.ipynb"
+
+
+def run(*argv):
+    "Run `surgseg ARGV` in this process: (exit code, stdout, stderr)."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def one_line_error(rc, err, cmd, *expected):
+    "A failure: non-zero exit, exactly one line on stderr, `surgseg CMD: error: ...` containing `expected`, no traceback."
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert rc != 0 and len(lines) == 1 and lines[0].startswith(f"surgseg {cmd}: error: "), (rc, err)
+    assert "Traceback" not in err
+    for e in expected: assert e in lines[0], (e, lines[0])
+
+
+def parse_train(*argv) -> Config:
+    return train_config(parser("train").parse_args([str(a) for a in argv]))
+
+
+# --- the command and its subcommands -----------------------------------------------------------------
+
+def test_top_level_help_is_fast_and_lists_every_command():
+    "`surgseg --help` lists the subcommands without importing torch (the chapters are imported per subcommand)."
+    code = "import sys; from surgseg.cli import main; rc = main(['--help']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for cmd in COMMANDS: assert f"  {cmd} " in r.stdout, cmd
+    assert set(COMMANDS) == {"synth", "unpack", "validate", "extract", "stats", "train", "evaluate", "predict",
+                             "predict-image", "predict-video"}
+
+
+def test_version_and_unknown_command():
+    from surgseg import __version__
+    r = subprocess.run([str(SURGSEG), "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == __version__, (r.stdout, r.stderr)
+    rc, out, err = run("trian")
+    assert rc == 2 and err.splitlines() == [err.strip()] and "'trian' is not a command" in err and "train" in err, err
+
+
+@pytest.mark.parametrize("cmd", list(COMMANDS))
+def test_help(cmd):
+    "Every subcommand's --help works (in its own parser) and names the subcommand."
+    rc, out, err = run(cmd, "--help")
+    assert rc == 0 and out.startswith(f"usage: surgseg {cmd}") and COMMANDS[cmd].help in out, (rc, out, err)
+
+
+@pytest.mark.parametrize("cmd", list(COMMANDS))
+def test_every_multiword_flag_has_both_spellings(cmd):
+    "Every --a_b flag is also --a-b (and a boolean's --no-a_b is also --no-a-b)."
+    for a in parser(cmd)._actions:
+        for o in a.option_strings:
+            if o.startswith("--") and "_" in o:
+                assert o.replace("_", "-") in a.option_strings, (cmd, o, a.option_strings)
+
+
+def test_dash_and_underscore_spellings_agree():
+    assert parse_train("--data-dir", "d", "--out-dir", "o", "--batch-size", 2, "--no-low-res") == \
+           parse_train("--data_dir", "d", "--out_dir", "o", "--batch_size", 2, "--no-low_res")
+    a = parser("evaluate").parse_args(["r", "p", "--allow-missing"])
+    b = parser("evaluate").parse_args(["r", "p", "--allow_missing"])
+    assert vars(a) == vars(b) and a.allow_missing is True
+
+
+def test_required_options():
+    "Options a command cannot work without are marked required: argparse refuses before anything runs."
+    for cmd, argv, flag in [("unpack", ["a.zip"], "--to"), ("predict", ["--data", "d", "--out", "o"], "--checkpoint"),
+                            ("predict", ["--checkpoint", "c", "--out", "o"], "--data"),
+                            ("predict-image", ["img.png", "--out", "o"], "--checkpoint"),
+                            ("predict-video", ["v.mp4", "--checkpoint", "c"], "--out")]:
+        rc, out, err = run(cmd, *argv)
+        one_line_error(rc, err, cmd, "required", flag)
+        assert rc == 2
+    for cmd in ("unpack", "predict", "predict-image", "predict-video"):
+        h = run(cmd, "--help")[1]
+        usage = h.split("\n\n")[0]
+        assert all(f"[{f}" not in usage for f in ("--to ", "--checkpoint ")), usage   # shown as required in the usage line
+
+
+def test_choices_come_from_the_registries():
+    "Registry-backed flags offer exactly the registered names; a wrong one fails naming the flag and the valid names."
+    from surgseg import losses, models, sampler  # noqa: F401 (they register their names)
+    acts = {a.dest: a for a in parser("train")._actions}
+    for key in ("loss", "sampler", "model", "class_weights", "head", "finetune"):
+        assert choices(key), f"nothing registered for {key!r}"
+        assert list(acts[key].choices) == choices(key), key
+    assert list(acts["loss"].choices) == list(losses.LOSSES)
+    rc, out, err = run("train", "--model", "nope")
+    one_line_error(rc, err, "train", "--model", "invalid choice: 'nope'", "'unet'")
+    rc, out, err = run("predict", "--checkpoint", "c", "--data", "d", "--out", "o", "--fill", "nope")
+    one_line_error(rc, err, "predict", "--fill", "background")
+
+
+def test_boolean_pairs():
+    "--tta / --no-tta: on, off, or (left out) the run's config; train's booleans also take a value."
+    base = ["--checkpoint", "c", "--data", "d", "--out", "o"]
+    p = parser("predict")
+    assert [p.parse_args(base + f).tta for f in ([], ["--tta"], ["--no-tta"], ["--no_tta"])] == [None, True, False, False]
+    v = parser("predict-video")
+    assert [v.parse_args(["x.mp4", "--checkpoint", "c", "--out", "o"] + f).overlays for f in ([], ["--no-overlays"])] == [True, False]
+    assert [parse_train(*f).tta for f in ([], ["--tta"], ["--no-tta"], ["--tta", "false"], ["--tta", "yes"])] == \
+           [False, True, False, False, True]
+    assert parse_train("--augment", "off").augment is False and parse_train("--no-augment").augment is False
+    rc, out, err = run("train", "--augment", "maybe")
+    one_line_error(rc, err, "train", "--augment", "'maybe' is not a boolean")
+    rc, out, err = run("predict", *base, "--tta", "yes")   # predict's --tta takes no value: 'yes' is not an argument
+    assert rc == 2
+
+
+def test_train_groups_follow_config_sections():
+    "train --help: one group per Config section holding exactly its fields, each with the field's docment and default."
+    from fastcore.docments import docments
+    p = parser("train")
+    groups = {g.title: [a.dest for a in g._group_actions] for g in p._action_groups}
+    for section, names in CONFIG_SECTIONS.items(): assert groups[section] == names, section
+    assert sorted(n for ns in CONFIG_SECTIONS.values() for n in ns) == sorted(Config.field_names())
+    docs = docments(Config)
+    acts = {a.dest: a for a in p._actions}
+    for f in dataclasses.fields(Config):
+        assert acts[f.name].help.replace("%%", "%").startswith(docs[f.name]), f.name
+        assert "[default: " in acts[f.name].help, f.name
+    out = run("train", "--help")[1]
+    assert "\ndata:\n" in out and "\noptimisation:\n" in out and "focal loss focusing parameter" in out
+
+
+@pytest.mark.parametrize("argv,key", [(["--lr", "-1"], "lr"), (["--batch_size", "0"], "batch_size"),
+                                      (["--resolution", "1.5"], "resolution"), (["--fps", "7"], "fps"),
+                                      (["--loss", "nope"], "loss"), (["--epochs", "2.5"], "epochs")],
+                         ids=["lr", "batch_size", "resolution", "fps", "loss", "epochs"])
+def test_wrong_value_fails_before_any_run_folder(tmp_path, argv, key):
+    "A value Config (or a registry) refuses: non-zero exit, one line naming the key, and no run folder."
+    out_dir, data = tmp_path / "runs", tmp_path / "no-data"   # a missing data folder: a wrongly accepted value fails fast
+    rc, out, err = run("train", *argv, "--out_dir", out_dir, "--data_dir", data, "--run_name", "r")
+    one_line_error(rc, err, "train", key)
+    assert rc == 2
+    assert not out_dir.exists() or not any(out_dir.iterdir()), list(out_dir.rglob("*"))
+
+
+def test_wrong_value_in_a_real_process(tmp_path):
+    "The console script: exit code 2, one line, no traceback, nothing written."
+    r = subprocess.run([str(SURGSEG), "train", "--lr", "-1", "--out_dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=300)
+    one_line_error(r.returncode, r.stderr, "train", "'lr'", "> 0")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_surgseg_error_is_one_line_exit_1(tmp_path):
+    "A problem found while working (a SurgsegError): one line, exit code 1."
+    rc, out, err = run("stats", tmp_path / "nope")
+    one_line_error(rc, err, "stats", "nope: no such folder")
+    assert rc == 1
+
+
+def test_no_module_cli_wrapper_is_used():
+    "The subcommands call the library directly: cli.py names no `*_cli` function of a chapter."
+    import re
+    src = Path(cli.__file__).read_text()
+    found = re.findall(r"\b[A-Za-z_]\w*_cli\b", src)
+    assert not found, found
+
+
+# --- every Config field, round trip ------------------------------------------------------------------
+
+ODD = {"data_dir": "/data/SAR RARP50", "out_dir": "elsewhere/runs", "run_name": "r_1", "encoder": "resnet18",
+       "weights": "none", "dinov3": "models/dinov3-local", "precision": "bf16", "log_with": "wandb",
+       "pos_embed_rescale": 2.0, "lora_targets": ["q_proj", "k_proj", "v_proj"], "min_area": [1, 2, 3, 4, 5, 6, 7, 8, 9]}
+
+
+def non_default_config() -> Config:
+    "A Config with every field set to a valid value that differs from its default."
+    from surgseg import losses, models, sampler  # noqa: F401 (registries: names to choose from)
+    d, vals = Config(), {}
+    for f in dataclasses.fields(Config):
+        v = getattr(d, f.name)
+        if f.name in ODD: vals[f.name] = ODD[f.name]
+        elif isinstance(v, bool): vals[f.name] = not v
+        elif choices(f.name): vals[f.name] = next(n for n in reversed(choices(f.name)) if n != v)
+        elif isinstance(v, int): vals[f.name] = v + 1
+        elif isinstance(v, float): vals[f.name] = v / 2
+        else: raise AssertionError(f"no odd value for Config field {f.name!r}: add one to ODD")
+    cfg = Config(**vals)
+    same = [k for k in Config.field_names() if getattr(cfg, k) == getattr(d, k)]
+    assert not same, f"fields left at their default: {same}"
+    return cfg
+
+
+def as_flags(cfg: Config) -> list[str]:
+    "The command line that sets every field of `cfg` (alternating underscore and dash spellings)."
+    argv = []
+    for i, f in enumerate(dataclasses.fields(Config)):
+        v, name = getattr(cfg, f.name), (f.name if i % 2 else f.name.replace("_", "-"))
+        if isinstance(v, bool): argv.append(f"--{name}" if v else f"--no-{name}")
+        elif isinstance(v, list): argv += [f"--{name}", *map(str, v)]
+        else: argv += [f"--{name}", str(v)]
+    return argv
+
+
+def test_every_field_round_trips_through_yaml(tmp_path):
+    cfg = non_default_config()
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+
+
+def test_every_field_round_trips_through_the_cli(tmp_path):
+    cfg = non_default_config()
+    assert parse_train(*as_flags(cfg)) == cfg
+    save_config(cfg, tmp_path / "c.yaml")                     # the YAML file under no flags, and under flags
+    assert parse_train("--config", tmp_path / "c.yaml") == cfg
+    assert parse_train("--config", tmp_path / "c.yaml", *as_flags(Config())) == Config()
+
+
+def _parameters_cell(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{TRAIN_NB.name}: expected one cell tagged parameters, found {len(cells)}"
+    return cells[0]
+
+
+def test_papermill_parameters_are_config_fields():
+    "06_train's parameters: Config's names, in order, its defaults, and each comment equal to the field's docment."
+    import papermill
+    from fastcore.docments import docments
+    params = papermill.inspect_notebook(str(TRAIN_NB))
+    names = [n for n in params if n in Config.field_names()]
+    assert names == Config.field_names(), set(Config.field_names()) ^ set(names)
+    extra = [n for n in params if n not in Config.field_names()]
+    assert extra in ([], ["config"]), f"parameters that are not Config fields: {extra}"
+    docs, d = docments(Config), Config()
+    for n in names:
+        assert params[n]["help"] == docs[n], (n, params[n]["help"], docs[n])
+        assert eval(params[n]["default"]) == getattr(d, n), (n, params[n]["default"], getattr(d, n))
+
+
+def test_every_field_round_trips_through_papermill():
+    "papermill -p for every field: the parameters cell, the injected cell and the chapter's next cell give back the Config."
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+    cfg = non_default_config()
+    nb = parameterize_notebook(nbformat.read(TRAIN_NB, as_version=4), cfg.to_dict())
+    i = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
+    build = next(c for c in nb.cells[i + 1:] if c.cell_type == "code")   # the chapter's cell turning parameters into `cfg`
+    ns = {}
+    exec("from surgseg.core import *\nfrom surgseg import losses, models, sampler", ns)
+    for c in (_parameters_cell(nb), nb.cells[i], build): exec(c.source, ns)
+    assert ns["cfg"] == cfg
