@@ -326,13 +326,16 @@ def parse_bool(s,               # a bool, 0/1, or a string: true/false, yes/no, 
 
 # %% ../nbs/00_core.ipynb #88d36fb5
 _CHOICES: dict[str, list] = {}
+_NOUNS: dict[str, str] = {}
 
-def register_choices(key: str,  # the Config field (or CLI option) whose valid names these are
-                     names,     # a registry dict (kept by reference: later additions count) or a list of names
+def register_choices(key: str,         # the Config field (or CLI option) whose valid names these are
+                     names,            # a registry dict (kept by reference: later additions count) or a list of names
+                     noun: str = "",   # what one name is, for errors ("class-weight scheme"); default: the key
                     ):
     "Declare the valid names of a registry-backed setting (a module calls this at import for its registry)."
     srcs = _CHOICES.setdefault(key, [])
     if not any(s is names for s in srcs): srcs.append(names if isinstance(names, dict) else list(names))
+    if noun: _NOUNS[key] = noun
 
 def choices(key: str) -> list[str] | None:
     "The names registered for `key` so far, in registration order (None if nothing is registered: anything goes)."
@@ -492,8 +495,8 @@ def _check(key: str, value):
     "`value` if it is valid for config key `key`, else a one-line SurgsegError naming the key and the valid range or names."
     if key in _RULES and not _RULES[key][0](value):
         raise SurgsegError(f"config key {key!r}: {value!r} is out of range; must be {_RULES[key][1]}")
-    if key in REGISTERED and (names := choices(key)) is not None and value not in names:
-        raise SurgsegError(f"config key {key!r}: {value!r} is not a {key.replace('_', ' ')} name; choose from {', '.join(names)}")
+    if (names := choices(key)) is not None and value not in names:
+        raise SurgsegError(f"config key {key!r}: {value!r} is not a {_NOUNS.get(key, key.replace('_', ' '))}; choose from {', '.join(names)}")
     return value
 
 # %% ../nbs/00_core.ipynb #6afb050f

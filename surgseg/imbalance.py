@@ -4,21 +4,20 @@
 
 # %% ../nbs/02_imbalance_study.ipynb #e9c3dd56
 from __future__ import annotations
-import hashlib, os, warnings
+import hashlib, importlib, os, warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.std import tqdm
 
-from .core import (CLASS_NAMES, CLASSES, NUM_CLASSES, REAL_FRAME_PRESENCE, REAL_PIXEL_SHARE,
-                          SurgsegError, atomic_write, read_mask)
+from .core import (CLASS_NAMES, NUM_CLASSES, REAL_FRAME_PRESENCE, REAL_PIXEL_SHARE, SurgsegError,
+                          atomic_folder, atomic_write, clean_partials, output_lock, parallel_map, read_mask)
 from .data import find_videos, natural_key
 
 # %% auto #0
 __all__ = ['PX', 'HAS', 'CACHE_FILE', 'PARALLEL_MIN', 'mask_pixel_counts', 'dataset_root', 'video_fingerprint', 'count_masks',
            'frame_table', 'class_summary', 'video_presence', 'cooccurrence', 'absent_share', 'plot_class_shares',
-           'plot_presence_maps', 'format_summary', 'stats_cli']
+           'plot_presence_maps', 'format_summary', 'write_stats', 'stats_cli']
 
 # %% ../nbs/02_imbalance_study.ipynb #8290ea10
 PX = [f"px_{c}" for c in range(NUM_CLASSES)]    # pixel-count columns of the frame table
@@ -54,17 +53,10 @@ def count_masks(paths: list,               # mask files
                ) -> np.ndarray:             # (len(paths), 10) int64 pixel counts
     "Pixel counts of many masks, in parallel, with a progress bar."
     paths = [str(p) for p in paths]
-    n = len(paths)
-    if not n: return np.zeros((0, NUM_CLASSES), np.int64)
-    if workers is None: workers = min(8, os.cpu_count() or 1) if n >= PARALLEL_MIN else 1
-    bar = dict(desc="counting class pixels", unit="mask", total=n, mininterval=0.5)
-    if workers > 1 and n > 1:
-        from tqdm.contrib.concurrent import process_map
-        out = process_map(mask_pixel_counts, paths, max_workers=min(workers, n),
-                          chunksize=max(1, n // (16 * workers)), tqdm_class=tqdm, **bar)
-    else:
-        out = [mask_pixel_counts(p) for p in tqdm(paths, **bar)]
-    return np.stack(out)
+    if not paths: return np.zeros((0, NUM_CLASSES), np.int64)
+    if workers is None: workers = min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_MIN else 1
+    fn = importlib.import_module("surgseg.imbalance").mask_pixel_counts  # workers import it (also when this runs in the notebook)
+    return np.stack(parallel_map(fn, paths, workers, desc="counting class pixels", unit="mask"))
 
 # %% ../nbs/02_imbalance_study.ipynb #0bcc8cb7
 _KEY_COLS = ["key", "video", "operation", "split", "frame", "path", "fingerprint"]
@@ -97,6 +89,7 @@ def _root_rows(root: Path, videos: list, workers, cache: bool) -> pd.DataFrame:
         fresh = pd.concat([fresh[~stale], new], ignore_index=True) if (~stale).any() else new
         if cache:
             try:
+                clean_partials((root / CACHE_FILE).parent, CACHE_FILE.name)  # temporary files of writers killed mid-write
                 with atomic_write(root / CACHE_FILE) as tmp: fresh.to_csv(tmp, index=False)
             except OSError as e: warnings.warn(f"{root / CACHE_FILE}: cannot write the cache ({e.strerror}); continuing without it")
     wanted = set(zip(keys, fps))
@@ -175,6 +168,7 @@ def plot_class_shares(summary: pd.DataFrame,                # a `class_summary`
                       ref_label: str = "SAR-RARP50 (real)", # legend name of the references
                      ):
     "Two panels: pixel share per class (log scale) and the share of frames containing each class."
+    import matplotlib.pyplot as plt
     import seaborn as sns
     fig, axs = plt.subplots(1, 2, figsize=(13, 4))
     if isinstance(pixel_reference, str): pixel_reference = REAL_PIXEL_SHARE
@@ -190,6 +184,7 @@ def plot_class_shares(summary: pd.DataFrame,                # a `class_summary`
 
 def plot_presence_maps(table: pd.DataFrame):  # a `frame_table`
     "Two heatmaps: the share of each video's frames containing each class, and class co-occurrence."
+    import matplotlib.pyplot as plt
     import seaborn as sns
     vp = video_presence(table).iloc[:, 1:]
     co = cooccurrence(table).iloc[1:, 1:]
@@ -210,20 +205,31 @@ def format_summary(summary: pd.DataFrame,  # a `class_summary`
                       "frames": summary["frames"], "frame share": summary["frame_share"].map("{:.1%}".format)})
     return d.to_string()
 
-def stats_cli(root: str,              # dataset root in the official layout
-              out: str = None,        # folder for the CSV files (default ROOT/.surgseg/stats)
-              min_pixels: int = 16,   # a frame contains a class only with at least this many pixels of it
-              workers: int = None,    # counting processes (default: automatic)
-             ):
-    "Class imbalance statistics of a dataset: write CSV files and print the class summary."
+def write_stats(root: str | Path,             # dataset root in the official layout
+                out: str | Path | None = None,  # folder for the CSV files (default ROOT/.surgseg/stats)
+                min_pixels: int = 16,           # a frame contains a class only with at least this many pixels of it
+                workers: int | None = None,     # counting processes (default: automatic)
+               ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:  # (frame table, class summary, the CSV folder)
+    "Class imbalance statistics of a dataset, published as four CSV files together (all or none)."
     if not Path(root).is_dir(): raise SurgsegError(f"{root}: no such folder")
     table = frame_table(root, min_pixels=min_pixels, workers=workers)
     summary = class_summary(table)
     out = Path(out) if out else Path(root) / ".surgseg" / "stats"
     files = {"frames.csv": table, "classes.csv": summary, "videos.csv": video_presence(table),
              "cooccurrence.csv": cooccurrence(table)}
-    for name, df in files.items():
-        with atomic_write(out / name) as tmp: df.to_csv(tmp, index=name != "frames.csv")
+    if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in files)):
+        raise SurgsegError(f"{out}: holds {other[0]}, not a stats folder; choose a new or empty folder for the CSV files")
+    with output_lock(out), atomic_folder(out, replace=True) as tmp:
+        for name, df in files.items(): df.to_csv(tmp / name, index=name != "frames.csv")
+    return table, summary, out
+
+def stats_cli(root: str,              # dataset root in the official layout
+              out: str = None,        # folder for the CSV files (default ROOT/.surgseg/stats)
+              min_pixels: int = 16,   # a frame contains a class only with at least this many pixels of it
+              workers: int = None,    # counting processes (default: automatic)
+             ):
+    "`surgseg stats`: write the CSV files (`write_stats`) and print the class summary."
+    table, summary, out = write_stats(root, out, min_pixels, workers)
     print(f"{len(table)} masks in {table['video'].nunique()} videos (a class is present with >= {min_pixels} pixels)")
     print(format_summary(summary))
-    print(f"wrote {', '.join(files)} to {out}")
+    print(f"wrote frames.csv, classes.csv, videos.csv, cooccurrence.csv to {out}")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import CLASS_NAMES, NUM_CLASSES, Config, SurgsegError
+from .core import CLASS_NAMES, NUM_CLASSES, Config, SurgsegError, register_choices
 
 # %% auto #0
 __all__ = ['WEIGHT_SCHEMES', 'LOSSES', 'pixel_counts', 'class_weights', 'SegLoss', 'CELoss', 'DiceLoss', 'FocalLoss',
@@ -25,6 +25,7 @@ WEIGHT_SCHEMES = {  # scheme: raw weight from the class frequencies f (only call
     "median": lambda f: np.median(f) / f,   # given per-image frequencies n_c / m_c when image_pixels is known
     "one_minus_p": lambda f: 1 - f,
 }
+register_choices("class_weights", WEIGHT_SCHEMES, "class-weight scheme")  # Config checks `class_weights` against it
 
 # %% ../nbs/04_losses.ipynb #bd20c273
 def pixel_counts(table,  # `imbalance.frame_table` DataFrame (columns px_0..px_{C-1}), training frames only
@@ -157,6 +158,7 @@ LOSSES = {  # name: builder(cfg, class_weight_tensor_or_None) -> SegLoss
                                              "focal": (cfg.focal_weight, FocalLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.ignore_index))},
                                             cfg.ignore_index),
 }
+register_choices("loss", LOSSES)  # Config checks `loss` against it; the CLI offers its names
 
 # %% ../nbs/04_losses.ipynb #edcd1346
 def build_loss(cfg: Config,              # uses loss, class_weights, *_weight, focal_gamma, focal_alpha, ignore_index

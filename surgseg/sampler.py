@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from .core import CLASS_NAMES, NUM_CLASSES, SurgsegError
-from .imbalance import HAS, PX, class_summary, frame_table
+from .core import CLASS_NAMES, NUM_CLASSES, SurgsegError, register_choices
+from .imbalance import HAS, PX
 
 # %% auto #0
 __all__ = ['SCHEMES', 'class_frequency', 'uniform_weights', 'inverse_frequency_weights', 'repeat_factor_weights',
@@ -68,6 +68,7 @@ def class_balanced_weights(presence: np.ndarray,  # (frames, classes) bool
 
 SCHEMES = {"none": uniform_weights, "inverse_frequency": inverse_frequency_weights,
            "repeat_factor": repeat_factor_weights, "class_balanced": class_balanced_weights}
+register_choices("sampler", SCHEMES, "sampler scheme")  # Config checks `sampler` against it; the CLI offers its names
 
 # %% ../nbs/03_sampler.ipynb #4e1f1717
 def clip_normalise(weights: np.ndarray,       # (frames,) non-negative weights
@@ -214,6 +215,7 @@ def plot_exposure(expo: pd.DataFrame,  # first table of `exposure_report`
                   div: pd.DataFrame,   # second table of `exposure_report`
                  ):
     "Two panels: expected draws containing each class per scheme (log scale), and distinct frames per epoch."
+    import matplotlib.pyplot as plt
     import seaborn as sns
     fig, axs = plt.subplots(1, 2, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 1]})
     long = expo.iloc[1:].reset_index().melt(id_vars="name", var_name="scheme", value_name="draws")

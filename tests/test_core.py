@@ -150,7 +150,7 @@ def test_config_refuses_nonsense_on_every_entry(tmp_path, key, value, says):
 
 def test_registered_names_are_checked():
     register_choices("finetune", ["frozen", "lora", "full"])  # what surgseg.models does at import
-    with pytest.raises(SurgsegError, match="config key 'finetune': 'lorra' is not a finetune name; choose from frozen, lora, full"):
+    with pytest.raises(SurgsegError, match="config key 'finetune': 'lorra' is not a finetune; choose from frozen, lora, full"):
         Config(finetune="lorra")
     assert choices("finetune")[:3] == ["frozen", "lora", "full"]
 

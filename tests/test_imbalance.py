@@ -75,3 +75,53 @@ def test_min_pixels_rethresholds_without_recount(tmp_path):
     assert (t1[PX].to_numpy() == t20[PX].to_numpy()).all()
     # class 1 is a 1-pixel-wide stripe of 20 pixels: present at min_pixels=1, never at 21
     assert t1["has_1"].any() and not t20["has_1"].any()
+
+
+KILLERS = {  # where a `surgseg stats` run is killed with SIGKILL (code run before stats_cli in the child)
+    "while counting": "import surgseg.imbalance as im; f = im.mask_pixel_counts; n = [0]\n"
+                      "def g(p):\n    n[0] += 1\n    if n[0] == 20: os.kill(os.getpid(), signal.SIGKILL)\n    return f(p)\n"
+                      "im.mask_pixel_counts = g",
+    "while writing the cache": "import pandas as pd; f = pd.DataFrame.to_csv\n"
+                               "def g(self, p, **k):\n    open(p, 'w').write('px_0,px_1\\n1,'); os.kill(os.getpid(), signal.SIGKILL)\n"
+                               "pd.DataFrame.to_csv = g",
+    "while writing the CSV files": "import pandas as pd; f = pd.DataFrame.to_csv; n = [0]\n"
+                                   "def g(self, p, **k):\n    n[0] += 1\n    f(self, p, **k)\n    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+                                   "pd.DataFrame.to_csv = g",
+}
+
+
+def stats(root: Path):
+    "`imbalance.stats_cli` in a fresh interpreter (the library function `surgseg stats` stands for)."
+    code = f"from surgseg.imbalance import stats_cli; stats_cli({str(root)!r}, workers=1)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def _outputs(root: Path) -> dict:
+    "Every file under ROOT/.surgseg (what `stats` writes) and its bytes."
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / ".surgseg").rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("moment", list(KILLERS))
+def test_stats_killed_and_rerun_gives_the_same_bytes(tmp_path, moment):
+    root = toy(tmp_path / "data", n_videos=2, n_frames=30)
+    code = f"import os, signal\n{KILLERS[moment]}\nfrom surgseg.imbalance import stats_cli\nstats_cli({str(root)!r}, workers=1)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr
+    assert not (root / ".surgseg/stats").exists()  # no half set of CSV files where a user looks
+    assert stats(root).returncode == 0             # rerun
+    after_kill = _outputs(root)
+    leftovers = [p for p in root.rglob("*") if p.name.endswith((".partial", ".lock", ".old")) or ".tmp" in p.name]
+    assert leftovers == []
+    import shutil; shutil.rmtree(root / ".surgseg")
+    assert stats(root).returncode == 0             # an uninterrupted run
+    assert after_kill == _outputs(root) and sorted(after_kill) == [".surgseg/frame_table.csv"] + [
+        f".surgseg/stats/{n}" for n in ("classes.csv", "cooccurrence.csv", "frames.csv", "videos.csv")]
+
+
+def test_two_stats_runs_on_one_folder_refuse_the_second(tmp_path):
+    from surgseg.core import SurgsegError, output_lock
+    from surgseg.imbalance import stats_cli
+    root = toy(tmp_path / "data", n_videos=1, n_frames=2)
+    with output_lock(root / ".surgseg" / "stats"):
+        with pytest.raises(SurgsegError, match=r"stats: in use by pid \d+ on "):
+            stats_cli(str(root))

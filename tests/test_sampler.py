@@ -116,3 +116,10 @@ def test_bad_input():
         frame_weights(np.ones((3, 2), bool), "repeat_factor", threshold=0)
     with pytest.raises(SurgsegError, match="finite and non-negative"):
         make_sampler(np.array([1.0, -1.0]))
+
+
+def test_registry_checks_config_sampler_names():
+    from surgseg.core import Config, choices
+    assert choices("sampler") == list(SCHEMES)
+    with pytest.raises(SurgsegError, match="config key 'sampler': 'rfs' is not a sampler scheme; choose from none, inverse_frequency, repeat_factor, class_balanced"):
+        Config(sampler="rfs")
