@@ -17,8 +17,8 @@ import numpy as np
 from fastcore.script import Param, store_true
 from tqdm.auto import tqdm
 
-from .core import (SurgsegError, Config, MASK_STEP, VIDEO_FPS, atomic_write, default_workers, output_lock,
-                          parallel_map, read_mask)
+from .core import (SurgsegError, Config, MASK_STEP, VIDEO_FPS, atomic_write, clean_partials, default_workers,
+                          output_lock, parallel_map, read_mask)
 
 # %% auto #0
 __all__ = ['SPLITS', 'VIDEO_FILE', 'SYNTHETIC_MARKER', 'PNG_PARAMS', 'natural_key', 'operation_of', 'Video', 'load_video',
@@ -148,10 +148,6 @@ def _writable(folder: Path, what: str):
         with tempfile.TemporaryFile(dir=folder): pass
     except OSError as e: raise SurgsegError(f"{folder}: cannot write {what} here ({e.strerror or e})") from None
 
-def _temporaries(dest: Path) -> list[Path]:
-    "Temporary files `atomic_write` makes for `dest` (left behind only by a killed process)."
-    return list(dest.parent.glob(f".{dest.stem}.*.tmp{dest.suffix}")) if dest.parent.is_dir() else []
-
 def _crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -188,8 +184,7 @@ def unpack(zips: list,             # zip archives of the dataset
         if not todo: return dict(written=0, identical=identical, ignored=ignored)
         _writable(to, "the dataset")
         with output_lock(to / "unpack"):                 # `to/.unpack.lock`: a second unpack into `to` is refused
-            for *_, dest in todo:
-                for tmp in _temporaries(dest): tmp.unlink()   # left by a killed unpack (we hold the lock)
+            for folder in sorted({dest.parent for *_, dest in todo}): clean_partials(folder)   # a killed unpack's temporary files
             for z, zf, info, dest in tqdm(todo, desc="unpack", unit="file", disable=not progress):
                 try:
                     with atomic_write(dest, overwrite=False) as tmp:
@@ -582,7 +577,7 @@ def extract_video(v: Video,                # the video folder
     targets = target_frames(v, pr.n_frames, fps)
     _writable(v.rgb_dir if v.rgb_dir.exists() else v.path, "the extracted frames")
     with output_lock(v.rgb_dir):                                   # `video_*/.rgb.lock`
-        for tmp in v.rgb_dir.glob(".*.tmp.png"): tmp.unlink()      # left by a killed writer (we hold the lock)
+        clean_partials(v.rgb_dir)                                  # the temporary files of a killed writer
         todo = [f for f in targets if not png_complete(v.rgb_path(f), (pr.height, pr.width))]
         if not todo: return Extracted(v.name, "done", 0, len(targets))
         frames = read_frames(v.video, todo, method, verify, pr)
