@@ -2,8 +2,8 @@
 
 For each codec, writes a 1080p 60 fps synthetic video (panning tissue texture from surgseg.synthetic and
 moving instrument-like shapes, so frames differ and compress like real ones), then times
-  - surgseg: `extract_frames` (PyAV seeking, proven exact per video; one video, so one process whose
-    spare cores encode PNGs),
+  - surgseg: `extract_frames` (`read_frames`: PyAV seeking, proven exact per video; one video, so one
+    process whose spare cores encode PNGs),
   - sequential: decode every frame in order with PyAV (frame threading on) and write every 60th
     frame as PNG, which is what the organisers' `unpack` does (optionally also with OpenCV's VideoCapture),
 checks that surgseg's PNGs are pixel-identical to the sequential ones, and prints times and ratios, both
@@ -19,9 +19,8 @@ import av
 import cv2
 import numpy as np
 
-from surgseg.data import (VIDEO_FILE, MASK_STEP, PNG_PARAMS, extract_frames, load_video, probe_video, seek_check,
-                          decode_seeking)
-from surgseg.core import write_mask
+from surgseg.data import VIDEO_FILE, PNG_PARAMS, extract_frames, load_video, probe_video, read_frames
+from surgseg.core import MASK_STEP, write_mask
 
 H, W = 1080, 1920
 
@@ -91,11 +90,11 @@ def sequential_cv2(video, out):
 
 
 def decode_only(video, targets):
-    "Seconds to get the target frames into memory, without writing: (seeking incl. probe and check, sequential)."
+    "Seconds to get the target frames into memory, without writing: (read_frames incl. probe and check, sequential)."
     t = time.perf_counter()
-    pr = probe_video(video)
-    why = seek_check(video, pr, targets, 2)
-    if not why: list(decode_seeking(video, pr, targets, threads="SLICE"))
+    r = read_frames(video, targets)
+    why = r.note
+    if not why: list(r)
     t_seek = time.perf_counter() - t
     t = time.perf_counter()
     with av.open(str(video)) as c:
