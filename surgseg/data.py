@@ -736,9 +736,10 @@ class SegDataset:
             self._tfs[size] = t
         return self._tfs[size]
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:  # item i, or (i, seed): item i with this draw's augmentation seeded by `seed`
         "dict(image=float32 (3, H, W) in [0, 1], mask=int64 (H, W), index=i) at the working size."
         import torch
+        i, seed = key if isinstance(key, tuple) else (key, None)
         if not -len(self) <= i < len(self): raise IndexError(i)
         i = i % len(self)
         _, _, rgb, mp = self.items[i]
@@ -746,7 +747,9 @@ class SegDataset:
         if img is None: raise SurgsegError(f"{rgb}: unreadable image")
         size = self.size_of(i)
         if img.shape[:2] != size: raise SurgsegError(f"{rgb}: size {img.shape[1]}x{img.shape[0]}, but its mask is {size[1]}x{size[0]}")
-        out = self._transform(i)(image=cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask=read_mask(mp, size))
+        tf = self._transform(i)
+        if seed is not None: tf.set_random_seed(int(seed) % 2**32)   # a function of the draw, not of the process's history
+        out = tf(image=cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask=read_mask(mp, size))
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
         return dict(image=image, mask=torch.from_numpy(out["mask"].astype(np.int64)), index=i)
 

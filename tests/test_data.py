@@ -457,3 +457,16 @@ def test_make_splits_and_data_dir(good, tmp_path):
     assert resolve_data_dir(str(good)) == good
     for bad, msg in [(tmp_path / "nowhere", "data folder not found"), (good / "train/video_01" / VIDEO_FILE, "not a folder")]:
         with pytest.raises(SurgsegError, match=f"^{re.escape(str(bad))}: {msg}"): resolve_data_dir(str(bad))
+
+
+def test_seeded_draws_do_not_depend_on_the_process(copy):
+    "ds[i, seed]: the augmentation is a function of the seed alone, in this process or any loader worker (exact resume)."
+    import torch
+    extract_frames(copy, workers=1, progress=False)
+    ds = SegDataset(copy, scale=0.5, train=True)
+    here = ds[3, 77]["image"]
+    _ = ds[5]                                                              # other draws in between change nothing
+    assert torch.equal(here, ds[3, 77]["image"]) and torch.equal(here, SegDataset(copy, scale=0.5, train=True, seed=5)[3, 77]["image"])
+    dl = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, sampler=[(3, 77), (3, 78), (3, 77), (3, 77)])
+    imgs = [b["image"][0] for b in dl]
+    assert all(torch.equal(here, imgs[k]) for k in (0, 2, 3)) and not torch.equal(here, imgs[1])
