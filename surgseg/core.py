@@ -272,7 +272,11 @@ def default_workers(n_tasks: int,               # number of tasks
     return max(1, min(int(workers), int(n_tasks)))
 
 def _init_worker():
-    "Pool worker start-up: one thread per library, since the pool already uses every core."
+    "Pool worker start-up: die with the parent (a SIGKILLed run leaves no orphan writing); one thread per library."
+    with contextlib.suppress(Exception):  # Linux: ask the kernel to SIGKILL this worker when its parent dies
+        import ctypes, signal
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1: os._exit(1)           # the parent died before the request took effect
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(k, "1")
     with contextlib.suppress(ImportError):
         import cv2; cv2.setNumThreads(1)

@@ -160,3 +160,40 @@ def test_yaml_duplicate_key_names_file_key_and_line(tmp_path):
     p.write_text("loss: dice_ce\nepochs: 3\n# comment\nloss: focal_ce\n")
     with pytest.raises(SurgsegError) as e: load_config(p)
     assert str(e.value) == f"{p}: duplicate key 'loss' on line 4 (first on line 1)"
+
+
+
+def _children(pid: int) -> list[int]:
+    "Pids of the live processes whose parent is `pid` (Linux /proc)."
+    out = []
+    for st in Path("/proc").glob("[0-9]*/stat"):
+        try: f = st.read_text().rsplit(")", 1)[1].split()
+        except OSError: continue
+        if int(f[1]) == pid and f[0] != "Z": out.append(int(st.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try: return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError: return b""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_pool_workers_die_with_a_killed_parent():
+    "A run killed with SIGKILL leaves no pool worker behind, still writing into its output."
+    p = subprocess.Popen([PY, "-c", "import time; from surgseg.core import parallel_map\n"
+                          "parallel_map(time.sleep, [30, 30, 30], workers=2, progress=False)"])
+    try:
+        for _ in range(600):
+            workers = [k for k in _children(p.pid) if b"spawn_main" in _cmdline(k)]
+            if len(workers) >= 2: break
+            time.sleep(0.05)
+        time.sleep(1.0)  # the workers are past their start-up (the death signal is set there)
+    finally:
+        p.send_signal(signal.SIGKILL); p.wait()
+    assert len(workers) >= 2
+    for _ in range(100):
+        alive = [k for k in workers if Path(f"/proc/{k}").exists() and "Z" not in Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+        if not alive: break
+        time.sleep(0.05)
+    assert alive == []
