@@ -1,21 +1,26 @@
-"Tests of surgseg.inference through the command line: `surgseg predict`, `predict-image`, `predict-video`, and bad input."
-import contextlib, io, os, shutil, subprocess, sys
+"""Tests of surgseg.inference and surgseg.postprocess through the command line: `surgseg predict`, `predict-image`,
+`predict-video`; a run's validation score equals predict + evaluate; kill -9 and rerun; locks; bad input."""
+import contextlib, io, json, os, signal, shutil, socket, subprocess, sys, time
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pandas as pd
 import pytest
+from accelerate.utils import set_seed
+from PIL import Image
 
-from surgseg.core import Config, read_mask, seed_everything
+from surgseg.core import Config, output_lock, read_mask
 from surgseg.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+EXE = Path(sys.executable).parent / "surgseg"
 
 
 def surgseg(*args):
     "Run the installed console script (a separate process, as a user would)."
-    exe = Path(sys.executable).parent / "surgseg"
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, timeout=300, env=ENV)
 
 
 def run_main(*args):
@@ -33,13 +38,18 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inference")
     root = generate(tmp / "data", n_train=2, n_test=1, seconds=3, size=(64, 96))
     cfg = Config(model="unet", encoder="resnet18", weights="none", resolution=0.5, data_dir=str(root))
-    seed_everything(0)
+    set_seed(0)
     save_model(build_model(cfg), cfg, tmp / "run" / "best")
     return dict(tmp=tmp, root=root, run=tmp / "run")
 
 
 def gt_masks(split):
     return sorted(p.relative_to(split) for p in split.glob("video_*/segmentation/*.png"))
+
+
+def files_of(folder: Path) -> dict:
+    "Every file under `folder` (hidden ones included) -> its bytes."
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_predict_split_cli_official_layout(env):
@@ -53,6 +63,7 @@ def test_predict_split_cli_official_layout(env):
     for rel in gt_masks(test): read_mask(pred / rel, read_mask(test / rel).shape)
     res = evaluate(test, pred, workers=1, progress=False)
     assert 0 <= res["score"] <= 1 and res["n_frames"] == 4
+    assert not [p for p in pred.parent.iterdir() if p.name.startswith(".pred")]  # no lock, no partial folder left
 
 
 def test_predict_split_tta_and_tuned_min_area(env):
@@ -65,6 +76,27 @@ def test_predict_split_tta_and_tuned_min_area(env):
     assert rc == 0, err
     assert "tuned on the validation split: --min_area" in out and "tta=True" in out
     assert len(list(b.glob("video_*/segmentation/*.png"))) == 4
+
+
+def test_validation_score_equals_predict_and_evaluate(env, tmp_path):
+    "A run's validation score (training's own validation path) is `predict_split` + `evaluate` on the same frames, to 1e-9."
+    from surgseg.data import make_splits
+    from surgseg.evaluate import evaluate
+    from surgseg.inference import Predictor, predict_split
+    from surgseg.train import fit
+    cfg = Config(model="unet", encoder="resnet18", weights="none", resolution=0.5, data_dir=str(env["root"]),
+                 out_dir=str(tmp_path / "runs"), epochs=2, max_steps=2, batch_size=2, val_fraction=0.5, log_with="none")
+    run = fit(cfg)
+    hist = pd.read_csv(run / "metrics.csv")
+    best = hist.loc[hist.val_score.idxmax()]                      # the epoch best/ holds
+    val = make_splits(cfg)[1]
+    assert val and all(v.split != "test" for v in val)
+    pred = predict_split(Predictor.from_checkpoint(run, device="cpu"), val, tmp_path / "pred", progress=False)
+    ref = tmp_path / "ref"
+    for v in val: (ref / v.name).mkdir(parents=True); (ref / v.name / "segmentation").symlink_to(v.path / "segmentation")
+    res = evaluate(ref, pred, workers=1, progress=False)
+    assert res["n_frames"] == sum(len(v.frames) for v in val)
+    for k in ("score", "miou", "mnsd"): assert abs(res[k] - best[f"val_{k}"]) <= 1e-9, (k, res[k], best[f"val_{k}"])
 
 
 def test_predict_image_and_video_cli(env):
@@ -84,6 +116,17 @@ def test_predict_image_and_video_cli(env):
     assert video_info(env["tmp"] / "vid" / "video_left_overlay.mp4")["frames"] == n
 
 
+def test_predict_image_tiny_and_huge(env, tmp_path):
+    "A 1x1 image and one 25 times the model's working size in each direction: full-size masks, or one line saying why."
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("dot", (1, 1)), ("huge", (1600, 2400))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+        rc, out, err = run_main("predict-image", tmp_path / f"{name}.png", "--checkpoint", env["run"], "--out", tmp_path / name)
+        assert rc == 0, err
+        assert read_mask(tmp_path / name / "masks" / f"{name}.png", (h, w)).shape == (h, w)
+        assert Image.open(tmp_path / name / "overlays" / f"{name}.png").size == (w, h)
+
+
 def _fails(args, *expected, out=None):
     "The command exits 1 with one line on stderr containing `expected`, and `out` was not created."
     rc, _, err = run_main(*args)
@@ -93,6 +136,7 @@ def _fails(args, *expected, out=None):
     assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
     for e in expected: assert e in errors[0], errors[0]
     if out is not None: assert not Path(out).exists()
+    return errors[0]
 
 
 def test_bad_checkpoints(env):
@@ -104,15 +148,13 @@ def test_bad_checkpoints(env):
     save_model(build_model(cfg), cfg, tmp / "other" / "best")
     shutil.copy(env["run"] / "best" / "config.yaml", tmp / "other" / "best" / "config.yaml")
     _fails(["predict", "--checkpoint", tmp / "other", "--data", test, "--out", tmp / "p2"],
-           "other/best/model.safetensors: does not match", out=tmp / "p2")
-    _fails(["predict", "--data", test, "--out", tmp / "p3"], "--checkpoint is required", out=tmp / "p3")
+           "other/best/model.safetensors: weights of a 'fpn' model", out=tmp / "p2")
 
 
 def test_bad_images_and_videos(env):
     "An unreadable image or video fails with its name; the output folder is not created."
     tmp = env["tmp"]
     imgs = tmp / "bad_imgs"; imgs.mkdir()
-    from PIL import Image
     Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(imgs / "a.png")
     (imgs / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     _fails(["predict-image", imgs, "--checkpoint", env["run"], "--out", tmp / "o1"], "b.png: unreadable image", out=tmp / "o1")
@@ -127,3 +169,70 @@ def test_refuses_non_empty_output(env):
     _fails(["predict", "--checkpoint", env["run"], "--data", env["root"] / "test", "--out", out], "taken: output folder is not empty")
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".taken")]
+
+
+# --- two writers, stale locks, kill -9 -----------------------------------------------------------------------------
+
+def test_second_writer_refused_and_stale_lock_taken_over(env, tmp_path):
+    "While a process holds a prediction folder, `predict` into it is refused naming the holder; a dead holder's lock is taken over."
+    out = tmp_path / "pred"
+    with output_lock(out):
+        msg = _fails(["predict", "--checkpoint", env["run"], "--data", env["root"] / "test", "--out", out],
+                     f"pred: in use by pid {os.getpid()} on {socket.gethostname()} since", out=out)
+    dead = subprocess.Popen(["true"]); dead.wait()
+    (tmp_path / ".pred.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}))
+    rc, _, err = run_main("predict", "--checkpoint", env["run"], "--data", env["root"] / "test", "--out", out)
+    assert rc == 0, err
+    assert len(list(out.glob("video_*/segmentation/*.png"))) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # the stale lock is gone with ours
+
+
+@pytest.fixture(scope="module")
+def slow_split(tmp_path_factory):
+    "A split whose prediction takes seconds (60 frames, one per batch): 128x192 frames and masks, frames already extracted."
+    d = tmp_path_factory.mktemp("slow")
+    rng = np.random.default_rng(1)
+    for f in range(0, 60 * 60, 60):
+        v = d / "test" / "video_41"
+        (v / "segmentation").mkdir(parents=True, exist_ok=True); (v / "rgb").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 10, (128, 192), dtype=np.uint8)).save(v / "segmentation" / f"{f:09d}.png")
+        Image.fromarray(rng.integers(0, 255, (128, 192, 3), dtype=np.uint8)).save(v / "rgb" / f"{f:09d}.png")
+    video = d / "clip.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 60, (192, 128))
+    for i in range(90): w.write(rng.integers(0, 255, (128, 192, 3), dtype=np.uint8))
+    w.release()
+    return d
+
+
+def kill_midway(args, out: Path, files: int = 3, timeout: float = 120):
+    "Start a command, SIGKILL it once its hidden partial folder holds `files` files; check it was mid-way."
+    p = subprocess.Popen([str(EXE), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    t0 = time.time()
+    try:
+        while time.time() - t0 < timeout:
+            parts = list(out.parent.glob(f".{out.name}.*.partial"))
+            if parts and sum(1 for q in parts[0].rglob("*") if q.is_file()) >= files: break
+            assert p.poll() is None, "the command finished before it could be killed: give it more work"
+            time.sleep(0.005)
+        else: raise AssertionError("the command never wrote anything")
+    finally:
+        p.send_signal(signal.SIGKILL); p.wait()
+    assert not out.exists(), "a killed run must leave no result folder"
+    assert list(out.parent.glob(f".{out.name}.*.partial"))  # it was killed mid-way, its partial folder left behind
+
+
+@pytest.mark.parametrize("cmd", ["predict", "predict-video", "predict-image"])
+def test_killed_and_rerun_is_byte_identical(env, slow_split, tmp_path, cmd):
+    "SIGKILL mid-way leaves nothing a user would take for a result; the rerun publishes exactly the bytes of an uninterrupted run."
+    src = {"predict": ["--data", slow_split / "test"], "predict-video": [slow_split / "clip.avi"],
+           "predict-image": [slow_split / "test" / "video_41" / "rgb"]}[cmd]
+    common = [cmd, *src, "--checkpoint", env["run"], "--batch_size", 1]
+    clean = tmp_path / "clean"
+    rc, _, err = run_main(*common, "--out", clean)  # the uninterrupted run (in-process: the same code, torch already imported)
+    assert rc == 0, err
+    out = tmp_path / "out"
+    kill_midway([*common, "--out", out], out)
+    r = surgseg(*common, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert files_of(out) == files_of(clean) and len(files_of(out)) >= 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]  # no partial folder, no lock, no temporary file
