@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 import av
 import cv2
 import numpy as np
-from fastcore.script import Param, store_true
 from tqdm.auto import tqdm
 
 from .core import (SurgsegError, Config, MASK_STEP, VIDEO_FPS, atomic_write, clean_partials, default_workers,
@@ -25,8 +24,7 @@ __all__ = ['SPLITS', 'VIDEO_FILE', 'SYNTHETIC_MARKER', 'PNG_PARAMS', 'natural_ke
            'find_videos', 'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'seek_cost', 'seek_check',
            'FrameReader', 'read_frames', 'is_synthetic', 'validate_dataset', 'png_complete', 'target_frames',
            'Extracted', 'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation',
-           'resolve_data_dir', 'make_splits', 'build_transforms', 'SegDataset', 'unpack_cli', 'validate_cli',
-           'extract_cli']
+           'resolve_data_dir', 'make_splits', 'build_transforms', 'SegDataset']
 
 # %% ../nbs/01_data_extraction.ipynb #769c443b
 SPLITS = ("train", "train1", "train2", "test")  # split folder names used by the releases
@@ -756,37 +754,3 @@ class SegDataset:
     def __repr__(self):
         return (f"SegDataset({len(self)} frames of {len(self.videos)} videos, full {self.full_size}, "
                 f"working {self.work_size(0)}, {'train' if self.train and self.augment else 'eval'})")
-
-# %% ../nbs/01_data_extraction.ipynb #47817838
-def unpack_cli(zips: Param("zip archives of SAR-RARP50", str, nargs="+"),
-               to: Param("dataset root to unpack into", str, required=True) = None,
-               split: Param("put every video in this split folder (default: from the archive or the released table)", str) = None):
-    "Unpack the dataset's zip archives into the official layout (no path escapes ROOT, nothing overwritten, resumable)."
-    r = unpack(zips, to, split)
-    print(f"{to}: unpacked {r['written']} files ({r['identical']} already there, {r['ignored']} outside video folders ignored)")
-
-def validate_cli(root: str,                     # dataset root (train/, test/, ... or video_* folders)
-                 known: store_true = False,     # always compare mask counts with the released dataset's
-                 workers: int = None):          # processes (default: one per core)
-    "Check a dataset root (layout, videos, masks, frame numbers); print every problem, exit 1 if any."
-    problems = validate_dataset(root, known=True if known else None, workers=workers)
-    for p in problems: print(p)
-    if problems:
-        print(f"{root}: {len(problems)} problem(s)")
-        return 1
-    videos = find_videos(root)
-    per = {s: sum((v.split or ".") == s for v in videos) for s in dict.fromkeys(v.split or "." for v in videos)}
-    print(f"{root}: OK: {len(videos)} videos ({', '.join(f'{s}: {n}' for s, n in per.items())}), "
-          f"{sum(len(v.frames) for v in videos)} masks")
-
-def extract_cli(root: str,                      # dataset root (train/, test/, ... or video_* folders)
-                fps: int = 1,                   # 1 = the annotated frames; 10 = every 6th frame as well
-                workers: int = None,            # processes (default: one per core)
-                sequential: store_true = False): # decode every frame instead of seeking (the reference method)
-    "Extract the annotated frames of every video to video_*/rgb/NNNNNNNNN.png (resumable)."
-    res = extract_frames(root, fps=fps, workers=workers, method="sequential" if sequential else "auto")
-    by = {m: sum(r.method == m for r in res) for m in ("seek", "sequential", "done")}
-    print(f"{root}: {sum(r.written for r in res)} frames written, {sum(r.skipped for r in res)} already there; "
-          f"videos: {by['seek']} by seeking, {by['sequential']} by sequential decoding, {by['done']} already complete")
-    for r in res:
-        if r.note and not sequential: print(f"  {r.video}: sequential decoding ({r.note})")
