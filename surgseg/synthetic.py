@@ -4,36 +4,32 @@
 
 # %% ../nbs/90_synthetic.ipynb #e65cfb67
 from __future__ import annotations
-import math, os, shutil, time, uuid
-from concurrent.futures import ProcessPoolExecutor
+import importlib, math, time
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
+from fastcore.basics import patch
 
-from .core import (NUM_CLASSES, CLASS_NAMES, REAL_PIXEL_SHARE, REAL_FRAME_PRESENCE, SurgsegError,
-                          atomic_write, write_mask, default_data_dir)
-from .data import SYNTHETIC_MARKER
+from .core import (NUM_CLASSES, CLASS_NAMES, REAL_PIXEL_SHARE, REAL_FRAME_PRESENCE, MASK_STEP, VIDEO_FPS, SurgsegError,
+                          atomic_folder, atomic_write, parallel_map, write_mask, default_data_dir)
 
 # %% auto #0
-__all__ = ['FPS', 'MASK_EVERY', 'ACTION_EVERY', 'CODECS', 'MAX_SIZE', 'SCHEDULED', 'TOOL_STATES', 'DIMS', 'n_masks',
-           'catmull_rom', 'schedule_runs', 'VideoPlan', 'plan_dataset', 'tissue_texture', 'vignette', 'Shape', 'draw',
-           'border_point', 'reach', 'tube', 'instrument', 'needle', 'spline', 'clip_shape', 'Scene', 'action_segments',
-           'write_actions', 'fourcc_of', 'write_video', 'generate', 'ensure_synthetic', 'synth_cli', 'plan_masks',
-           'calibration']
+__all__ = ['ACTION_EVERY', 'CODECS', 'MAX_SIZE', 'SYNTHETIC_MARKER', 'SCHEDULED', 'TOOL_STATES', 'DIMS', 'n_masks', 'catmull_rom',
+           'schedule_runs', 'VideoPlan', 'plan_dataset', 'tissue_texture', 'vignette', 'Shape', 'draw', 'border_point',
+           'reach', 'tube', 'instrument', 'needle', 'spline', 'clip_shape', 'Scene', 'action_segments', 'write_actions',
+           'fourcc_of', 'write_video', 'generate', 'ensure_synthetic', 'synth_cli', 'plan_masks', 'calibration']
 
 # %% ../nbs/90_synthetic.ipynb #947c2fdb
-FPS = 60          # frames per second of every video (as in SAR-RARP50)
-MASK_EVERY = 60   # a mask every 60th frame (1 Hz)
 ACTION_EVERY = 6  # action_discrete.txt has a label every 6th frame (10 Hz)
 CODECS = {"MJPG": "MJPG", "MP4V": "mp4v", "MPEG-4": "mp4v", "MPEG4": "mp4v"}  # accepted names -> fourcc
 MAX_SIZE = (1080, 1920)  # largest (H, W): the real resolution
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written at the root of a synthetic stand-in by `generate`
 
 def n_masks(n_frames: int) -> int:
     "Number of annotated frames of a video with `n_frames` frames: frames 0, 60, ... up to the last."
-    return (n_frames - 1) // MASK_EVERY + 1
+    return (n_frames - 1) // MASK_STEP + 1
 
 # %% ../nbs/90_synthetic.ipynb #64afb2dc
 def catmull_rom(keys: np.ndarray,      # (K, ...) values at keyframes 0..K-1
@@ -129,7 +125,7 @@ def plan_dataset(n_train: int = 6,          # training operations (folders train
         parts = [f"_{i}" for i in (1, 2)] if op in split else [""]
         for part in parts:
             secs = seconds / len(parts)
-            n_frames = max(1, int(round(secs * FPS)) + int(rng.integers(1, MASK_EVERY)))
+            n_frames = max(1, int(round(secs * VIDEO_FPS)) + int(rng.integers(1, MASK_STEP)))
             plans.append(VideoPlan(f"video_{op:02d}{part}", sub, n_frames, tuple(int(s) for s in size),
                                    int(rng.integers(2**31)), scene_seed))
     for sub in ("train", "test"):
@@ -358,10 +354,12 @@ def _runs(rng, n, p, run=(1, 4)):
         i += r
     return out
 
-# %% ../nbs/90_synthetic.ipynb #1a85ba57
+# %% ../nbs/90_synthetic.ipynb #ee73fe99
 class Scene:
     "The moving scene of one video, built from a `VideoPlan`: `mask(f)` and `frame(f)` draw frame f."
-    def __init__(self, plan: VideoPlan, appearance: bool = True):
+    def __init__(self, plan: VideoPlan,     # the video to draw
+                 appearance: bool = True,   # also build texture and colours (False: masks only, as the calibration uses)
+                ):
         self.plan, (h, w) = plan, plan.size
         self.size = (h, w)
         geo, mot = np.random.default_rng([plan.scene_seed, 1]), np.random.default_rng([plan.seed, 2])
@@ -372,169 +370,247 @@ class Scene:
         self.cam = np.stack([_walk(mot, K, -0.7 * m, 0.7 * m), _walk(mot, K, -0.7 * m, 0.7 * m),
                              _walk(mot, K, 0.98, 1.05), _walk(mot, K, -0.04, 0.04)], 1)
         self.look = self._look(np.random.default_rng([plan.scene_seed, 3])) if appearance else None
-        self._tools(mot, K)
-        self._others(geo, mot, K)
+        self._tools(mot, K)         # the two instruments
+        self._needle(geo, mot, K)   # the needle, and which instrument holds it
+        self._thread(mot, K)        # the thread
+        self._suction(mot, K)       # the suction tool
+        self._holder(mot, K)        # the needle holder
+        self._clips(geo)            # clips, fixed to the tissue
+        self._catheter(geo)         # the catheter, fixed to the tissue
 
-    def _tools(self, mot, K):
-        "Keyframes of the two instruments (entry angle, deviation, depth, bend, jaw) following the pair state."
-        h, w = self.size; d = self.d
-        lj, lw = d["jaw"], d["wrist"]
-        self.tool_keys = []
-        b_out = _runs(mot, K, 0.2)
-        for t, (lo, hi) in enumerate(((0.92 * math.pi, 1.3 * math.pi), (1.7 * math.pi, 2.08 * math.pi))):
-            phi, dev = _walk(mot, K, lo, hi, 0.1), _walk(mot, K, -0.35, 0.35, 0.15)
-            depth = np.empty(K)
-            for k in range(K):
-                E = border_point(phi[k], self.size); u = _rot(np.array([-math.cos(phi[k]), -math.sin(phi[k])]), dev[k])
-                R = reach(E, u, self.size)
-                st = self.plan.tools[k]
-                lead = (k // 3 + t) % 2 == 0  # which instrument is the one in view in the partial states
-                if st == 3 and not (t == 1 and b_out[k]):
-                    depth[k] = max(lj + lw + 0.2 * h, mot.uniform(0.45, 0.8) * R)
-                elif st == 2 and lead: depth[k] = lj + mot.uniform(0.35, 0.8) * lw
-                elif st == 1 and lead: depth[k] = mot.uniform(0.35, 0.75) * lj
-                else: depth[k] = -0.5 * h
-            self.tool_keys.append(np.stack([phi, dev, depth, _walk(mot, K, -0.7, 0.7), _walk(mot, K, 0.0, 0.55)], 1))
+# %% ../nbs/90_synthetic.ipynb #5f57782e
+@patch
+def camera(self: Scene, k: float) -> np.ndarray:
+    "2x3 affine matrix from texture to frame coordinates at fractional keyframe k."
+    h, w = self.size; m = self.margin
+    tx, ty, z, r = catmull_rom(self.cam, k)
+    A = z * np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+    t = np.array([w / 2, h / 2]) - A @ np.array([w / 2 + m + tx, h / 2 + m + ty])
+    return np.hstack([A, t[:, None]])
 
-    def _tool(self, t, k):
-        "Shapes and grasp point of instrument t at fractional keyframe k (None if out of view)."
-        phi, dev, depth, bend, jaw = catmull_rom(self.tool_keys[t], k)
-        if depth <= 0: return [], None
-        E = border_point(phi, self.size); u = _rot(np.array([-math.cos(phi), -math.sin(phi)]), dev)
-        return instrument(E, u, depth, bend, jaw, self.d, look=self.look["tools"][t] if self.look else None)
+@patch
+def _look(self: Scene, rng):
+    "Texture, vignette and colours of the operation."
+    h, w = self.size; m = self.margin; g = lambda lo, hi: int(rng.uniform(lo, hi))
+    tool = lambda: dict(shaft=(g(35, 55),) * 2 + (g(40, 62),), wrist=(g(135, 165),) * 2 + (g(140, 172),),
+                        jaw=(g(180, 205),) * 2 + (g(185, 212),))
+    return dict(texture=cv2.cvtColor(tissue_texture(rng, (h + 2 * m, w + 2 * m), h / 270), cv2.COLOR_RGB2RGBA),
+                vignette=cv2.cvtColor(vignette((h, w), rng), cv2.COLOR_GRAY2RGBA),
+                tools=[tool(), tool()], holder=tool(), needle=(g(195, 215),) * 2 + (g(200, 222),),
+                thread=[(95, 55, 140), (45, 120, 80), (60, 60, 150)][g(0, 3)],
+                clip=[(125, 60, 160), (120, 125, 135)][g(0, 2)], catheter=(g(215, 240), g(190, 215), g(130, 160)),
+                suction=(g(170, 200),) * 2 + (g(175, 210),))
 
-    def _others(self, geo, mot, K):
-        "Keyframes of the needle, thread, suction tool, needle holder; tissue positions of clips and catheter."
-        h, w = self.size; m = self.margin; vis = self.plan.visible
-        self.needle_keys = np.stack([_walk(mot, K, 0.25 * w, 0.75 * w), _walk(mot, K, 0.3 * h, 0.7 * h),
-                                     _walk(mot, K, 0, 2 * math.pi, 0.08)], 1)
-        self.needle_span = geo.uniform(0.95, 1.15) * math.pi
-        self.holder_of_needle = np.full(K, -1)
+# %% ../nbs/90_synthetic.ipynb #ffe5d1f1
+def _entry(phi: float, dev: float, size: tuple):
+    "Where a tool enters the (H, W) frame (the border point at angle `phi` from the centre) and its direction, turned by `dev`."
+    return border_point(phi, size), _rot(np.array([-math.cos(phi), -math.sin(phi)]), dev)
+
+@patch
+def _tools(self: Scene, mot, K):
+    "Keyframes of the two instruments (entry angle, deviation, depth, bend, jaw) following the pair state."
+    h, w = self.size; d = self.d
+    lj, lw = d["jaw"], d["wrist"]
+    self.tool_keys = []
+    b_out = _runs(mot, K, 0.2)
+    for t, (lo, hi) in enumerate(((0.92 * math.pi, 1.3 * math.pi), (1.7 * math.pi, 2.08 * math.pi))):
+        phi, dev = _walk(mot, K, lo, hi, 0.1), _walk(mot, K, -0.35, 0.35, 0.15)
+        depth = np.empty(K)
         for k in range(K):
-            for t in (0, 1):
-                _, g = self._tool(t, k)
-                if g is not None and 0.1 * w < g[0] < 0.9 * w and 0.1 * h < g[1] < 0.9 * h:
-                    self.holder_of_needle[k] = t; break
-        self.thread_keys = np.stack([np.stack([_walk(mot, K, a * w, b * w), _walk(mot, K, c * h, e * h)], 1)
-                                     for a, b, c, e in ((0.1, 0.9, 0.1, 0.9), (0.15, 0.85, 0.3, 0.95),
-                                                        (0.2, 0.8, 0.2, 0.9), (0.1, 0.9, 0.6, 1.1), (-0.2, 1.2, 0.5, 1.3))], 1)
-        self.free_end = np.stack([_walk(mot, K, 0.2 * w, 0.8 * w), _walk(mot, K, 0.2 * h, 0.8 * h)], 1)
-        def slider(lo, hi, present, depth_range):
-            phi, dev = _walk(mot, K, lo, hi, 0.1), _walk(mot, K, -0.25, 0.25, 0.1)
-            depth = np.array([mot.uniform(*depth_range) * reach(border_point(phi[k], self.size),
-                              _rot(np.array([-math.cos(phi[k]), -math.sin(phi[k])]), dev[k]), self.size)
-                              if present[k] else -0.6 * h for k in range(K)])
-            return np.stack([phi, dev, depth, _walk(mot, K, -0.3, 0.3), _walk(mot, K, 0.0, 0.4)], 1)
-        self.suction_keys = slider(0.25 * math.pi, 0.75 * math.pi, vis[6], (0.45, 0.8))
-        self.holder_keys = slider(1.3 * math.pi, 1.7 * math.pi, vis[7], (0.6, 0.85))
-        ctr = np.array([w / 2 + m, h / 2 + m])  # clips and catheter live in texture coordinates
-        self.clips = [(ctr + [geo.uniform(-0.32, 0.32) * w, geo.uniform(-0.05, 0.35) * h], geo.uniform(0, 2 * math.pi))
-                      for _ in range(int(geo.integers(2, 4)))]
-        a = geo.uniform(-0.3, 0.3) * math.pi - math.pi / 2  # the catheter comes up from the lower border
-        base = ctr + [geo.uniform(-0.3, 0.3) * w, 0.42 * h]  # its end emerges from the tissue near the lower border
-        self.catheter = _curve(geo, base, a, 6, self.d["catheter_len"] / 6, 0.15)
+            E, u = _entry(phi[k], dev[k], self.size)
+            R = reach(E, u, self.size)
+            st = self.plan.tools[k]
+            lead = (k // 3 + t) % 2 == 0  # which instrument is the one in view in the partial states
+            if st == 3 and not (t == 1 and b_out[k]):
+                depth[k] = max(lj + lw + 0.2 * h, mot.uniform(0.45, 0.8) * R)
+            elif st == 2 and lead: depth[k] = lj + mot.uniform(0.35, 0.8) * lw
+            elif st == 1 and lead: depth[k] = mot.uniform(0.35, 0.75) * lj
+            else: depth[k] = -0.5 * h
+        self.tool_keys.append(np.stack([phi, dev, depth, _walk(mot, K, -0.7, 0.7), _walk(mot, K, 0.0, 0.55)], 1))
 
-    def camera(self, k: float) -> np.ndarray:
-        "2x3 affine matrix from texture to frame coordinates at fractional keyframe k."
-        h, w = self.size; m = self.margin
-        tx, ty, z, r = catmull_rom(self.cam, k)
-        A = z * np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
-        t = np.array([w / 2, h / 2]) - A @ np.array([w / 2 + m + tx, h / 2 + m + ty])
-        return np.hstack([A, t[:, None]])
+@patch
+def _tool(self: Scene, t: int, k: float):
+    "Shapes and grasp point of instrument t at fractional keyframe k (None if out of view)."
+    phi, dev, depth, bend, jaw = catmull_rom(self.tool_keys[t], k)
+    if depth <= 0: return [], None
+    E, u = _entry(phi, dev, self.size)
+    return instrument(E, u, depth, bend, jaw, self.d, look=self.look["tools"][t] if self.look else None)
 
-    def shapes(self, f: int) -> list[Shape]:
-        "Every shape of frame f, in drawing order (tissue-fixed things first, the held needle last)."
-        h, w = self.size; d = self.d; vis = self.plan.visible
-        k = f / MASK_EVERY; kn = min(int(round(k)), self.plan.n_masks)
-        M = self.camera(k); L = self.look
-        to_frame = lambda p: np.asarray(p) @ M[:, :2].T + M[:, 2]
-        out = []
-        if vis[8][kn]:
-            for c, a in self.clips: out += clip_shape(to_frame(c), a, d["clip"], d["clip_w"], L["clip"] if L else (0, 0, 0))
-        if vis[9][kn]:
-            col = L["catheter"] if L else (0, 0, 0)
-            cat = spline(to_frame(self.catheter), 4)
-            out += [Shape("line", 9, cat, col, d["catheter"]),
-                    Shape("line", None, cat + [0, -0.22 * d["catheter"]], tuple(min(255, c + 30) for c in col), max(1, 0.15 * d["catheter"]))]
-        tools = [self._tool(t, k) for t in (0, 1)]
-        nd = []
-        if vis[4][kn]:
-            hold = self.holder_of_needle[kn]
-            nk = catmull_rom(self.needle_keys, k)
-            start, r = nk[2], d["needle_r"]
-            if hold >= 0 and tools[hold][1] is not None:
-                ag = start + 0.35 * self.needle_span
-                c = tools[hold][1] - r * np.array([math.cos(ag), math.sin(ag)])
-            else: c = nk[:2]
-            nd, n_end, _ = needle(c, r, start, self.needle_span, d["needle_w"], L["needle"] if L else (0, 0, 0))
-        if vis[5][kn]:
-            pts = catmull_rom(self.thread_keys, k)
-            p0 = n_end if nd else catmull_rom(self.free_end, k)
-            out.append(Shape("line", 5, spline(np.vstack([p0, pts])), L["thread"] if L else (0, 0, 0), d["thread_w"]))
-        for keys, kind in ((self.holder_keys, "holder"), (self.suction_keys, "suction")):
-            phi, dev, depth, bend, jaw = catmull_rom(keys, k)
-            if depth <= 0: continue
-            E = border_point(phi, self.size); u = _rot(np.array([-math.cos(phi), -math.sin(phi)]), dev)
-            if kind == "holder":
-                s, _ = instrument(E, u, depth, bend, jaw, dict(shaft=d["holder"], wrist=0.08 * h, jaw=0.2 * h), (7, 7, 7),
-                                  L["holder"] if L else None)
-            else:
-                tip = E + u * depth; col = L["suction"] if L else (0, 0, 0); ws = d["suction"] / 2
-                s = [Shape("disc", 6, np.array([tip]), _shade(col, 0.8), ws)] + tube(E - u * 4000, tip, ws, 6, col)
-                s += [Shape("disc", None, np.array([tip - u * ws * (1.2 + 1.3 * i)]), tuple(c // 3 for c in col), 0.3 * ws) for i in range(3)]
-            out += s
-        for s, _ in tools: out += s
-        return out + nd
+# %% ../nbs/90_synthetic.ipynb #9908aa2f
+@patch
+def _needle(self: Scene, geo, mot, K):
+    "Keyframes of the needle (centre, start angle), its arc, and which instrument holds it at each keyframe."
+    h, w = self.size
+    self.needle_keys = np.stack([_walk(mot, K, 0.25 * w, 0.75 * w), _walk(mot, K, 0.3 * h, 0.7 * h),
+                                 _walk(mot, K, 0, 2 * math.pi, 0.08)], 1)
+    self.needle_span = geo.uniform(0.95, 1.15) * math.pi
+    self.holder_of_needle = np.full(K, -1)
+    for k in range(K):
+        for t in (0, 1):
+            _, g = self._tool(t, k)
+            if g is not None and 0.1 * w < g[0] < 0.9 * w and 0.1 * h < g[1] < 0.9 * h:
+                self.holder_of_needle[k] = t; break
 
-    def mask(self, f: int) -> np.ndarray:
-        "The (H, W) uint8 class mask of frame f."
-        m = np.zeros(self.size, np.uint8); draw(self.shapes(f), m); return m
+@patch
+def _needle_shapes(self: Scene, k: float, kn: int, tools: list):
+    "The needle's shapes at fractional keyframe k (held by `tools[holder]` if it is in view), and its end."
+    hold = self.holder_of_needle[kn]
+    nk = catmull_rom(self.needle_keys, k)
+    start, r = nk[2], self.d["needle_r"]
+    if hold >= 0 and tools[hold][1] is not None:
+        ag = start + 0.35 * self.needle_span
+        c = tools[hold][1] - r * np.array([math.cos(ag), math.sin(ag)])
+    else: c = nk[:2]
+    shapes, end, _ = needle(c, r, start, self.needle_span, self.d["needle_w"], self.look["needle"] if self.look else (0, 0, 0))
+    return shapes, end
 
-    def render(self, f: int) -> tuple[np.ndarray, np.ndarray]:
-        "Frame f as ((H, W, 4) uint8 RGBA image, (H, W) uint8 mask); 4 channels because OpenCV warps them 2x faster."
-        if self.look is None: raise ValueError("this Scene was built without appearance (masks only)")
-        h, w = self.size
-        img = cv2.warpAffine(self.look["texture"], self.camera(f / MASK_EVERY), (w, h), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REFLECT)
-        shapes = self.shapes(f)
-        shadow = np.full(self.size, 255, np.uint8)  # instruments cast soft shadows on the tissue (light near the lens)
-        off = np.array([0.03 * w, 0.05 * h])
-        draw([Shape(s.kind, 150, s.pts + off, 0, s.width) for s in shapes if s.cls in (1, 2, 3, 6, 7)], shadow)
-        k = int(0.04 * h) | 1
-        img = cv2.multiply(img, cv2.cvtColor(cv2.blur(shadow, (k, k)), cv2.COLOR_GRAY2RGBA), scale=1 / 255)
-        m = np.zeros(self.size, np.uint8)
-        draw(shapes, m, img)
-        img = cv2.multiply(img, self.look["vignette"], scale=1 / 255)
-        return cv2.GaussianBlur(img, (3, 3), 0.7), m
+# %% ../nbs/90_synthetic.ipynb #49ea0990
+@patch
+def _thread(self: Scene, mot, K):
+    "Keyframes of the thread's five control points and of its free end."
+    h, w = self.size
+    self.thread_keys = np.stack([np.stack([_walk(mot, K, a * w, b * w), _walk(mot, K, c * h, e * h)], 1)
+                                 for a, b, c, e in ((0.1, 0.9, 0.1, 0.9), (0.15, 0.85, 0.3, 0.95),
+                                                    (0.2, 0.8, 0.2, 0.9), (0.1, 0.9, 0.6, 1.1), (-0.2, 1.2, 0.5, 1.3))], 1)
+    self.free_end = np.stack([_walk(mot, K, 0.2 * w, 0.8 * w), _walk(mot, K, 0.2 * h, 0.8 * h)], 1)
 
-    def frame(self, f: int) -> tuple[np.ndarray, np.ndarray]:
-        "Frame f as ((H, W, 3) uint8 RGB image, (H, W) uint8 mask)."
-        img, m = self.render(f)
-        return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB), m
+@patch
+def _thread_shapes(self: Scene, k: float, needle_end=None) -> list[Shape]:
+    "The thread at fractional keyframe k, from the needle's end if given."
+    pts = catmull_rom(self.thread_keys, k)
+    p0 = needle_end if needle_end is not None else catmull_rom(self.free_end, k)
+    return [Shape("line", 5, spline(np.vstack([p0, pts])), self.look["thread"] if self.look else (0, 0, 0), self.d["thread_w"])]
 
-    def _look(self, rng):
-        "Texture, vignette and colours of the operation."
-        h, w = self.size; m = self.margin; g = lambda lo, hi: int(rng.uniform(lo, hi))
-        tool = lambda: dict(shaft=(g(35, 55),) * 2 + (g(40, 62),), wrist=(g(135, 165),) * 2 + (g(140, 172),),
-                            jaw=(g(180, 205),) * 2 + (g(185, 212),))
-        return dict(texture=cv2.cvtColor(tissue_texture(rng, (h + 2 * m, w + 2 * m), h / 270), cv2.COLOR_RGB2RGBA),
-                    vignette=cv2.cvtColor(vignette((h, w), rng), cv2.COLOR_GRAY2RGBA),
-                    tools=[tool(), tool()], holder=tool(), needle=(g(195, 215),) * 2 + (g(200, 222),),
-                    thread=[(95, 55, 140), (45, 120, 80), (60, 60, 150)][g(0, 3)],
-                    clip=[(125, 60, 160), (120, 125, 135)][g(0, 2)], catheter=(g(215, 240), g(190, 215), g(130, 160)),
-                    suction=(g(170, 200),) * 2 + (g(175, 210),))
+# %% ../nbs/90_synthetic.ipynb #0b56c6f3
+def _slider_keys(mot, K: int, size: tuple, lo: float, hi: float, present, depth_range: tuple) -> np.ndarray:
+    "Keyframes (entry angle, deviation, depth, bend, jaw) of a tool entering between angles lo..hi where `present`."
+    h = size[0]
+    phi, dev = _walk(mot, K, lo, hi, 0.1), _walk(mot, K, -0.25, 0.25, 0.1)
+    depth = np.array([mot.uniform(*depth_range) * reach(*_entry(phi[k], dev[k], size), size)
+                      if present[k] else -0.6 * h for k in range(K)])
+    return np.stack([phi, dev, depth, _walk(mot, K, -0.3, 0.3), _walk(mot, K, 0.0, 0.4)], 1)
+
+@patch
+def _suction(self: Scene, mot, K):
+    "Keyframes of the suction tool, entering from the top."
+    self.suction_keys = _slider_keys(mot, K, self.size, 0.25 * math.pi, 0.75 * math.pi, self.plan.visible[6], (0.45, 0.8))
+
+@patch
+def _holder(self: Scene, mot, K):
+    "Keyframes of the needle holder, entering from the bottom."
+    self.holder_keys = _slider_keys(mot, K, self.size, 1.3 * math.pi, 1.7 * math.pi, self.plan.visible[7], (0.6, 0.85))
+
+@patch
+def _suction_shapes(self: Scene, k: float) -> list[Shape]:
+    "The suction tool at fractional keyframe k (none if withdrawn)."
+    phi, dev, depth, bend, jaw = catmull_rom(self.suction_keys, k)
+    if depth <= 0: return []
+    E, u = _entry(phi, dev, self.size)
+    tip = E + u * depth; col = self.look["suction"] if self.look else (0, 0, 0); ws = self.d["suction"] / 2
+    s = [Shape("disc", 6, np.array([tip]), _shade(col, 0.8), ws)] + tube(E - u * 4000, tip, ws, 6, col)
+    return s + [Shape("disc", None, np.array([tip - u * ws * (1.2 + 1.3 * i)]), tuple(c // 3 for c in col), 0.3 * ws) for i in range(3)]
+
+@patch
+def _holder_shapes(self: Scene, k: float) -> list[Shape]:
+    "The needle holder at fractional keyframe k (none if withdrawn)."
+    phi, dev, depth, bend, jaw = catmull_rom(self.holder_keys, k)
+    if depth <= 0: return []
+    E, u = _entry(phi, dev, self.size); h = self.size[0]
+    return instrument(E, u, depth, bend, jaw, dict(shaft=self.d["holder"], wrist=0.08 * h, jaw=0.2 * h), (7, 7, 7),
+                      self.look["holder"] if self.look else None)[0]
+
+# %% ../nbs/90_synthetic.ipynb #386f5882
+@patch
+def _tissue_centre(self: Scene) -> np.ndarray:
+    "The frame centre in texture coordinates (the texture has a margin on every side)."
+    h, w = self.size; m = self.margin
+    return np.array([w / 2 + m, h / 2 + m])
+
+@patch
+def _clips(self: Scene, geo):
+    "Two or three clips: texture position and angle."
+    h, w = self.size; ctr = self._tissue_centre()
+    self.clips = [(ctr + [geo.uniform(-0.32, 0.32) * w, geo.uniform(-0.05, 0.35) * h], geo.uniform(0, 2 * math.pi))
+                  for _ in range(int(geo.integers(2, 4)))]
+
+@patch
+def _catheter(self: Scene, geo):
+    "The catheter's centre line in texture coordinates, emerging from the tissue near the lower border."
+    h, w = self.size; ctr = self._tissue_centre()
+    a = geo.uniform(-0.3, 0.3) * math.pi - math.pi / 2
+    base = ctr + [geo.uniform(-0.3, 0.3) * w, 0.42 * h]
+    self.catheter = _curve(geo, base, a, 6, self.d["catheter_len"] / 6, 0.15)
+
+@patch
+def _clip_shapes(self: Scene, to_frame) -> list[Shape]:
+    "The clips, moved into the frame by `to_frame` (texture -> frame coordinates)."
+    col = self.look["clip"] if self.look else (0, 0, 0)
+    return [s for c, a in self.clips for s in clip_shape(to_frame(c), a, self.d["clip"], self.d["clip_w"], col)]
+
+@patch
+def _catheter_shapes(self: Scene, to_frame) -> list[Shape]:
+    "The catheter (a thick line with a highlight), moved into the frame by `to_frame`."
+    col = self.look["catheter"] if self.look else (0, 0, 0); dc = self.d["catheter"]
+    cat = spline(to_frame(self.catheter), 4)
+    return [Shape("line", 9, cat, col, dc),
+            Shape("line", None, cat + [0, -0.22 * dc], tuple(min(255, c + 30) for c in col), max(1, 0.15 * dc))]
+
+# %% ../nbs/90_synthetic.ipynb #c6978586
+@patch
+def shapes(self: Scene, f: int) -> list[Shape]:
+    "Every shape of frame f, in drawing order (tissue-fixed things first, the held needle last)."
+    vis = self.plan.visible
+    k = f / MASK_STEP; kn = min(int(round(k)), self.plan.n_masks)
+    M = self.camera(k)
+    to_frame = lambda p: np.asarray(p) @ M[:, :2].T + M[:, 2]
+    tools = [self._tool(t, k) for t in (0, 1)]
+    nd, n_end = self._needle_shapes(k, kn, tools) if vis[4][kn] else ([], None)
+    out = (self._clip_shapes(to_frame) if vis[8][kn] else []) + (self._catheter_shapes(to_frame) if vis[9][kn] else [])
+    if vis[5][kn]: out += self._thread_shapes(k, n_end)
+    out += self._holder_shapes(k) + self._suction_shapes(k)
+    for s, _ in tools: out += s
+    return out + nd
+
+@patch
+def mask(self: Scene, f: int) -> np.ndarray:
+    "The (H, W) uint8 class mask of frame f."
+    m = np.zeros(self.size, np.uint8); draw(self.shapes(f), m); return m
+
+@patch
+def render(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
+    "Frame f as ((H, W, 4) uint8 RGBA image, (H, W) uint8 mask); 4 channels because OpenCV warps them 2x faster."
+    if self.look is None: raise ValueError("this Scene was built without appearance (masks only)")
+    h, w = self.size
+    img = cv2.warpAffine(self.look["texture"], self.camera(f / MASK_STEP), (w, h), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+    shapes = self.shapes(f)
+    shadow = np.full(self.size, 255, np.uint8)  # instruments cast soft shadows on the tissue (light near the lens)
+    off = np.array([0.03 * w, 0.05 * h])
+    draw([Shape(s.kind, 150, s.pts + off, 0, s.width) for s in shapes if s.cls in (1, 2, 3, 6, 7)], shadow)
+    k = int(0.04 * h) | 1
+    img = cv2.multiply(img, cv2.cvtColor(cv2.blur(shadow, (k, k)), cv2.COLOR_GRAY2RGBA), scale=1 / 255)
+    m = np.zeros(self.size, np.uint8)
+    draw(shapes, m, img)
+    img = cv2.multiply(img, self.look["vignette"], scale=1 / 255)
+    return cv2.GaussianBlur(img, (3, 3), 0.7), m
+
+@patch
+def frame(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
+    "Frame f as ((H, W, 3) uint8 RGB image, (H, W) uint8 mask)."
+    img, m = self.render(f)
+    return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB), m
 
 # %% ../nbs/90_synthetic.ipynb #75748726
 def action_segments(n_frames: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
     "Consecutive (start, end inclusive, label) action segments covering frames 0..n_frames-1."
     seq = [0, 1]
-    while len(seq) < 4 * n_frames // FPS + 8:
+    while len(seq) < 4 * n_frames // VIDEO_FPS + 8:
         seq += [2, 3, 4] * int(rng.integers(1, 3))
         seq += [int(rng.choice([5, 6, 7, 0, 1], p=[0.3, 0.1, 0.2, 0.2, 0.2]))]
     segs, start = [], 0
     for lab in seq:
         if start >= n_frames: break
-        end = min(n_frames - 1, start + int(rng.integers(FPS // 2, 4 * FPS)))
+        end = min(n_frames - 1, start + int(rng.integers(VIDEO_FPS // 2, 4 * VIDEO_FPS)))
         segs.append((start, end, lab)); start = end + 1
     return segs
 
@@ -564,13 +640,13 @@ def write_video(plan: VideoPlan,      # what to render
     (folder / "segmentation").mkdir(parents=True, exist_ok=True)
     scene = Scene(plan); h, w = plan.size
     with atomic_write(folder / "video_left.avi") as tmp:
-        vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc_of(codec)), FPS, (w, h))
+        vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc_of(codec)), VIDEO_FPS, (w, h))
         if not vw.isOpened(): raise SurgsegError(f"{folder / 'video_left.avi'}: OpenCV cannot write codec {codec!r}")
         try:
             for f in range(plan.n_frames):
                 img, m = scene.render(f)
                 vw.write(cv2.cvtColor(img, cv2.COLOR_RGBA2BGR))
-                if f % MASK_EVERY == 0: write_mask(folder / "segmentation" / f"{f:09d}.png", m)
+                if f % MASK_STEP == 0: write_mask(folder / "segmentation" / f"{f:09d}.png", m)
         finally: vw.release()
         if tmp.stat().st_size == 0: raise SurgsegError(f"{folder / 'video_left.avi'}: OpenCV wrote an empty video")
     write_actions(folder, plan.n_frames, np.random.default_rng([plan.seed, 4]))
@@ -582,11 +658,6 @@ def _render(args):
     plan, root, codec = args
     return str(write_video(plan, root, codec))
 
-def _workers(workers, n):
-    "How many worker processes to use for n videos (0/None = one per available core)."
-    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(workers or avail, n))
-
 def generate(root: str | Path,           # dataset root to create (must not exist, or be an empty folder)
              n_train: int = 6,           # training operations (one or more split into _1/_2 parts)
              n_test: int = 2,            # test videos
@@ -596,33 +667,19 @@ def generate(root: str | Path,           # dataset root to create (must not exis
              seed: int = 0,              # everything follows from the seed
              split_ops: int = 1,         # training operations split into video_XX_1 / video_XX_2
              workers: int | None = None, # parallel processes (None = one per core)
+             progress: bool = True,      # show a progress bar
             ) -> Path:                   # root
     "Write a synthetic SAR-RARP50 in the official layout under `root`, atomically."
     root = Path(root).expanduser()
     fourcc_of(codec)
     plans = plan_dataset(n_train, n_test, seconds, size, seed, split_ops)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise SurgsegError(f"{root}: already exists and is not empty (refusing to overwrite)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(root) as tmp:
         jobs = [(p, str(tmp), codec) for p in sorted(plans, key=lambda p: -p.n_frames)]
-        n = _workers(workers, len(jobs))
-        if n == 1:
-            for j in jobs: _render(j)
-        else:
-            with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as ex: list(ex.map(_render, jobs))
+        render = importlib.import_module("surgseg.synthetic")._render  # workers import it (also when this runs in the notebook)
+        parallel_map(render, jobs, workers, desc="synth", progress=progress, unit="video")
         (tmp / SYNTHETIC_MARKER).write_text(  # tells `surgseg validate` not to hold it to the released counts
             f"Synthetic SAR-RARP50 stand-in written by surgseg.synthetic.generate: n_train={n_train} n_test={n_test} "
             f"seconds={seconds} size={tuple(size)} codec={codec} seed={seed} split_ops={split_ops}\n")
-        try:
-            if root.exists(): root.rmdir()  # an empty folder may be replaced
-            os.rename(tmp, root)
-        except OSError:
-            raise SurgsegError(f"{root}: appeared while generating (refusing to overwrite)") from None
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 # %% ../nbs/90_synthetic.ipynb #5d0a20cc
@@ -661,7 +718,7 @@ def plan_masks(plans: list[VideoPlan]):
     "Yield (plan, frame, mask) for every annotated frame of the plans, rendering masks only."
     for p in plans:
         sc = Scene(p, appearance=False)
-        for f in range(0, p.n_frames, MASK_EVERY): yield p, f, sc.mask(f)
+        for f in range(0, p.n_frames, MASK_STEP): yield p, f, sc.mask(f)
 
 def calibration(split: str = "train",  # which split of the planned dataset to measure
                 **kwargs,              # arguments of `plan_dataset` (n_train, n_test, seconds, size, seed, split_ops)

@@ -1,5 +1,5 @@
 "Tests of the synthetic SAR-RARP50 stand-in: layout, determinism, codecs, calibration, the `surgseg synth` CLI."
-import os, subprocess, sys
+import hashlib, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import av
@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from surgseg.core import read_mask, SurgsegError
-from surgseg.synthetic import generate, ensure_synthetic, calibration, plan_dataset, Scene, MASK_EVERY
+from surgseg.core import MASK_STEP, read_mask, SurgsegError
+from surgseg.synthetic import generate, ensure_synthetic, calibration, plan_dataset, Scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_train=3, n_test=1, seconds=2.5, size=(136, 240), seed=7, split_ops=1, workers=1)
@@ -108,7 +108,7 @@ def test_calibration_matches_written_masks(small):
     "The masks-only calibration path renders the very masks that `generate` writes."
     for p in plan_dataset(**{k: v for k, v in SMALL.items() if k != "workers"}):
         sc = Scene(p, appearance=False)
-        for f in range(0, p.n_frames, MASK_EVERY):
+        for f in range(0, p.n_frames, MASK_STEP):
             assert np.array_equal(sc.mask(f), read_mask(small / p.split / p.name / "segmentation" / f"{f:09d}.png"))
 
 
@@ -152,3 +152,31 @@ def test_cli(tmp_path):
     empty = tmp_path / "empty"; empty.mkdir()          # an existing empty folder is fine
     r = surgseg("synth", empty, "--n_train", 1, "--n_test", 0, "--seconds", 1, "--width", 128, "--height", 72, "--split_ops", 0)
     assert r.returncode == 0, r.stderr
+
+
+def digest(root: Path) -> dict:
+    "Every file of a dataset (relative path) and the hash of its bytes."
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_synth_killed_midway_and_rerun_gives_the_same_bytes(tmp_path, workers):
+    "SIGKILL a real `generate` while it writes videos and masks; the rerun writes exactly the uninterrupted bytes."
+    args = dict(n_train=2, n_test=1, seconds=3, size=(72, 128), seed=5, split_ops=1, workers=workers)
+    root = tmp_path / "data" / "syn"
+    code = f"from surgseg.synthetic import generate; generate({str(root)!r}, progress=False, **{args!r})"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    try:  # wait until the hidden partial dataset holds some masks, then kill it mid-generation
+        for _ in range(2000):
+            if len(list(root.parent.glob(".syn.*.partial/*/*/segmentation/*.png"))) >= 2: break
+            assert p.poll() is None, "finished before it could be killed"
+            time.sleep(0.005)
+    finally:
+        p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert not root.exists()                                               # nothing where a user looks
+    assert [q.name.endswith(".partial") for q in root.parent.iterdir()] == [True]  # a hidden leftover
+    generate(root, progress=False, **args)                                 # the rerun
+    assert sorted(q.name for q in root.parent.iterdir()) == ["syn"]        # leftover removed, nothing else
+    clean = generate(tmp_path / "clean" / "syn", progress=False, **args)   # an uninterrupted run
+    assert digest(root) == digest(clean) and sum(k.endswith(".png") for k in digest(root)) >= 8
