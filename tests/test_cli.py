@@ -230,8 +230,15 @@ def _parameters_cell(nb):
     return cells[0]
 
 
+def _shown(v) -> str: return " ".join(map(str, v)) if isinstance(v, list) else repr(v)
+
+
 def test_papermill_parameters_are_config_fields():
-    "06_train's parameters: Config's names, in order, its defaults, and each comment equal to the field's docment."
+    """06_train's parameters: Config's names, in order, each commented with the field's docment and standing for its default.
+
+    papermill cannot parse a parameter line whose comment holds "=", so a docment's " = " reads " means " there. A
+    parameter may default to None ("the --config YAML's value, else Config's default"): its comment then ends with
+    "(default X)", X being Config's default; otherwise its default is Config's own and the comment is the docment alone."""
     import papermill
     from fastcore.docments import docments
     params = papermill.inspect_notebook(str(TRAIN_NB))
@@ -241,19 +248,63 @@ def test_papermill_parameters_are_config_fields():
     assert extra in ([], ["config"]), f"parameters that are not Config fields: {extra}"
     docs, d = docments(Config), Config()
     for n in names:
-        assert params[n]["help"] == docs[n], (n, params[n]["help"], docs[n])
-        assert eval(params[n]["default"]) == getattr(d, n), (n, params[n]["default"], getattr(d, n))
+        doc, default, help = docs[n].replace(" = ", " means "), eval(params[n]["default"]), params[n]["help"]
+        if default is None: assert help == f"{doc} (default {_shown(getattr(d, n))})", (n, help, doc)
+        else: assert (default, help) == (getattr(d, n), doc), (n, default, help)
 
 
-def test_every_field_round_trips_through_papermill():
-    "papermill -p for every field: the parameters cell, the injected cell and the chapter's next cell give back the Config."
-    import nbformat
+def _papermill_config(params: dict | None) -> Config:
+    "The Config the chapter builds when papermill runs it with `params`: the parameters cell, the injected cell, the next cell."
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
-    cfg = non_default_config()
-    nb = parameterize_notebook(nbformat.read(TRAIN_NB, as_version=4), cfg.to_dict())
-    i = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
+    nb = load_notebook_node(str(TRAIN_NB))   # as papermill reads it (every cell given a tags list)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{TRAIN_NB.name}: expected one cell tagged parameters, found {len(cells)}"
+    i = nb.cells.index(cells[0])
+    if params:
+        nb = parameterize_notebook(nb, params)
+        i = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
     build = next(c for c in nb.cells[i + 1:] if c.cell_type == "code")   # the chapter's cell turning parameters into `cfg`
     ns = {}
     exec("from surgseg.core import *\nfrom surgseg import losses, models, sampler", ns)
-    for c in (_parameters_cell(nb), nb.cells[i], build): exec(c.source, ns)
-    assert ns["cfg"] == cfg
+    for c in [cells[0]] + ([nb.cells[i]] if params else []) + [build]: exec(c.source, ns)
+    return ns["cfg"]
+
+
+def test_every_field_round_trips_through_papermill():
+    "papermill -p for every field gives back the Config; no -p at all gives Config's defaults."
+    cfg = non_default_config()
+    assert _papermill_config(cfg.to_dict()) == cfg
+    typed = {k: " ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.to_dict().items()}
+    assert _papermill_config(typed) == cfg            # every value as the text a shell's `-p key value` gives
+    assert _papermill_config(None) == Config()
+
+
+# --- every subcommand on a tiny dataset ---------------------------------------------------------------
+
+def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
+    "synth -> validate -> extract -> stats -> train -> predict -> evaluate -> predict-image -> predict-video, in one process."
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SURGSEG_HOME", str(tmp_path / "home"))
+    def ok(*argv):
+        rc, out, err = run(*argv)
+        assert rc == 0, (argv, out, err[-2000:])
+        return out
+    assert "wrote 3 videos, 9 masks (96x64, MJPG)" in ok("synth", "data", "--n_train", 2, "--n_test", 1, "--seconds", 2,
+                                                       "--width", 96, "--height", 64, "--split-ops", 0, "--workers", 1)
+    assert "OK: 3 videos (train: 2, test: 1), 9 masks" in ok("validate", "data", "--workers", 1)
+    assert "9 frames written, 0 already there" in ok("extract", "data", "--workers", 1)
+    assert "9 masks in 3 videos" in ok("stats", "data", "--workers", 1)
+    out = ok("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder", "resnet18",
+             "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none")
+    assert out.startswith("run folder: runs/r; best validation score ")
+    assert "wrote 3 masks of 1 videos to pred" in ok("predict", "--checkpoint", "runs/r", "--data", "data/test", "--out", "pred",
+                                                    "--no-tta", "--min_area", 16)
+    assert "segmentation score" in ok("evaluate", "data/test", "pred", "--workers", 1)
+    assert len(list(Path("pred").glob("*.csv"))) >= 6
+    rgb = next(Path("data/test").glob("video_*/rgb"))
+    assert "wrote 3 masks and overlays to img" in ok("predict-image", rgb, "--checkpoint", "runs/r", "--out", "img", "--tta")
+    video = next(Path("data/test").glob("video_*/video_left.avi"))
+    assert "masks and vid/video_left_overlay.mp4" in ok("predict-video", video, "--checkpoint", "runs/r", "--out", "vid",
+                                                        "--every", 30, "--no-overlays")
+    assert sorted(p.name for p in Path("vid").iterdir()) == ["masks", "video_left_overlay.mp4"]
