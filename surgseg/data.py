@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 
 from .core import (SurgsegError, Config, MASK_STEP, VIDEO_FPS, atomic_write, clean_partials, default_workers,
                           output_lock, parallel_map, read_mask)
+from .synthetic import SYNTHETIC_MARKER, ensure_synthetic
 
 # %% auto #0
-__all__ = ['SPLITS', 'VIDEO_FILE', 'SYNTHETIC_MARKER', 'PNG_PARAMS', 'natural_key', 'operation_of', 'Video', 'load_video',
-           'find_videos', 'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'seek_cost', 'seek_check',
-           'FrameReader', 'read_frames', 'is_synthetic', 'validate_dataset', 'png_complete', 'target_frames',
-           'Extracted', 'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation',
-           'resolve_data_dir', 'make_splits', 'build_transforms', 'SegDataset']
+__all__ = ['SPLITS', 'VIDEO_FILE', 'PNG_PARAMS', 'natural_key', 'operation_of', 'Video', 'load_video', 'find_videos',
+           'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'seek_cost', 'seek_check', 'FrameReader',
+           'read_frames', 'is_synthetic', 'validate_dataset', 'png_complete', 'target_frames', 'Extracted',
+           'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation', 'resolve_data_dir',
+           'make_splits', 'build_transforms', 'SegDataset']
 
 # %% ../nbs/01_data_extraction.ipynb #769c443b
 SPLITS = ("train", "train1", "train2", "test")  # split folder names used by the releases
@@ -382,8 +383,6 @@ def read_frames(path: str | Path,   # video file
     return FrameReader(path, frames, method, verify, probe)
 
 # %% ../nbs/01_data_extraction.ipynb #c4e1ba37
-SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written at the root of a synthetic stand-in by `surgseg.synthetic.generate`
-
 def is_synthetic(v: Video) -> bool:
     "Whether `v` belongs to a synthetic stand-in (its dataset root holds `SYNTHETIC_MARKER`)."
     return any((p / SYNTHETIC_MARKER).is_file() for p in (v.path.parent, v.path.parent.parent))
@@ -627,9 +626,7 @@ def split_by_operation(videos: list,             # the training videos (e.g. fin
 def resolve_data_dir(data_dir: str | Path = "",  # dataset root; "" = the synthetic stand-in
                     ) -> Path:                   # the dataset root, which exists
     "The dataset root to use: `data_dir`, or the synthetic stand-in (generated on first use) when it is empty."
-    if data_dir is None or str(data_dir) == "":
-        from surgseg.synthetic import ensure_synthetic   # synthetic imports data until SYNTHETIC_MARKER moves there
-        return Path(ensure_synthetic())
+    if data_dir is None or str(data_dir) == "": return Path(ensure_synthetic())
     root = Path(data_dir).expanduser()
     if not root.exists(): raise SurgsegError(f"{root}: data folder not found (data_dir must be a dataset root in the official layout)")
     if not root.is_dir(): raise SurgsegError(f"{root}: not a folder (data_dir must be a dataset root in the official layout)")
