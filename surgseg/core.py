@@ -498,7 +498,8 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
 def _check(key: str, value):
     "`value` if it is valid for config key `key`, else a one-line SurgsegError naming the key and the valid range or names."
     if key in _RULES and not _RULES[key][0](value):
-        raise SurgsegError(f"config key {key!r}: {value!r} is out of range; must be {_RULES[key][1]}")
+        what = "is out of range" if isinstance(value, (int, float)) else "is not valid"
+        raise SurgsegError(f"config key {key!r}: {value!r} {what}; must be {_RULES[key][1]}")
     if (names := choices(key)) is not None and value not in names:
         raise SurgsegError(f"config key {key!r}: {value!r} is not a {_NOUNS.get(key, key.replace('_', ' '))}; choose from {', '.join(names)}")
     return value

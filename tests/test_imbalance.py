@@ -1,5 +1,5 @@
 "`surgseg stats` as a user runs it, and the frame table's parallel path and cache edge cases."
-import subprocess, sys, warnings
+import subprocess, sys
 from pathlib import Path
 
 import numpy as np

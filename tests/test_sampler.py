@@ -3,7 +3,6 @@ import math, warnings
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from surgseg.core import REAL_FRAME_PRESENCE, SurgsegError
