@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #471d5987
 from __future__ import annotations
-import argparse, dataclasses, sys
+import argparse, contextlib, dataclasses, logging, sys
 from typing import Callable, NamedTuple
 
 from .core import SurgsegError, parse_bool
@@ -14,7 +14,7 @@ __all__ = ['COMMANDS', 'flag_names', 'BoolFlag', 'HelpFormatter', 'Parser', 'add
            'synth_args', 'run_synth', 'unpack_args', 'run_unpack', 'validate_args', 'run_validate', 'extract_args',
            'run_extract', 'stats_args', 'run_stats', 'train_args', 'train_config', 'run_train', 'evaluate_args',
            'run_evaluate', 'predictor_args', 'predictor', 'predict_args', 'run_predict', 'predict_image_args',
-           'run_predict_image', 'predict_video_args', 'run_predict_video', 'top_parser', 'main']
+           'run_predict_image', 'predict_video_args', 'run_predict_video', 'top_parser', 'log_to_stderr', 'main']
 
 # %% ../nbs/10_cli.ipynb #9c7ba6f8
 def flag_names(name: str,  # a keyword, e.g. "data_dir"
@@ -375,6 +375,17 @@ def top_parser() -> Parser:
     p.add_argument("-V", "--version", action="version", version=__version__)
     return p
 
+@contextlib.contextmanager
+def log_to_stderr():
+    "While a command runs, the library's log messages (`surgseg.*` loggers, INFO and up) go to stderr, one line each."
+    lg, h = logging.getLogger("surgseg"), logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    level, quiet = lg.level, bool(lg.handlers)   # a program that set up its own handlers keeps them alone
+    if not quiet: lg.addHandler(h); lg.setLevel(logging.INFO)
+    try: yield
+    finally:
+        if not quiet: lg.removeHandler(h); lg.setLevel(level)
+
 def main(argv: list[str] | None = None,  # arguments (default: sys.argv[1:])
         ) -> int:                         # exit code
     "Entry point of the `surgseg` console script."
@@ -386,7 +397,8 @@ def main(argv: list[str] | None = None,  # arguments (default: sys.argv[1:])
         cmd = argv[0]
         if cmd not in COMMANDS: top_parser().error(f"{cmd!r} is not a command; choose from {', '.join(COMMANDS)}")
         a = parser(cmd).parse_args(argv[1:])
-        try: return int(COMMANDS[cmd].run(a) or 0)
+        try:
+            with log_to_stderr(): return int(COMMANDS[cmd].run(a) or 0)
         except SurgsegError as e:
             print(f"surgseg {cmd}: error: {e}", file=sys.stderr)
             return 2 if isinstance(e, UsageError) else 1

@@ -298,6 +298,10 @@ def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
     out = ok("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder", "resnet18",
              "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none")
     assert out.startswith("run folder: runs/r; best validation score ")
+    rc, out, err = run("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder",
+                       "resnet18", "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment",
+                       "--log_with", "none", "--resume")
+    assert rc == 0 and "resuming runs/r from runs/r/last" in err, err[-2000:]   # the library's log line, shown by the CLI
     assert "wrote 3 masks of 1 videos to pred" in ok("predict", "--checkpoint", "runs/r", "--data", "data/test", "--out", "pred",
                                                     "--no-tta", "--min_area", 16)
     assert "segmentation score" in ok("evaluate", "data/test", "pred", "--workers", 1)
