@@ -68,7 +68,7 @@ def main():
         t = time.perf_counter(); tr.train_step(batch); t1 = time.perf_counter()
         bare_step(bare, tr.loss_fn, opt, sched, x, y, cfg.grad_clip); t2 = time.perf_counter()
         if i >= 3: t_fit.append(t1 - t); t_bare.append(t2 - t1)
-    tr.acc.end_training()
+    tr.acc.end_training(); r.stack.close()  # releases the run folder's lock
     mf, mb = statistics.median(t_fit), statistics.median(t_bare)
     print(f"training step, median of {a.steps}: fit's loop {mf * 1000:.1f} ms, bare PyTorch {mb * 1000:.1f} ms, "
           f"ratio {mf / mb:.3f} (target <= 1.05)")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib, json, re
 from pathlib import Path
 
-import pandas as pd
-
 from .core import Config, SurgsegError, atomic_write, load_config
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_model
 
@@ -119,13 +117,15 @@ def run_progress(run: str | Path,  # a run folder
     try: return json.loads((Path(run) / LAST / PROGRESS).read_text())
     except (OSError, ValueError): return None
 
-def is_finished(run: str | Path,  # a run folder
+def is_finished(run: str | Path,         # a run folder
+                epochs: int | None = None, # epochs it must have run (None = those of its config.yaml)
                ) -> bool:
-    "Whether `run` is a run folder whose training ended: all its epochs done, or stopped early."
+    "Whether `run` is a run folder whose training ended: all its (or `epochs`) epochs done, or stopped early."
     run = Path(run); p = run_progress(run)
     if p is None or not (run / CONFIG_FILE).is_file(): return False
-    try: epochs = load_config(run / CONFIG_FILE).epochs
-    except SurgsegError: return False
+    if epochs is None:
+        try: epochs = load_config(run / CONFIG_FILE).epochs
+        except SurgsegError: return False
     return p.get("epoch", 0) >= epochs or bool(p.get("stopped"))
 
 def latest_run(out_dir: str | Path | list = "runs",  # parent folder(s) of run folders

@@ -4,14 +4,13 @@
 
 # %% ../nbs/06_train.ipynb #d38c2e5e
 from __future__ import annotations
-import dataclasses, inspect, json, math, re, shutil, time, warnings
+import contextlib, dataclasses, inspect, json, logging, os, re, shutil, time, warnings
 from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
@@ -23,58 +22,30 @@ from fastcore.docments import docments
 from fastcore.script import Param
 from tqdm.auto import tqdm
 
-from .core import (CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, load_config, overlay,
-                          read_rgb, save_config)
-from .data import SegDataset, extract_frames, find_videos, split_by_operation
-from .synthetic import ensure_synthetic
+from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, SurgsegError, atomic_folder, atomic_write,
+                          clean_partials, load_config, output_lock, overlay, parse_bool, read_rgb, save_config)
+from .data import SegDataset, extract_frames, make_splits, resolve_data_dir
 from .imbalance import frame_table
 from .sampler import build_sampler, presence_for
 from .losses import build_loss, pixel_counts
-from .models import build_model, param_counts, param_groups, save_model
+from .models import build_model, full_res_masks, param_groups, save_model
 from .metrics import ScoreAccumulator, frame_scores
+from .runs import LAST, METRICS, PROGRESS, STATE, check_manifest, run_dir_for, write_manifest
+
+log = logging.getLogger("surgseg.train")
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'prepare_data', 'make_splits', 'run_dir_for', 'epoch_steps', 'make_train_sampler',
-           'make_optimizer', 'full_res_predictions', 'validate', 'Trainer', 'write_metrics', 'start_run', 'setup_run',
-           'fit', 'train_cli', 'plot_history']
+__all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'epoch_steps', 'make_train_sampler', 'draw_seed', 'SeededDraws',
+           'AugmentDraws', 'make_optimizer', 'validation_scores', 'Trainer', 'write_metrics', 'start_run', 'setup_run',
+           'fit', 'papermill_parameters', 'train_cli', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
                 ) -> Path:     # the dataset root, its frames extracted
-    "The dataset root with its annotated frames extracted: `cfg.data_dir`, or the synthetic stand-in (generated if missing)."
-    root = Path(cfg.data_dir).expanduser() if cfg.data_dir else Path(ensure_synthetic())
-    if not root.is_dir(): raise SurgsegError(f"{root}: data folder not found (data_dir must be a dataset root in the official layout)")
+    "The dataset root (`data.resolve_data_dir`: `cfg.data_dir`, or the synthetic stand-in) with its annotated frames extracted."
+    root = resolve_data_dir(cfg.data_dir)
     extract_frames(root, fps=cfg.fps)
     return root
-
-# %% ../nbs/06_train.ipynb #b80a8e02
-def make_splits(cfg: Config,  # uses val_fraction and seed
-                root: Path,   # dataset root
-               ) -> tuple:    # (train videos, validation videos)
-    "Training videos of `root` (test split excluded), split by operation into train and validation."
-    videos = [v for v in find_videos(root) if v.split != "test"]
-    if not videos: raise SurgsegError(f"{root}: no training videos found (expected train*/video_*/ or video_*/)")
-    if cfg.val_fraction <= 0: return videos, []
-    return split_by_operation(videos, val_fraction=cfg.val_fraction, seed=cfg.seed)
-
-# %% ../nbs/06_train.ipynb #915b7c64
-def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, resume
-               ) -> Path:     # the run folder (not created)
-    "The folder of this run: never another run's, except the one to continue when `cfg.resume`."
-    out = Path(cfg.out_dir).expanduser()
-    taken = lambda p: (p / "config.yaml").exists()
-    if cfg.run_name:
-        d = out / cfg.run_name
-        if taken(d) and not cfg.resume:
-            raise SurgsegError(f"{d}: run folder exists; pass resume=True to continue it or choose another run_name")
-        return d
-    base = f"{cfg.model}-{cfg.loss}-{cfg.sampler}"
-    pat = re.compile(re.escape(base) + r"(?:-(\d+))?")
-    nums = sorted(int(m[1] or 1) for p in (out.iterdir() if out.is_dir() else [])
-                  if (m := pat.fullmatch(p.name)) and taken(p))
-    if not nums: return out / base
-    n = nums[-1] if cfg.resume else nums[-1] + 1
-    return out / (base if n == 1 else f"{base}-{n}")
 
 # %% ../nbs/06_train.ipynb #fcd15d30
 def epoch_steps(n_frames: int,          # training frames
@@ -99,6 +70,43 @@ def make_train_sampler(cfg: Config,          # uses sampler, sampler_threshold, 
     "The epoch's frame order: chapter 03's seeded sampler for `cfg.sampler` (`none` = a seeded shuffle), drawing `num_samples`."
     return build_sampler(cfg.update(samples_per_epoch=num_samples), presence_for(table, ds.items))
 
+# %% ../nbs/06_train.ipynb #7d4ad6c2
+def draw_seed(seed: int,   # the run's seed
+              epoch: int,  # the epoch (0-based)
+              draw: int,   # the draw's index in the epoch (over all processes)
+             ) -> int:     # a 32-bit seed
+    "The augmentation seed of one draw: a function of (seed, epoch, draw index) only."
+    return int(np.random.SeedSequence([seed, epoch, draw]).generate_state(1)[0])
+
+class SeededDraws(torch.utils.data.Sampler):
+    "Yield (frame index, augmentation seed) for every draw of `sampler`, the seed from `draw_seed(seed, epoch, k)`."
+    def __init__(self, sampler,  # a frame sampler with set_epoch (chapter 03's)
+                 seed: int):     # the run's seed
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int):
+        "Draw the frames and seeds of `epoch` at the next pass."
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(self.epoch)
+
+    def __len__(self) -> int: return len(self.sampler)
+
+    def __iter__(self):
+        e = self.epoch
+        if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(e)
+        for k, i in enumerate(self.sampler): yield (int(i), draw_seed(self.seed, e, k))
+
+class AugmentDraws(torch.utils.data.Dataset):
+    "A training `SegDataset` indexed by (frame index, seed): each item's augmentation is seeded by its draw's seed."
+    def __init__(self, ds: SegDataset): self.ds = ds
+
+    def __len__(self) -> int: return len(self.ds)
+
+    def __getitem__(self, key):
+        i, seed = key
+        self.ds._transform(i).set_random_seed(seed)  # the pipeline of i's working size, re-seeded for this draw
+        return self.ds[i]
+
 # %% ../nbs/06_train.ipynb #5cceb497
 def make_optimizer(model: torch.nn.Module,  # the model to train
                    cfg: Config,             # uses lr, backbone_lr, weight_decay, warmup
@@ -109,14 +117,6 @@ def make_optimizer(model: torch.nn.Module,  # the model to train
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return opt, get_cosine_schedule_with_warmup(opt, round(cfg.warmup * total_steps), total_steps)
 
-# %% ../nbs/06_train.ipynb #a60ffc72
-def full_res_predictions(logits: torch.Tensor,  # (B, C, h, w) at the working resolution
-                         sizes: list,           # (H, W) full size of each item
-                        ) -> list:              # B arrays (H, W) uint8 class ids
-    "Upsample each item's logits to its full mask size and take the argmax."
-    return [F.interpolate(logits[i:i + 1].float(), size=tuple(s), mode="bilinear", align_corners=False)
-            .argmax(1)[0].to(torch.uint8).cpu().numpy() for i, s in enumerate(sizes)]
-
 # %% ../nbs/06_train.ipynb #0afd383f
 def _overlay_thumb(rgb_path, pred, width=320):
     "The prediction over its frame, shrunk to `width` pixels wide (for the trackers)."
@@ -126,7 +126,7 @@ def _overlay_thumb(rgb_path, pred, width=320):
     return cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
 
 @torch.no_grad()
-def validate(model: torch.nn.Module,           # the model (prepared or not)
+def validation_scores(model: torch.nn.Module,  # the model (prepared or not)
              dl: DataLoader,                   # loader over a `SegDataset` (train=False), prepared or not
              accelerator: Accelerator = None,  # shards and gathers under several processes; None = one process
              n_overlays: int = 4,              # overlays of the first items to return (for the trackers)
@@ -138,7 +138,9 @@ def validate(model: torch.nn.Module,           # the model (prepared or not)
     records, overlays = [], []
     for batch in dl:
         idx = batch["index"].tolist()
-        for i, p in zip(idx, full_res_predictions(model(batch["image"].to(device)), [ds.size_of(i) for i in idx])):
+        logits = model(batch["image"].to(device))
+        for j, i in enumerate(idx):
+            p = full_res_masks(logits[j:j + 1], ds.size_of(i))[0]
             records.append((i, *frame_scores(p, ds.full_mask(i), with_confusion=True)))
             if i < n_overlays: overlays.append((i, _overlay_thumb(ds.items[i][2], p)))
     if accelerator is not None and accelerator.num_processes > 1:  # every process gets every frame's scores
@@ -207,41 +209,52 @@ def train_step(self: Trainer, batch: dict) -> bool:
         ips = len(batch["image"]) * cfg.grad_accum * acc.num_processes / (now - self.t_step) if self.t_step else float("nan")
         self.bar.set_postfix(loss=f"{l:.3f}", img_s=f"{ips:.1f}", refresh=False); self.bar.update(); self.t_step = now
     if self.on_step is not None: self.on_step(self, batch)
+    _pause_point(f"step:{self.global_step}")
     return True
 
 # %% ../nbs/06_train.ipynb #c7d1a48f
-def _swap_in(tmp: Path, final: Path):
-    "Replace folder `final` by `tmp` (the old one is removed only once the new one is in place)."
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists(): final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+_PAUSE_HITS: dict = {}
+
+def _pause_point(point: str):
+    "Test hook: wait forever at `point` if `SURGSEG_PAUSE_AT` names it (`save:last:2` = its 2nd time), after writing our pid."
+    want = os.environ.get("SURGSEG_PAUSE_AT")
+    if not want: return
+    _PAUSE_HITS[point] = n = _PAUSE_HITS.get(point, 0) + 1
+    if want not in (point, f"{point}:{n}"): return
+    if os.environ.get("SURGSEG_PAUSE_FILE"): Path(os.environ["SURGSEG_PAUSE_FILE"]).write_text(str(os.getpid()))
+    while True: time.sleep(60)
 
 @patch
-def save_checkpoint(self: Trainer, name: str = "last", state: bool = True):
-    "Write `run_dir/name/` atomically: the model via `save_model`, and (`state`) the resumable training state."
-    acc, final = self.acc, self.run_dir / name
-    tmp = self.run_dir / f".{name}.tmp"
-    if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    if state: acc.save_state(str(tmp / "state"))
-    if acc.is_main_process:
-        save_model(acc.unwrap_model(self.model), self.cfg, tmp)
-        (tmp / "progress.json").write_text(json.dumps(self.progress(), indent=1))
-        _swap_in(tmp, final)
+def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
+    "Publish `run_dir/name/` atomically: the model via `save_model`, (`state`) the resumable training state, a manifest."
+    acc = self.acc
+    with (atomic_folder(self.run_dir / name, replace=True) if acc.is_main_process else contextlib.nullcontext()) as tmp:
+        tmp = broadcast_object_list([str(tmp)])[0] if acc.num_processes > 1 else str(tmp)
+        if state: acc.save_state(str(Path(tmp) / STATE))
+        if acc.is_main_process:
+            save_model(acc.unwrap_model(self.model), self.cfg, tmp)
+            (Path(tmp) / PROGRESS).write_text(json.dumps(self.progress(), indent=1))
+            write_manifest(tmp)
+            _pause_point(f"save:{name}")
+        acc.wait_for_everyone()  # every process has written its RNG state before the folder is published
     acc.wait_for_everyone()
 
 @patch
-def load_checkpoint(self: Trainer, path: Path):
+def restore(self: Trainer, path: Path):
     "Continue from a checkpoint written by `save_checkpoint`: weights, optimiser, schedule, RNG and counters."
     path = Path(path)
-    if not (path / "progress.json").is_file() or not (path / "state").is_dir():
-        raise SurgsegError(f"{path}: not a resumable checkpoint (progress.json and state/ expected)")
-    self.acc.load_state(str(path / "state"))
-    p = json.loads((path / "progress.json").read_text())
+    if not (path / PROGRESS).is_file() or not (path / STATE).is_dir():
+        raise SurgsegError(f"{path}: not a resumable checkpoint ({PROGRESS} and {STATE}/ expected)")
+    check_manifest(path)
+    try: p = json.loads((path / PROGRESS).read_text())
+    except ValueError: raise SurgsegError(f"{path / PROGRESS}: corrupt (not JSON)") from None
+    try: self.acc.load_state(str(path / STATE))
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SurgsegError(f"{path / STATE}: cannot restore the training state ({type(e).__name__}: {why})") from None
     for k in ("epoch", "step", "global_step", "micro", "best", "best_epoch", "bad_epochs", "stopped", "loss_sum", "loss_n"):
         setattr(self, k, p[k])
+    log.info(f"resuming {self.run_dir} from {path} (epoch {self.epoch + 1}, step {self.step}, global step {self.global_step})")
 
 # %% ../nbs/06_train.ipynb #d7d95d87
 @patch
@@ -261,7 +274,7 @@ def train_epoch(self: Trainer, dl: DataLoader, steps: int, sampler=None):
     try:
         for batch in dl:
             if self.train_step(batch) and cfg.save_every and self.step % cfg.save_every == 0 and self.step < steps:
-                self.save_checkpoint("last")
+                self.save_checkpoint(LAST)
     finally: self.bar.close(); self.bar = None
 
 # %% ../nbs/06_train.ipynb #41bd12fb
@@ -290,7 +303,7 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
     acc, cfg = self.acc, self.cfg
     loss = acc.reduce(torch.tensor(self.loss_sum / max(self.loss_n, 1), device=acc.device), "mean").item()
     # the prepared (DDP) model: its first forward gives every process the main process's BatchNorm statistics
-    res = validate(self.model, val_dl, acc) if val_dl is not None else None
+    res = validation_scores(self.model, val_dl, acc) if val_dl is not None else None
     self.epoch, self.step = self.epoch + 1, 0
     row = _metrics_row(self.epoch, self.global_step, loss, self.scheduler.get_last_lr(), res, secs)
     acc.log({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "global_step")}, step=self.global_step)
@@ -304,8 +317,8 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
             self.save_checkpoint("best", state=False)
         else: self.bad_epochs += 1
     self.stopped = bool(cfg.patience) and self.bad_epochs >= cfg.patience
-    if acc.is_main_process: write_metrics(self.run_dir / "metrics.csv", row)
-    self.save_checkpoint("last")
+    if acc.is_main_process: write_metrics(self.run_dir / METRICS, row)
+    self.save_checkpoint(LAST)
     return row
 
 # %% ../nbs/06_train.ipynb #afc0c624
@@ -313,10 +326,8 @@ RESUMABLE_CHANGES = ("resume", "epochs", "patience", "num_workers", "log_with", 
 
 def _trackers(log_with: str) -> list:
     "The trackers asked for in `log_with` that are installed (warning about the others)."
-    names = [n for n in re.split(r"[,\s]+", (log_with or "").lower()) if n and n != "none"]
+    names = [n for n in re.split(r"[,\s]+", (log_with or "").lower()) if n and n != "none"]  # names checked by Config
     known = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-    bad = [n for n in names if n not in known]
-    if bad: raise SurgsegError(f"log_with: {bad[0]!r} is not a tracker; choose from tensorboard, wandb, none")
     ok = [n for n in names if known[n]()]
     for n in set(names) - set(ok): warnings.warn(f"log_with: {n} is not installed; not logging to it")
     return ok
@@ -328,18 +339,24 @@ def _check_resume_config(cfg: Config, path: Path):
     if diff: raise SurgsegError(f"{path}: the run was made with {diff[0]}={getattr(old, diff[0])!r}, not "
                                 f"{getattr(cfg, diff[0])!r}; resume with its settings or start a new run")
 
-def start_run(cfg: Config,  # the run's settings
-             ) -> tuple:    # (Accelerator, run folder)
-    "Choose and create the run folder, write config.yaml and make the `Accelerator` (devices, precision, trackers)."
-    if cfg.precision not in ("no", "bf16", "fp16"): raise SurgsegError(f"precision: {cfg.precision!r} is not one of no, bf16, fp16")
+def start_run(cfg: Config,                   # the run's settings
+              stack: contextlib.ExitStack,  # holds the run folder's lock until the run ends
+             ) -> tuple:                    # (Accelerator, run folder, whether this call created the folder)
+    "Choose, lock and create the run folder, write config.yaml and make the `Accelerator` (devices, precision, trackers)."
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator would: CPU processes under torchrun
     if state.num_processes == 1:  # a fresh accelerator per run in one Python process (notebooks, tests)
         AcceleratorState._reset_state(); GradientState._reset_state()
     run_dir = [str(run_dir_for(cfg)) if state.is_main_process else None]
     if state.num_processes > 1: broadcast_object_list(run_dir)
     run_dir = Path(run_dir[0])
+    created = False
     if state.is_main_process:
+        stack.enter_context(output_lock(run_dir))  # a second process on this run refuses, naming the first
+        if not cfg.resume and (run_dir / "config.yaml").exists():  # taken by another run while we chose the name
+            raise SurgsegError(f"{run_dir}: run folder exists; pass resume=True to continue it or choose another run_name")
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
+        clean_partials(run_dir)  # checkpoint folders half-written by a killed process
         if cfg.resume and (run_dir / "config.yaml").exists(): _check_resume_config(cfg, run_dir / "config.yaml")
         save_config(cfg, run_dir / "config.yaml")
     trackers = _trackers(cfg.log_with)
@@ -352,23 +369,20 @@ def start_run(cfg: Config,  # the run's settings
         hp = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.to_dict().items()}
         acc.init_trackers("surgseg", config=hp, init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
     acc.wait_for_everyone()
-    return acc, run_dir
+    return acc, run_dir, created
 
 # %% ../nbs/06_train.ipynb #13d6eac3
-def setup_run(cfg: Config,   # every setting of the run
-              on_step=None,  # optional on_step(trainer, batch), called after every optimiser step
-             ) -> SimpleNamespace:  # trainer, train_dl, val_dl, steps (per epoch), sampler, run_dir
-    "Build a run from `cfg`: run folder, accelerator, loaders, sampler, model, loss, optimiser; resumed if asked."
-    acc, run_dir = start_run(cfg)
+def _build(cfg: Config, acc: Accelerator, run_dir: Path, on_step) -> SimpleNamespace:
+    "Data, loaders, sampler, model, loss, optimiser and the `Trainer` of a started run, resumed from last/ if asked."
     with acc.main_process_first(): root = prepare_data(cfg)
     train_v, val_v = make_splits(cfg, root)
     with acc.main_process_first(): table = frame_table(train_v, min_pixels=cfg.min_pixels)
-    train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps,
-                          seed=cfg.seed + acc.process_index)  # reproducible, and not the same draws on every process
+    train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps, seed=cfg.seed)
     steps = epoch_steps(len(train_ds), cfg, acc.num_processes)
-    sampler = make_train_sampler(cfg, train_ds, table, steps * cfg.batch_size * cfg.grad_accum * acc.num_processes)
+    frames = make_train_sampler(cfg, train_ds, table, steps * cfg.batch_size * cfg.grad_accum * acc.num_processes)
+    sampler = SeededDraws(frames, cfg.seed)  # every draw carries its augmentation seed
     kw = dict(num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    train_dl = acc.prepare(DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **kw))
+    train_dl = acc.prepare(DataLoader(AugmentDraws(train_ds), batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **kw))
     val_dl = None
     if val_v:
         val_dl = acc.prepare(DataLoader(SegDataset(val_v, scale=cfg.scale, train=False), batch_size=cfg.batch_size, **kw))
@@ -377,9 +391,24 @@ def setup_run(cfg: Config,   # every setting of the run
     loss_fn = build_loss(cfg, *pixel_counts(table))  # class weights (if any) from the training frames only
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs * acc.num_processes)
     tr = Trainer(cfg, acc, model, loss_fn, opt, sched, run_dir, on_step)
-    last = next((p for p in (run_dir / "last", run_dir / ".last.old") if (p / "progress.json").exists()), None)
-    if cfg.resume and last is not None: tr.load_checkpoint(last)
+    if cfg.resume and (run_dir / LAST / PROGRESS).is_file(): tr.restore(run_dir / LAST)
     return SimpleNamespace(trainer=tr, train_dl=train_dl, val_dl=val_dl, steps=steps, sampler=sampler, run_dir=run_dir)
+
+def setup_run(cfg: Config,   # every setting of the run
+              on_step=None,  # optional on_step(trainer, batch), called after every optimiser step
+             ) -> SimpleNamespace:  # trainer, train_dl, val_dl, steps (per epoch), sampler, run_dir, stack (close it to release the run)
+    "Build a run from `cfg`: locked run folder, accelerator, loaders, sampler, model, loss, optimiser; resumed if asked."
+    stack = contextlib.ExitStack()
+    try:
+        acc, run_dir, created = start_run(cfg, stack)
+        try: r = _build(cfg, acc, run_dir, on_step)
+        except BaseException:
+            if created and acc.is_main_process: shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing
+            raise
+    except BaseException:
+        stack.close(); raise
+    r.stack = stack
+    return r
 
 # %% ../nbs/06_train.ipynb #79325560
 def fit(cfg: Config,    # every setting of the run
@@ -388,21 +417,16 @@ def fit(cfg: Config,    # every setting of the run
     "Train `cfg.model` on `cfg.data_dir` (the synthetic stand-in if empty), validating every epoch; returns the run folder."
     r = setup_run(cfg, on_step)
     tr = r.trainer
-    try:
-        while tr.epoch < cfg.epochs and not tr.stopped:
-            t0 = time.perf_counter()
-            tr.train_epoch(r.train_dl, r.steps, r.sampler)
-            tr.end_epoch(r.val_dl, time.perf_counter() - t0)
-    finally: tr.acc.end_training()
+    with r.stack:  # the run folder stays locked until training ends
+        try:
+            while tr.epoch < cfg.epochs and not tr.stopped:
+                t0 = time.perf_counter()
+                tr.train_epoch(r.train_dl, r.steps, r.sampler)
+                tr.end_epoch(r.val_dl, time.perf_counter() - t0)
+        finally: tr.acc.end_training()
     return r.run_dir
 
 # %% ../nbs/06_train.ipynb #de30c638
-def _bool(s: str) -> bool:
-    "argparse type for booleans: true/false, yes/no, on/off, 1/0."
-    if str(s).lower() in ("1", "true", "yes", "on"): return True
-    if str(s).lower() in ("0", "false", "no", "off"): return False
-    raise ValueError(s)
-
 def _cli_signature() -> inspect.Signature:
     "`--config` plus one keyword argument (default None) per Config field, with the field's comment as help."
     docs, d = docments(Config, full=True, returns=False), Config()
@@ -412,10 +436,29 @@ def _cli_signature() -> inspect.Signature:
     for f in dataclasses.fields(Config):
         v = getattr(d, f.name)
         h = f"{docs[f.name].docment} [default: {' '.join(map(str, v)) if isinstance(v, list) else v!r}]"
-        if isinstance(v, bool): ps.append(P(f.name, h, type=_bool, nargs="?", const=True))
+        if isinstance(v, bool): ps.append(P(f.name, h, type=parse_bool, nargs="?", const=True))
         elif isinstance(v, list): ps.append(P(f.name, h, type=str, nargs="+"))
         else: ps.append(P(f.name, h, type=type(v)))
     return inspect.Signature(ps)
+
+_PARAM_HEAD = "# Every value None means: the value in the `config` YAML file if it sets one, else the Config default shown."
+
+def _param_line(name: str, typ: str, doc: str) -> str:
+    "One papermill parameter line: `name: type = None  # doc` (papermill's parser wants a plain type name and no `=` in the comment)."
+    return f"{name}: {typ} = None".ljust(31) + " # " + doc.replace(" = ", " means ")
+
+def papermill_parameters() -> str:
+    "The text of this chapter's papermill `parameters` cell, generated from Config's fields, sections and docments."
+    docs, d = docments(Config, full=True, returns=False), Config()
+    types = {f.name: f.type if re.fullmatch(r"\w+", str(f.type)) else str(f.type).split("|")[0].strip() for f in dataclasses.fields(Config)}
+    lines = [_PARAM_HEAD, _param_line("config", "str", "YAML experiment file, e.g. configs/focal_ce.yaml (default: none, Config defaults only)")]
+    for section, names in CONFIG_SECTIONS.items():
+        lines.append(f"# {section}")
+        for k in names:
+            v = getattr(d, k)
+            shown = " ".join(map(str, v)) if isinstance(v, list) else repr(v)
+            lines.append(_param_line(k, types[k], f"{docs[k].docment} (default {shown})"))
+    return "\n".join(lines)
 
 # %% ../nbs/06_train.ipynb #4fcb4933
 def train_cli(**kwargs):
@@ -424,6 +467,7 @@ def train_cli(**kwargs):
     config = kwargs.pop("config", None)
     if isinstance(kwargs.get("lora_targets"), list):
         kwargs["lora_targets"] = [t for s in kwargs["lora_targets"] for t in s.replace(",", " ").split()]
+    if not logging.getLogger("surgseg").handlers: logging.basicConfig(level=logging.INFO, format="%(message)s")  # "resuming ... from ..."
     run = fit(load_config(config, {k: v for k, v in kwargs.items() if v is not None}))
     if PartialState().is_main_process:
         m = pd.read_csv(run / "metrics.csv")

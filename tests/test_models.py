@@ -1,11 +1,11 @@
 "Cross-checks of surgseg.models beyond the notebook: every model family at awkward sizes, save/load of every DINOv3 mode, unsafe files, the bench scripts."
-import importlib.util, pickle, warnings
+import importlib.util, pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-from surgseg.core import Config, SurgsegError, NUM_CLASSES, save_config
+from surgseg.core import Config, SurgsegError, NUM_CLASSES
 from surgseg.models import (DINOV3_SIZES, FINETUNE, HEADS, build_model, dinov3_config, load_model, param_counts,
                             param_groups, read_tensors, save_model)
 
@@ -103,10 +103,13 @@ def test_bad_saved_folders(tmp_path, tiny_dinov3):
 def test_dinov3_config_errors(tiny_dinov3):
     with pytest.raises(SurgsegError, match="weights come from `dinov3`"):
         build_model(Config(model="dinov3", dinov3=tiny_dinov3, weights="some.pth"))
-    with pytest.raises(SurgsegError, match="finetune 'partial'"):
-        build_model(Config(model="dinov3", dinov3=tiny_dinov3, finetune="partial"))
-    with pytest.raises(SurgsegError, match="'unet' is not a head"):
-        build_model(Config(model="dinov3", dinov3=tiny_dinov3, head="unet"))
+    # names are checked by Config against the registries this module registers
+    with pytest.raises(SurgsegError, match="config key 'finetune': 'partial' is not a finetune.*choose from frozen, lora, full"):
+        Config(model="dinov3", dinov3=tiny_dinov3, finetune="partial")
+    with pytest.raises(SurgsegError, match="config key 'head': 'unet' is not a head.*choose from mlp, multilayer"):
+        Config(model="dinov3", dinov3=tiny_dinov3, head="unet")
+    with pytest.raises(SurgsegError, match="'mask2former' is not a model.*choose from unet, "):
+        Config(model="mask2former")
     m = build_model(Config(model="dinov3", dinov3="tiny", weights="none"))  # a size name: random weights, no files
     assert m.backbone.get_base_model().config.hidden_size == DINOV3_SIZES["tiny"][0]
 
@@ -131,3 +134,28 @@ def test_bench_scripts_run(capsys):
     assert _script("models").main(["--size", "32", "48", "--steps", "1", "--batch", "1", "--only", "U-Net"]) == 0
     out = capsys.readouterr().out
     assert "tiny    lora" in out and "U-Net / Lite0 (default)" in out
+
+
+@pytest.mark.parametrize("encoder,weights", [("resnet18", "imagenet"), ("tu-resnet18", "a1_in1k"), ("tu-tf_efficientnet_lite0", "imagenet")])
+def test_hub_weights_offline_fail_with_the_clear_message(encoder, weights, tmp_path):
+    "--weights imagenet (or a timm tag) goes through smp/timm's hub cache; offline (nothing cached) it fails in one line saying what to do."
+    import os, subprocess, sys
+    code = (f"from surgseg.core import Config, SurgsegError\nfrom surgseg.models import build_model\n"
+            f"try: build_model(Config(encoder={encoder!r}, weights={weights!r}))\nexcept SurgsegError as e: print(e)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}  # an empty cache
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    msg = r.stdout.strip()
+    assert r.returncode == 0 and len(msg.splitlines()) == 1, r.stderr[-2000:]
+    assert msg.startswith(f"encoder {encoder!r}: cannot fetch {weights!r} weights through the smp/timm hub cache (")
+    assert f"--weights weights/{encoder}" in msg and "--weights none" in msg
+
+
+def test_full_res_masks_is_the_prediction_path():
+    "full_res_masks upsamples logits (not class maps) one frame at a time; top2 gives the runner-up."
+    from surgseg.models import full_res_masks
+    torch.manual_seed(0)
+    logits = torch.randn(3, NUM_CLASSES, 9, 16)
+    best, second = full_res_masks(logits, (27, 48), top2=True)
+    ref = torch.nn.functional.interpolate(logits, size=(27, 48), mode="bilinear", align_corners=False)
+    assert (best == ref.argmax(1).numpy()).all()
+    assert (second == ref.topk(2, dim=1).indices[:, 1].numpy()).all() and (best != second).all()

@@ -1,5 +1,5 @@
 "Training (surgseg.train): the CLI, papermill and YAML doors, exact resume, and two CPU processes under Accelerate."
-import contextlib, json, os, subprocess, sys, textwrap
+import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +50,7 @@ def same_weights(a, b):
 def test_cli_help_lists_every_config_field():
     r = run([str(BIN / "surgseg"), "train", "--help"])
     assert r.returncode == 0, r.stderr
-    missing = [f for f in ["config"] + Config.field_names() if f"--{f} " not in r.stdout and f"--{f}\n" not in r.stdout]
+    missing = [f for f in ["config"] + Config.field_names() if not any(f"--{f}{end}" in r.stdout for end in " ,\n")]
     assert not missing, f"surgseg train --help lacks {missing}"
     assert "focal loss focusing parameter" in r.stdout
 
@@ -63,18 +63,34 @@ def test_papermill_lists_every_config_field():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_files_are_complete_experiments(path):
+def test_config_files_list_only_differences(path):
+    "Each YAML experiment loads, sets only values that differ from the defaults (the loss may be named), one comment each."
     raw = yaml.safe_load(path.read_text())
-    assert list(raw) == Config.field_names(), f"{path.name}: every Config field, in order"
-    cfg = load_config(path)
-    text = path.read_text()
-    assert all(f"{k}:" in text for k in raw) and text.count("#") >= len(raw), f"{path.name}: one comment per field"
+    cfg, d = load_config(path), Config()
+    same = [k for k in raw if k != "loss" and getattr(d, k) == getattr(cfg, k)]
+    assert not same, f"{path.name}: {same} repeat the defaults"
+    lines = [l for l in path.read_text().splitlines() if l and not l.startswith("#")]
+    assert len(lines) == len(raw) and all(" # " in l for l in lines), f"{path.name}: one commented line per key"
     expected = {"dice_ce": dict(loss="dice_ce"), "focal_ce": dict(loss="focal_ce"), "wce": dict(loss="wce"),
                 "dinov3_lora": dict(model="dinov3", finetune="lora")}[path.stem]
     assert {k: getattr(cfg, k) for k in expected} == expected
     if cfg.class_weights != "none" or cfg.loss == "wce":
         from surgseg.losses import build_loss
         build_loss(cfg, [100.0] * 10, [1000.0] * 10)  # the loss and its weights are well-formed
+
+
+def test_papermill_parameters_cell_is_generated():
+    "The parameters cell of 06 holds exactly papermill_parameters(): every Config field, its docment and default."
+    import nbformat
+    from fastcore.docments import docments
+    from surgseg.train import papermill_parameters
+    cell = next(c for c in nbformat.read(ROOT / "nbs" / "06_train.ipynb", as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == papermill_parameters()
+    docs = docments(Config, full=True, returns=False)
+    for f in Config.field_names():
+        line = next(l for l in cell.source.splitlines() if l.startswith(f"{f}: "))
+        assert docs[f].docment.replace(" = ", " means ") in line, f
 
 
 def test_config_files_cover_the_study():
@@ -130,7 +146,7 @@ def kill_at(step):
 ], ids=["mid-epoch-checkpoint", "epoch-checkpoint", "grad-accum"])
 def test_resume_is_bit_identical(tiny, tmp_path, kw, kill, ckpt):
     from surgseg.train import fit
-    c = tiny_cfg(tiny, tmp_path, epochs=2, max_steps=4, augment=False, batch_size=1 if kw.get("grad_accum") else 2, **kw)
+    c = tiny_cfg(tiny, tmp_path, epochs=2, max_steps=4, batch_size=1 if kw.get("grad_accum") else 2, **kw)  # augmentation on
     a = fit(c.update(run_name="a"))
     with pytest.raises(Kill): fit(c.update(run_name="b"), on_step=kill_at(kill))
     p = json.loads((tmp_path / "b" / "last" / "progress.json").read_text())
@@ -149,6 +165,129 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
         fit(c.update(resume=True, loss="focal_ce"))
     run2 = fit(c.update(resume=True, epochs=2))  # more epochs is allowed: the run continues
     assert pd.read_csv(run2 / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
+# --- real processes killed with SIGKILL ---------------------------------------------------------------
+
+TRAIN_SCRIPT = textwrap.dedent('''
+    import logging, sys
+    from surgseg.core import load_config
+    from surgseg.train import fit
+    if __name__ == "__main__":
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        fit(load_config(sys.argv[1]))
+''')
+
+
+def start(cfg, tmp, pause=None):
+    "Start a real training process on `cfg`. Without `pause` wait for it (returns stderr); with one, return it paused there."
+    f = tmp / f"{cfg.run_name}-{time.monotonic_ns()}.yaml"
+    f.write_text(yaml.safe_dump(cfg.to_dict()))
+    marker, env = tmp / f"{f.stem}.paused", dict(ENV)
+    if pause: env |= {"SURGSEG_PAUSE_AT": pause, "SURGSEG_PAUSE_FILE": str(marker)}
+    p = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(f)], env=env, cwd=ROOT, text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not pause:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        return err
+    deadline = time.time() + 600
+    while not marker.exists():
+        if p.poll() is not None: raise AssertionError(f"ended before reaching {pause}: {p.stderr.read()[-3000:]}")
+        assert time.time() < deadline, f"{pause} not reached"
+        time.sleep(0.05)
+    return p
+
+
+def sigkill(p):
+    os.kill(p.pid, signal.SIGKILL); p.communicate()
+    assert p.returncode == -signal.SIGKILL
+
+
+def tensors(run_dir) -> dict:
+    "Every tensor and number of a run's checkpoints: last/state (model, optimiser, schedule) and best/'s model."
+    out = {}
+    def walk(prefix, x):
+        if isinstance(x, dict): [walk(f"{prefix}.{k}", v) for k, v in x.items()]
+        elif isinstance(x, (list, tuple)): [walk(f"{prefix}.{i}", v) for i, v in enumerate(x)]
+        else: out[prefix] = x
+    files = sorted((Path(run_dir) / "last" / "state").iterdir()) + [Path(run_dir) / "best" / "model.safetensors"]
+    for f in files:
+        if f.suffix == ".safetensors": walk(f"{f.parent.name}/{f.name}", dict(load_file(f)))
+        elif f.suffix == ".bin": walk(f"{f.parent.name}/{f.name}", torch.load(f, weights_only=True))
+    return out
+
+
+def identical(a, b):
+    ta, tb = tensors(a), tensors(b)
+    assert set(ta) == set(tb)
+    diff = [k for k in ta if not (torch.equal(ta[k], tb[k]) if isinstance(ta[k], torch.Tensor) else ta[k] == tb[k])]
+    assert not diff, f"{len(diff)} of {len(ta)} differ, e.g. {diff[:3]}"
+    ma, mb = (pd.read_csv(Path(r) / "metrics.csv").drop(columns="seconds") for r in (a, b))
+    pd.testing.assert_frame_equal(ma, mb)
+    return len(ta)
+
+
+KILL = dict(epochs=2, max_steps=4, save_every=2)  # augmentation on (the default)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    "The uninterrupted run (one real process, 0 loader workers) every killed run must reproduce bit for bit."
+    tmp = tmp_path_factory.mktemp("ref")
+    start(tiny_cfg(tiny, tmp / "runs", run_name="ref", num_workers=0, **KILL), tmp)
+    return tmp / "runs" / "ref"
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("workers,pause,resumed_from", [
+    (0, "step:3", (0, 2, 2)),       # mid-epoch, after the step-2 checkpoint
+    (0, "save:last:2", (0, 2, 2)),  # inside the epoch-end checkpoint write: the previous last/ stays whole
+    (2, "step:6", (1, 0, 4)),       # two loader workers, mid-epoch 2
+], ids=["mid-epoch", "during-checkpoint-write", "workers2-mid-epoch"])
+def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path, reference, workers, pause, resumed_from):
+    c = tiny_cfg(tiny, tmp_path / "runs", run_name="k", num_workers=workers, **KILL)
+    run = tmp_path / "runs" / "k"
+    sigkill(start(c, tmp_path, pause))
+    p = json.loads((run / "last" / "progress.json").read_text())
+    assert (p["epoch"], p["step"], p["global_step"]) == resumed_from
+    err = start(c.update(resume=True), tmp_path)
+    assert f"resuming {run} from {run / 'last'} (epoch {resumed_from[0] + 1}, step {resumed_from[1]}" in err
+    assert identical(reference, run) > 50
+    left = [q.name for q in list(run.iterdir()) + list(run.parent.iterdir()) if q.name.startswith(".")]
+    assert not left, f"left behind: {left}"   # no partial checkpoint, no old copy, no lock
+
+
+def test_second_process_refused_then_stale_lock_taken_over(tiny, tmp_path):
+    c = tiny_cfg(tiny, tmp_path / "runs", run_name="l", epochs=1, max_steps=2)
+    p = start(c, tmp_path, "step:1")  # holds the run's lock
+    from surgseg.train import fit
+    with pytest.raises(SurgsegError, match=rf"runs/l: in use by pid {p.pid} on \S+ since \d{{4}}-") as e:
+        fit(c.update(resume=True))
+    assert "\n" not in str(e.value)
+    sigkill(p)  # its lock is now stale
+    run = fit(c.update(resume=True))
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1]
+    assert not (tmp_path / "runs" / ".l.lock").exists()
+
+
+def test_refused_runs_leave_no_folder(tiny, tmp_path):
+    from surgseg.train import fit
+    for bad in (dict(fps=7), dict(lr=-1), dict(batch_size=0), dict(resolution=1.5)):
+        with pytest.raises(SurgsegError, match=f"config key '{next(iter(bad))}'"): fit(tiny_cfg(tiny, tmp_path, run_name="r", **bad))
+    with pytest.raises(SurgsegError, match="no full step"): fit(tiny_cfg(tiny, tmp_path, run_name="r", batch_size=1000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_checkpoint_is_named_on_resume(tiny, tmp_path):
+    from surgseg.train import fit
+    c = tiny_cfg(tiny, tmp_path, run_name="c", epochs=2, max_steps=1)
+    with pytest.raises(Kill): fit(c, on_step=kill_at(2))
+    opt = tmp_path / "c" / "last" / "state" / "optimizer.bin"
+    opt.write_bytes(opt.read_bytes()[:100])
+    with pytest.raises(SurgsegError, match=r"last/state/optimizer.bin: truncated or corrupt checkpoint file \(100 bytes") as e:
+        fit(c.update(resume=True))
+    assert "\n" not in str(e.value) and (tmp_path / "c" / "metrics.csv").is_file()  # the run folder is kept
 
 
 # --- two processes ---------------------------------------------------------------------------------
@@ -175,7 +314,7 @@ DDP_SCRIPT = textwrap.dedent('''
 def test_two_processes_see_disjoint_frames_and_save_once(tiny, tmp_path):
     from surgseg.data import SegDataset
     from surgseg.models import load_model
-    from surgseg.train import make_splits, validate
+    from surgseg.train import make_splits, validation_scores
     from torch.utils.data import DataLoader
     cfg = tiny_cfg(tiny, tmp_path / "runs", sampler="none", epochs=2, batch_size=1, run_name="ddp", augment=False,
                    model="unet", encoder="tu-tf_efficientnet_lite0")  # BatchNorm under DDP, too
@@ -204,5 +343,5 @@ def test_two_processes_see_disjoint_frames_and_save_once(tiny, tmp_path):
     # the score both processes computed together is the score of the saved model on the whole validation split
     model, _ = load_model(run_dir / "last")
     _, val_v = make_splits(cfg, Path(tiny))
-    res = validate(model, DataLoader(SegDataset(val_v, scale=cfg.scale), batch_size=2))
+    res = validation_scores(model, DataLoader(SegDataset(val_v, scale=cfg.scale), batch_size=2))
     assert res["score"] == pytest.approx(m["val_score"].iloc[-1], abs=1e-6)
