@@ -419,7 +419,9 @@ def test_extract_killed_and_rerun(good, tmp_path, k):
     killed_at(k, "extract", out, "--workers", 1)
     assert list(out.rglob("rgb/.*.tmp.png")) and list(out.rglob(".rgb.lock"))   # it died mid-write, holding a lock
     rc, o, e = run("extract", out)
-    assert rc == 0 and f"{15 - (k - 1)} frames written, {k - 1} already there" in o, (rc, o, e)
+    m = re.search(r"(\d+) frames written, (\d+) already there", o)
+    # PNGs are written by several threads: when the k-th write dies, earlier ones may still be unfinished
+    assert rc == 0 and m and int(m[1]) + int(m[2]) == 15 and int(m[2]) <= k - 1, (rc, o, e)
     assert tree(out) == tree(ref)
 
 
