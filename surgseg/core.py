@@ -98,8 +98,10 @@ def atomic_write(path: str | Path,      # final file name
     "Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."
     path = Path(path)
     if not overwrite and path.exists(): raise SurgsegError(f"{path}: already exists (refusing to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as e: raise SurgsegError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -154,10 +156,12 @@ def atomic_folder(path: str | Path,       # the folder to publish
     path = Path(path).expanduser(); parent = path.parent
     def occupied() -> bool: return path.exists() and (not path.is_dir() or any(path.iterdir()))
     if not replace and occupied(): raise SurgsegError(f"{path}: already exists and is not empty (refusing to overwrite)")
-    parent.mkdir(parents=True, exist_ok=True)
-    clean_partials(parent, path.name)
     tmp = parent / _partial_name(path.name)
-    tmp.mkdir()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_partials(parent, path.name)
+        tmp.mkdir()
+    except OSError as e: raise SurgsegError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     try:
         yield tmp
         if replace and occupied():

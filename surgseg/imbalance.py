@@ -91,7 +91,9 @@ def _root_rows(root: Path, videos: list, workers, cache: bool) -> pd.DataFrame:
             try:
                 clean_partials((root / CACHE_FILE).parent, CACHE_FILE.name)  # temporary files of writers killed mid-write
                 with atomic_write(root / CACHE_FILE) as tmp: fresh.to_csv(tmp, index=False)
-            except OSError as e: warnings.warn(f"{root / CACHE_FILE}: cannot write the cache ({e.strerror}); continuing without it")
+            except (OSError, SurgsegError) as e:
+                why = getattr(e, "strerror", None) or str(e).rsplit("(", 1)[-1].rstrip(")")
+                warnings.warn(f"{root / CACHE_FILE}: cannot write the cache ({why}); continuing without it")
     wanted = set(zip(keys, fps))
     return fresh[[kf in wanted for kf in zip(fresh["key"], fresh["fingerprint"])]].assign(root=str(root))
 
