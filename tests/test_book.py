@@ -206,6 +206,12 @@ def test_check_outputs_rules(tmp_path):
     unexecuted = _nb(tmp_path, ("#| export\ndef f(): return 1", 0), ("a = f()", 0), name="unexecuted.ipynb")
     assert check(unexecuted) == ["unexecuted.ipynb: no outputs at all (execute it: python tools/run_book.py nbs/unexecuted.ipynb, then nbdev_clean)"]
     assert check(_nb(tmp_path, ("#| export\ndef f(): return 1", 0), name="library_only.ipynb")) == []
+    import nbformat
+    from nbformat.v4 import new_output
+    failed = nbformat.read(_nb(tmp_path, ("print('shown')", 1), ("1 / 0", 0), name="failed.ipynb"), as_version=4)
+    failed.cells[1].outputs = [new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])]
+    nbformat.write(failed, tmp_path / "failed.ipynb")
+    assert check(tmp_path / "failed.ipynb") == ["failed.ipynb: code cell 1 (1 / 0): committed with an error (ZeroDivisionError)"]
 
 
 def test_chapters_show_their_outputs():

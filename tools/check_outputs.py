@@ -4,8 +4,9 @@
     python tools/check_outputs.py [NB ...]     # default: every notebook in nbs/ (not _*.ipynb)
 
 A notebook fails when
-1. it has code cells to show but not one output anywhere (a chapter committed unexecuted), or
-2. one of its code cells displays something but has no output. A cell displays when, outside
+1. it has code cells to show but not one output anywhere (a chapter committed unexecuted),
+2. a cell's output is an error (a chapter committed with a traceback in it), or
+3. one of its code cells displays something but has no output. A cell displays when, outside
    function and class bodies, it
    - ends with an expression (no trailing `;`) other than a call known to return nothing
      (`test_eq`, any `test_*`, `print`, `plt.close`, `.mkdir`, ... see QUIET), or
@@ -102,6 +103,10 @@ def displays(src: str) -> str | None:
     return None
 
 
+def _first_line(cell: dict) -> str:
+    return next((l.strip() for l in "".join(cell.get("source", "")).splitlines() if l.strip()), "")[:60]
+
+
 def check(nb_path: Path) -> list[str]:
     "Every problem of one notebook, one line each."
     nb = json.loads(Path(nb_path).read_text())
@@ -111,14 +116,13 @@ def check(nb_path: Path) -> list[str]:
     if not shown: return []
     if not any(c.get("outputs") for c in cells):
         return [f"{name}: no outputs at all (execute it: python tools/run_book.py nbs/{name}, then nbdev_clean)"]
-    problems = []
+    problems = [f"{name}: code cell {i} ({_first_line(c)}): committed with an error ({o.get('ename', 'error')})"
+                for i, c in enumerate(cells) for o in c.get("outputs", []) if o.get("output_type") == "error"]
     for i, c in shown:
         if c.get("outputs"): continue
         src = "".join(c.get("source", ""))
         why = displays(src)
-        if why:
-            first = next((l.strip() for l in src.splitlines() if l.strip()), "")[:60]
-            problems.append(f"{name}: code cell {i} ({first}): {why} but has no output")
+        if why: problems.append(f"{name}: code cell {i} ({_first_line(c)}): {why} but has no output")
     return problems
 
 
