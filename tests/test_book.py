@@ -1,6 +1,6 @@
 """The book as a user meets it outside the notebooks: every module imports on its own, every picture function
 runs from plain Python, imports flow one way, and the chapters are committed with their outputs."""
-import ast, importlib, subprocess, sys
+import ast, importlib, os, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,19 @@ import check_outputs  # noqa: E402
 
 # --- each module on its own ---------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict:
+    "`python -c 'import surgseg.X'` for every module, a few interpreters at a time: {module: CompletedProcess}."
+    from concurrent.futures import ThreadPoolExecutor
+    def imp(mod): return subprocess.run([sys.executable, "-c", f"import surgseg.{mod}"], capture_output=True, text=True,
+                                        timeout=600, cwd=ROOT)
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as ex: return dict(zip(MODULES, ex.map(imp, MODULES)))
+
+
 @pytest.mark.parametrize("mod", MODULES)
-def test_module_imports_in_a_fresh_interpreter(mod):
+def test_module_imports_in_a_fresh_interpreter(fresh_imports, mod):
     "`import surgseg.X` works alone: nothing an exported cell needs was imported only by the notebook."
-    r = subprocess.run([sys.executable, "-c", f"import surgseg.{mod}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = fresh_imports[mod]
     assert r.returncode == 0, r.stderr[-3000:]
 
 
