@@ -127,9 +127,10 @@ COMMANDS["synth"] = Command("generate the synthetic SAR-RARP50 stand-in in the o
 # %% ../nbs/10_cli.ipynb #7ff850cb
 def unpack_args(p):
     "Options of `data.unpack`."
+    from surgseg.data import SPLITS
     p.add_argument("zips", nargs="+", help="zip archives of SAR-RARP50")
     add(p, "to", "dataset root to unpack into", required=True)
-    add(p, "split", "put every video in this split folder (default: from the archive or the released table)")
+    add(p, "split", "put every video in this split folder (default: from the archive or the released table)", choices=SPLITS)
 
 def run_unpack(a):
     "Unpack the archives (nothing escapes the root, nothing is overwritten, resumable); say what was written."

@@ -103,6 +103,10 @@ def test_choices_come_from_the_registries():
     one_line_error(rc, err, "train", "--model", "invalid choice: 'nope'", "'unet'")
     rc, out, err = run("predict", "--checkpoint", "c", "--data", "d", "--out", "o", "--fill", "nope")
     one_line_error(rc, err, "predict", "--fill", "background")
+    from surgseg.data import SPLITS
+    assert tuple(next(a for a in parser("unpack")._actions if a.dest == "split").choices) == SPLITS
+    rc, out, err = run("unpack", "a.zip", "--to", "x", "--split", "nope")
+    one_line_error(rc, err, "unpack", "--split", "'train'")
 
 
 def test_boolean_pairs():
