@@ -150,6 +150,14 @@ def _exposure(d):
     return exposure_report(d["table"][[f"has_{c}" for c in range(10)]].to_numpy())
 
 
+def _pixel_report(d):
+    from surgseg.core import Config
+    from surgseg.sampler import pixel_report
+    masks = [d["gt"], d["pred"]]
+    presence = np.stack([np.bincount(m.ravel(), minlength=10) > 0 for m in masks])
+    return pixel_report(masks, presence, Config(), crop_size=16, crop_rare=0.5, draws=2)
+
+
 RECIPES = {  # name: f(function, tiny data) -> the function called on small data
     "colorize": lambda fn, d: fn(d["gt"]),
     "overlay": lambda fn, d: fn(d["rgb"], d["gt"]),
@@ -157,6 +165,7 @@ RECIPES = {  # name: f(function, tiny data) -> the function called on small data
     "plot_class_shares": lambda fn, d: fn(importlib.import_module("surgseg.imbalance").class_summary(d["table"])),
     "plot_presence_maps": lambda fn, d: fn(d["table"]),
     "plot_exposure": lambda fn, d: fn(*_exposure(d)),
+    "plot_pixel_exposure": lambda fn, d: fn(_pixel_report(d)),
     "plot_breakdown": lambda fn, d: (fn(_breakdown(d)), fn(_breakdown(d), metric="nsd")),
     "plot_history": lambda fn, d: fn(d["run"]),
     "plot_confusion": lambda fn, d: fn(importlib.import_module("surgseg.metrics").confusion(d["pred"], d["gt"])),
