@@ -374,6 +374,8 @@ class Config:
     min_pixels: int = 16             # a frame "contains" a class only with at least this many pixels of it
     max_weight: float = 10.0         # clip per-frame sampling weights at this multiple of the mean
     samples_per_epoch: int = 0       # frames drawn per epoch; 0 = the number of training frames
+    crop_size: int | list = 0        # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
+    crop_rare: float = 0.5           # with crop_size: share of crops centred on a pixel of a foreground class present in the frame (drawn, all classes equal); the rest are random
     # loss
     loss: str = "dice_ce"            # ce, wce, dice_ce, focal_ce
     class_weights: str = "none"      # per-class CE weights: none, inverse, sqrt_inverse, median, one_minus_p
@@ -459,15 +461,17 @@ def _coerce(key: str, typ: str, value):
         vals = value.replace(",", " ").split() if isinstance(value, str) else value
         if not isinstance(vals, (list, tuple)) or not all(isinstance(v, str) for v in vals): raise bad("a list of names")
         return list(vals)
-    if typ == "int | list":  # min_area: one threshold, or one per instrument class
+    if typ == "int | list":  # one integer, or as many as the key needs (min_area: one per instrument class; crop_size: H W)
         vals = value.replace(",", " ").split() if isinstance(value, str) else value
         if not isinstance(vals, (list, tuple)): return _coerce(key, "int", vals)
         vals = [_coerce(key, "int", v) for v in vals]
         if len(vals) == 1: return vals[0]
-        if len(vals) != NUM_CLASSES - 1: raise bad(f"one integer or {NUM_CLASSES - 1} (classes 1..{NUM_CLASSES - 1})")
+        n, what = _INT_LISTS[key]
+        if len(vals) != n: raise bad(f"one integer or {n} ({what})")
         return vals
     return value
 
+_INT_LISTS = {"min_area": (NUM_CLASSES - 1, f"classes 1..{NUM_CLASSES - 1}"), "crop_size": (2, "height and width")}
 _FPS_OK = [d for d in range(1, MASK_STEP + 1) if MASK_STEP % d == 0]
 _RULES = {  # key: (test of a coerced value, what a valid value is)
     "run_name": (lambda v: "/" not in v and "\\" not in v and v not in (".", ".."), "a folder name (no path separators)"),
@@ -479,6 +483,8 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
     "min_pixels": (lambda v: v >= 1, ">= 1"),
     "max_weight": (lambda v: v >= 1, ">= 1 (a multiple of the mean weight)"),
     "samples_per_epoch": (lambda v: v >= 0, ">= 0 (0 = the number of training frames)"),
+    "crop_size": (lambda v: min(v) >= 1 if isinstance(v, list) else v >= 0, "pixels >= 1 (one value, or H W), or 0 for whole frames"),
+    "crop_rare": (lambda v: 0 <= v <= 1, "in [0, 1] (a probability)"),
     "ce_weight": (lambda v: v >= 0, ">= 0"), "dice_weight": (lambda v: v >= 0, ">= 0"), "focal_weight": (lambda v: v >= 0, ">= 0"),
     "focal_gamma": (lambda v: v >= 0, ">= 0"),
     "focal_alpha": (lambda v: v <= 1, "in [0, 1], or < 0 for off"),
@@ -511,7 +517,7 @@ def _check(key: str, value):
 # %% ../nbs/00_core.ipynb #6afb050f
 CONFIG_SECTIONS = {
     "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "augment", "num_workers"],
-    "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch"],
+    "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size", "crop_rare"],
     "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "focal_weight", "focal_gamma", "focal_alpha", "ignore_index"],
     "model": ["model", "encoder", "weights", "dinov3", "finetune", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
               "head", "head_layers", "grad_checkpointing", "pos_embed_rescale"],
@@ -576,5 +582,5 @@ def surgseg_home() -> Path:
     return Path(os.environ.get("SURGSEG_HOME", "~/.cache/surgseg")).expanduser()
 
 def default_data_dir() -> Path:
-    "The synthetic default dataset root, used when `Config.data_dir` is empty."
-    return surgseg_home() / "synthetic"
+    "The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new folder)."
+    return surgseg_home() / "synthetic-v2"  # = synthetic.SYNTHETIC_VERSION (checked by its tests)

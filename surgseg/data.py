@@ -25,7 +25,7 @@ __all__ = ['SPLITS', 'VIDEO_FILE', 'PNG_PARAMS', 'natural_key', 'operation_of', 
            'known_counts', 'unpack', 'VideoProbe', 'probe_video', 'seek_cost', 'seek_check', 'FrameReader',
            'read_frames', 'is_synthetic', 'validate_dataset', 'png_complete', 'target_frames', 'Extracted',
            'already_extracted', 'extract_video', 'extract_frames', 'split_by_operation', 'resolve_data_dir',
-           'make_splits', 'build_transforms', 'SegDataset']
+           'make_splits', 'build_transforms', 'crop_window', 'crop_pad', 'SegDataset']
 
 # %% ../nbs/01_data_extraction.ipynb #769c443b
 SPLITS = ("train", "train1", "train2", "test")  # split folder names used by the releases
@@ -649,23 +649,67 @@ def build_transforms(size: tuple,             # working (H, W)
                      augment: bool = True,    # with train=True: False = resize only
                      shrink: bool = True,     # the working size is smaller than the frame (area interpolation)
                      fill_mask: int = 0,      # mask value of pixels brought in from outside the frame
+                     crop: bool = False,      # the input is already a crop of `size` at working resolution: no resize, no random resized crop
                     ):
     "The albumentations pipeline of a split: resize for evaluation; spatial + colour augmentation for training."
     import albumentations as A
     h, w = size
+    nn = dict(mask_interpolation=cv2.INTER_NEAREST)
+    if crop:
+        return A.Compose([] if not (train and augment) else [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=(0.85, 1.2), translate_percent=(-0.06, 0.06), rotate=(-15, 15), border_mode=cv2.BORDER_CONSTANT,
+                     fill=0, fill_mask=fill_mask, p=0.5, **nn),
+            *_colour(A)])
     if not (train and augment):
         return A.Compose([A.Resize(h, w, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
                                    mask_interpolation=cv2.INTER_NEAREST)])
-    nn = dict(mask_interpolation=cv2.INTER_NEAREST)
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.85, 1.2), translate_percent=(-0.06, 0.06), rotate=(-15, 15), border_mode=cv2.BORDER_CONSTANT,
                  fill=0, fill_mask=fill_mask, p=0.5, **nn),
         A.RandomResizedCrop(size=(h, w), scale=(0.4, 1.0), ratio=(0.8 * w / h, 1.25 * w / h), p=1.0, **nn),
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.3),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
-    ])
+        *_colour(A)])
+
+def _colour(A) -> list:
+    "The colour part of the training augmentation: endoscope light and focus vary from case to case."
+    return [A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.3),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3)]
+
+# %% ../nbs/01_data_extraction.ipynb #7713e2a9
+def crop_window(mask: np.ndarray,          # (H, W) class ids at working resolution
+                size: tuple,               # (h, w) of the crop
+                rare: float,               # probability of centring the crop on a foreground class present in `mask`
+                rng: np.random.Generator,  # the draw's generator (seeded by the caller)
+                class_weights=None,        # (classes,) weight of each class as a crop centre; None = all foreground classes equal
+               ) -> tuple:                 # (y0, x0, centre class or -1 for a random crop); y0/x0 < 0 or past the end = padding
+    "Top-left corner of a crop of `size`: centred on a pixel of a drawn present class with probability `rare`, else uniform."
+    H, W = mask.shape; h, w = size
+    lo, hi = (min(0, H - h), min(0, W - w)), (max(0, H - h), max(0, W - w))  # corners keeping the frame inside, or the crop inside
+    if rare > 0 and rng.random() < rare:
+        counts = np.bincount(mask.ravel(), minlength=len(class_weights) if class_weights is not None else 1)
+        wts = np.ones(len(counts)) if class_weights is None else np.asarray(class_weights, np.float64)[:len(counts)]
+        wts = np.where(counts[:len(wts)] > 0, wts, 0.0); wts[0] = 0.0   # present foreground classes only
+        if wts.sum() > 0:
+            cum = np.cumsum(wts); c = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(wts) - 1)
+            k = int(rng.integers(counts[c]))
+            y, x = np.divmod(np.flatnonzero(mask.ravel() == c)[k], W)
+            return int(np.clip(y - h // 2, lo[0], hi[0])), int(np.clip(x - w // 2, lo[1], hi[1])), c
+    return int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1)), -1
+
+def crop_pad(a: np.ndarray,   # (H, W) or (H, W, C) array
+             y0: int, x0: int, # top-left corner (may be negative: padding)
+             size: tuple,      # (h, w) of the crop
+             fill=0,           # value of the padding
+            ) -> np.ndarray:   # (h, w[, C]) crop
+    "The window of `size` at (y0, x0) of `a`, padded with `fill` where it leaves `a`."
+    h, w = size
+    if 0 <= y0 and 0 <= x0 and y0 + h <= a.shape[0] and x0 + w <= a.shape[1]: return a[y0:y0 + h, x0:x0 + w]
+    out = np.full((h, w) + a.shape[2:], fill, a.dtype)
+    ys, xs, ye, xe = max(0, y0), max(0, x0), min(a.shape[0], y0 + h), min(a.shape[1], x0 + w)
+    if ye > ys and xe > xs: out[ys - y0:ye - y0, xs - x0:xe - x0] = a[ys:ye, xs:xe]
+    return out
 
 # %% ../nbs/01_data_extraction.ipynb #3cb1d657
 class SegDataset:
@@ -677,11 +721,19 @@ class SegDataset:
                  fps: int = 1,                 # frame rate of the items: masked frames at this rate
                  seed: int | None = None,      # augmentation seed (None = from torch's seed, so `set_seed` fixes it)
                  fill_mask: int = 0,           # mask value of pixels the affine brings in from outside the frame
+                 crop_size=0,                  # training: crops of this size at working resolution, int or (h, w); 0 = whole frames
+                 crop_rare: float = 0.0,       # training crops: probability of centring on a present foreground class (`crop_window`)
+                 class_weights=None,           # (classes,) weights of the classes as crop centres; None = all foreground classes equal
                 ):
         self.videos = find_videos(videos) if isinstance(videos, (str, Path)) else list(videos)
         if scale <= 0: raise SurgsegError(f"scale {scale} must be positive")
         step = _step(fps)
         self.scale, self.train, self.augment, self.fill_mask = scale, train, augment, fill_mask
+        cs = [int(v) for v in (crop_size if isinstance(crop_size, (list, tuple)) else [crop_size] * 2)]
+        if len(cs) != 2 or (min(cs) < 1 and cs != [0, 0]): raise SurgsegError(f"crop_size {crop_size!r}: expected pixels >= 1 (one value or h, w), or 0")
+        if not 0 <= crop_rare <= 1: raise SurgsegError(f"crop_rare {crop_rare}: must be in [0, 1]")
+        self.crop = tuple(cs) if train and cs != [0, 0] else None   # crops are for training only: evaluation sees whole frames
+        self.crop_rare, self.class_weights = float(crop_rare), class_weights
         self.items = [(v.name, f, v.rgb_path(f), p) for v in sorted(self.videos, key=lambda v: natural_key(v.name))
                       for f, p in zip(v.frames, v.mask_paths) if f % step == 0]
         if not self.items: raise SurgsegError(f"no masked frames in {len(self.videos)} video(s)")
@@ -712,6 +764,10 @@ class SegDataset:
         h, w = self.size_of(i)
         return max(1, round(h * self.scale)), max(1, round(w * self.scale))
 
+    def out_size(self, i: int) -> tuple:
+        "(H, W) of item i as served: the crop size when cropping, else the working size."
+        return self.crop or self.work_size(i)
+
     def full_mask(self, i: int) -> np.ndarray:
         "The original full-resolution mask of item i, for scoring."
         return read_mask(self.items[i][3], self.size_of(i))
@@ -724,9 +780,9 @@ class SegDataset:
         if key != self._seeded_for:   # fresh workers (each epoch, each worker) draw different augmentations
             self._seeded_for = key
             for t in self._tfs.values(): t.set_random_seed((wi.seed if wi else self.seed) % 2**32)
-        size = self.work_size(i)
+        size = self.out_size(i)
         if size not in self._tfs:
-            t = build_transforms(size, self.train, self.augment, shrink=self.scale < 1, fill_mask=self.fill_mask)
+            t = build_transforms(size, self.train, self.augment, shrink=self.scale < 1, fill_mask=self.fill_mask, crop=bool(self.crop))
             t.set_random_seed(((wi.seed if wi else self.seed) + len(self._tfs)) % 2**32)
             self._tfs[size] = t
         return self._tfs[size]
@@ -744,10 +800,22 @@ class SegDataset:
         if img.shape[:2] != size: raise SurgsegError(f"{rgb}: size {img.shape[1]}x{img.shape[0]}, but its mask is {size[1]}x{size[0]}")
         tf = self._transform(i)
         if seed is not None: tf.set_random_seed(int(seed) % 2**32)   # a function of the draw, not of the process's history
-        out = tf(image=cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask=read_mask(mp, size))
+        img, mask = cv2.cvtColor(img, cv2.COLOR_BGR2RGB), read_mask(mp, size)
+        if self.crop: img, mask = self._crop(i, img, mask, tf.random_generator)  # before the other augmentations: they run on the crop
+        out = tf(image=img, mask=mask)
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
         return dict(image=image, mask=torch.from_numpy(out["mask"].astype(np.int64)), index=i)
 
+    def _crop(self, i: int, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple:
+        "Item i's image and mask brought to working resolution, then cropped by `crop_window` with the pipeline's seeded generator."
+        h, w = self.work_size(i)
+        if (h, w) != img.shape[:2]:
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        y0, x0, _ = crop_window(mask, self.crop, self.crop_rare, rng, self.class_weights)
+        return crop_pad(img, y0, x0, self.crop), crop_pad(mask, y0, x0, self.crop, self.fill_mask)
+
     def __repr__(self):
         return (f"SegDataset({len(self)} frames of {len(self.videos)} videos, full {self.full_size}, "
-                f"working {self.work_size(0)}, {'train' if self.train and self.augment else 'eval'})")
+                f"working {self.work_size(0)}, {'train' if self.train and self.augment else 'eval'}"
+                + (f", crops {self.crop} rare {self.crop_rare:g}" if self.crop else "") + ")")

@@ -16,10 +16,12 @@ from .core import (NUM_CLASSES, CLASS_NAMES, REAL_PIXEL_SHARE, REAL_FRAME_PRESEN
                           atomic_folder, atomic_write, parallel_map, write_mask, default_data_dir)
 
 # %% auto #0
-__all__ = ['ACTION_EVERY', 'CODECS', 'MAX_SIZE', 'SYNTHETIC_MARKER', 'SCHEDULED', 'TOOL_STATES', 'DIMS', 'n_masks', 'catmull_rom',
-           'schedule_runs', 'VideoPlan', 'plan_dataset', 'tissue_texture', 'vignette', 'Shape', 'draw', 'border_point',
-           'reach', 'tube', 'instrument', 'needle', 'spline', 'clip_shape', 'Scene', 'action_segments', 'write_actions',
-           'fourcc_of', 'write_video', 'generate', 'ensure_synthetic', 'synth_cli', 'plan_masks', 'calibration']
+__all__ = ['ACTION_EVERY', 'CODECS', 'MAX_SIZE', 'SYNTHETIC_MARKER', 'SCHEDULED', 'TOOL_STATES', 'SYNTHETIC_DEFAULT',
+           'SYNTHETIC_VERSION', 'DIMS', 'n_masks', 'catmull_rom', 'schedule_runs', 'VideoPlan', 'plan_dataset',
+           'tissue_texture', 'vignette', 'Shape', 'draw', 'border_point', 'reach', 'tube', 'instrument', 'needle',
+           'spline', 'clip_shape', 'Scene', 'action_segments', 'write_actions', 'fourcc_of', 'write_video',
+           'marker_params', 'generate', 'ensure_synthetic', 'synth_cli', 'plan_masks', 'calibration', 'band_width',
+           'thin_widths']
 
 # %% ../nbs/90_synthetic.ipynb #947c2fdb
 ACTION_EVERY = 6  # action_discrete.txt has a label every 6th frame (10 Hz)
@@ -75,11 +77,14 @@ def schedule_runs(lengths: list[int],      # number of keyframes (annotated fram
 # %% ../nbs/90_synthetic.ipynb #5498a8b7
 # per class: (target frame presence, run length range in seconds); the instruments are handled separately
 SCHEDULED = {4: (REAL_FRAME_PRESENCE[4], (3, 8)), 5: (REAL_FRAME_PRESENCE[5], (2, 5)),
-             6: (REAL_FRAME_PRESENCE[6], (2, 5)), 7: (REAL_FRAME_PRESENCE[7], (1, 3)),
+             6: (REAL_FRAME_PRESENCE[6], (1, 4)), 7: (REAL_FRAME_PRESENCE[7], (1, 2)),
              8: (REAL_FRAME_PRESENCE[8], (4, 10)), 9: (REAL_FRAME_PRESENCE[9], (2, 6))}
 # instrument pair states: 0 none visible, 1 only jaw tips, 2 jaws + wrist (no shaft), 3 shaft(s) in view
 _P = REAL_FRAME_PRESENCE
 TOOL_STATES = {0: 1 - _P[1], 1: _P[1] - _P[2], 2: _P[2] - _P[3]}  # fractions of the rarer states; 3 = the rest
+# the default stand-in (what `ensure_synthetic()` writes): the real protocol's shape at a small scale
+SYNTHETIC_DEFAULT = dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2)
+SYNTHETIC_VERSION = 2  # bump whenever the default's definition changes (parameters, schedules, drawing): it names its folder
 
 @dataclass
 class VideoPlan:
@@ -658,6 +663,11 @@ def _render(args):
     plan, root, codec = args
     return str(write_video(plan, root, codec))
 
+def marker_params(n_train, n_test, seconds, size, codec="MJPG", seed=0, split_ops=1) -> str:
+    "The parameter line of `SYNTHETIC_MARKER`: how the dataset was made, and by which version of the generator."
+    return (f"n_train={n_train} n_test={n_test} seconds={float(seconds):g} size={tuple(int(v) for v in size)} codec={codec} "
+            f"seed={seed} split_ops={split_ops} version={SYNTHETIC_VERSION}")
+
 def generate(root: str | Path,           # dataset root to create (must not exist, or be an empty folder)
              n_train: int = 6,           # training operations (one or more split into _1/_2 parts)
              n_test: int = 2,            # test videos
@@ -678,32 +688,44 @@ def generate(root: str | Path,           # dataset root to create (must not exis
         render = importlib.import_module("surgseg.synthetic")._render  # workers import it (also when this runs in the notebook)
         parallel_map(render, jobs, workers, desc="synth", progress=progress, unit="video")
         (tmp / SYNTHETIC_MARKER).write_text(  # tells `surgseg validate` not to hold it to the released counts
-            f"Synthetic SAR-RARP50 stand-in written by surgseg.synthetic.generate: n_train={n_train} n_test={n_test} "
-            f"seconds={seconds} size={tuple(size)} codec={codec} seed={seed} split_ops={split_ops}\n")
+            f"Synthetic SAR-RARP50 stand-in written by surgseg.synthetic.generate: "
+            f"{marker_params(n_train, n_test, seconds, size, codec, seed, split_ops)}\n")
     return root
 
 # %% ../nbs/90_synthetic.ipynb #5d0a20cc
-def ensure_synthetic(root: str | Path | None = None,  # dataset root; None = core.default_data_dir()
-                     **kwargs,                          # options of `generate`, used only if the dataset must be made
+def ensure_synthetic(root: str | Path | None = None,  # dataset root; None = the default stand-in's folder, core.default_data_dir()
+                     **kwargs,                          # options of `generate` that differ from SYNTHETIC_DEFAULT, used only if it must be made
                     ) -> Path:                          # root, ready to use
-    "Return `root`, generating the (default) synthetic dataset there first if it does not exist."
+    "Return `root`, generating the synthetic stand-in (`SYNTHETIC_DEFAULT`, unless told otherwise) there first if it does not exist."
+    default = not root
     root = Path(root).expanduser() if root else default_data_dir()
+    kwargs = {**SYNTHETIC_DEFAULT, **kwargs}
+    if default:  # the default's folder is versioned; its marker must also name exactly today's definition
+        want = marker_params(**{k: v for k, v in kwargs.items() if k not in ("workers", "progress")})
+        if root.is_dir() and any(root.iterdir()) and want not in _marker_text(root):
+            raise SurgsegError(f"{root}: holds a synthetic dataset made with other parameters than today's default "
+                               f"({want}); delete the folder to regenerate it")
     if root.is_dir() and any(root.iterdir()): return root
     try: return generate(root, **kwargs)
     except SurgsegError:
         if root.is_dir() and any(root.iterdir()): return root  # another process finished it first
         raise
 
+def _marker_text(root: Path) -> str:
+    "The text of the synthetic marker of `root` ('' when there is none)."
+    try: return (root / SYNTHETIC_MARKER).read_text()
+    except OSError: return ""
+
 # %% ../nbs/90_synthetic.ipynb #274e48d6
 def synth_cli(root: str,            # dataset root to create (must not exist or be empty)
-              n_train: int = 6,     # training operations
-              n_test: int = 2,      # test videos
-              seconds: float = 20,  # seconds per video (60 fps; each part of a split operation gets half)
-              width: int = 480,     # frame width (even, up to 1920)
-              height: int = 270,    # frame height (even, up to 1080)
+              n_train: int = 18,    # training operations
+              n_test: int = 10,     # test videos
+              seconds: float = 10,  # seconds per video (60 fps; each part of a split operation gets half)
+              width: int = 960,     # frame width (even, up to 1920)
+              height: int = 540,    # frame height (even, up to 1080)
               codec: str = "MJPG",  # video codec: MJPG or MP4V (MPEG-4)
               seed: int = 0,        # random seed (same seed, same dataset)
-              split_ops: int = 1,   # training operations split into video_XX_1 and video_XX_2
+              split_ops: int = 2,   # training operations split into video_XX_1 and video_XX_2
               workers: int = 0,     # parallel processes (0 = one per core)
              ):
     "Generate the synthetic SAR-RARP50 stand-in in the official layout."
@@ -721,12 +743,12 @@ def plan_masks(plans: list[VideoPlan]):
         for f in range(0, p.n_frames, MASK_STEP): yield p, f, sc.mask(f)
 
 def calibration(split: str = "train",  # which split of the planned dataset to measure
-                **kwargs,              # arguments of `plan_dataset` (n_train, n_test, seconds, size, seed, split_ops)
+                **kwargs,              # arguments of `plan_dataset` that differ from `SYNTHETIC_DEFAULT` (n_train, seconds, size, seed, ...)
                ):
     "Per-class pixel share and frame presence of a planned synthetic split next to the real SAR-RARP50 numbers."
     import pandas as pd
     px, pres, n = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES), 0
-    for _, _, m in plan_masks([p for p in plan_dataset(**kwargs) if p.split == split]):
+    for _, _, m in plan_masks([p for p in plan_dataset(**{**SYNTHETIC_DEFAULT, **kwargs}) if p.split == split]):
         c = np.bincount(m.ravel(), minlength=NUM_CLASSES)
         px += c; pres += c > 0; n += 1
     t = pd.DataFrame({"class": CLASS_NAMES, "pixel_share_%": 100 * px / px.sum(), "real_pixel_share_%": 100 * REAL_PIXEL_SHARE,
@@ -735,3 +757,29 @@ def calibration(split: str = "train",  # which split of the planned dataset to m
     t["presence_diff_pts"] = t["frame_presence_%"] - t["real_frame_presence_%"]
     t.attrs["masks"] = n
     return t.round(3)
+
+# %% ../nbs/90_synthetic.ipynb #9d787041
+def band_width(mask: np.ndarray,  # (H, W) bool or 0/1: one class of a mask
+              ) -> float:         # median width in pixels along the bands' centre lines (nan when empty)
+    "Width of thin bands: the median ridge of the distance transform of a 2x upsampled copy (a band 2w wide peaks at w)."
+    b = np.asarray(mask, np.uint8)
+    up = cv2.resize(b, (b.shape[1] * 2, b.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+    d = cv2.distanceTransform(up, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ridge = (d > 0) & (d >= cv2.dilate(d, np.ones((3, 3), np.uint8)))
+    return float(np.median(d[ridge])) if ridge.any() else float("nan")
+
+def thin_widths(plans: list[VideoPlan],   # planned videos (e.g. the training split of the default stand-in)
+                scale: float,             # working resolution (Config.scale)
+                classes=(4, 5),           # needle, thread
+                max_masks: int = 80,      # masks measured (the first ones of the plans)
+               ) -> dict:                 # class id -> widths (px at the working scale), one per mask showing it
+    "Width of the thin classes in each planned mask brought to `scale` by nearest-neighbour interpolation."
+    out, k = {c: [] for c in classes}, 0
+    for _, _, m in plan_masks(plans):
+        h, w = m.shape
+        mw = cv2.resize(m, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_NEAREST)
+        for c in classes:
+            if (mw == c).sum() >= 4: out[c].append(band_width(mw == c))
+        k += 1
+        if k >= max_masks: break
+    return {c: np.array(v) for c, v in out.items()}

@@ -472,3 +472,70 @@ def test_seeded_draws_do_not_depend_on_the_process(copy):
     dl = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, sampler=[(3, 77), (3, 78), (3, 77), (3, 77)])
     imgs = [b["image"][0] for b in dl]
     assert all(torch.equal(here, imgs[k]) for k in (0, 2, 3)) and not torch.equal(here, imgs[1])
+
+
+# ---------------------------------------------------------------- class-aware crops
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory):
+    "Extracted frames whose masks are background, a shaft band and one 2x2 catheter blob (class 9) somewhere different each frame."
+    root = tmp_path_factory.mktemp("sparse") / "root"
+    d = root / "train/video_01"
+    make_video(d / VIDEO_FILE, 421, size=(96, 128))
+    rng = np.random.default_rng(0)
+    for f in range(0, 421, MASK_STEP):
+        m = np.zeros((96, 128), np.uint8); m[10:20, :] = 3
+        y, x = rng.integers(24, 94), rng.integers(0, 126); m[y:y + 2, x:x + 2] = 9
+        write_mask(d / "segmentation" / f"{f:09d}.png", m)
+    extract_frames(root, workers=1, progress=False)
+    return root
+
+
+def test_crops_have_the_asked_size(sparse):
+    for size, want in [(16, (16, 16)), ((20, 40), (20, 40)), ([64, 32], (64, 32))]:
+        ds = SegDataset(sparse, scale=0.5, train=True, crop_size=size, crop_rare=0.5)
+        x = ds[2, 11]
+        assert x["image"].shape == (3,) + want and x["mask"].shape == want and ds.out_size(0) == want
+    ev = SegDataset(sparse, scale=0.5, crop_size=16, crop_rare=1)          # evaluation: whole frames
+    assert ev[0]["mask"].shape == (48, 64)
+    big = SegDataset(sparse, scale=0.5, train=True, augment=False, crop_size=(60, 80), fill_mask=255)
+    m = big[0, 1]["mask"].numpy()                                          # larger than the 48x64 frame: padded
+    assert m.shape == (60, 80) and (m == 255).sum() == 60 * 80 - 48 * 64
+    assert {255, 0, 3} >= set(np.unique(m).tolist()) - {9}
+    with pytest.raises(SurgsegError, match="crop_rare"): SegDataset(sparse, train=True, crop_size=16, crop_rare=2)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_rare_crops_contain_the_rare_class(sparse, augment):
+    "crop_rare=1 with the catheter as the only centre class: every crop holds it (2x2 px at 0.5 = 1 px); random crops seldom do."
+    w = [0] * 9 + [1]
+    rare = SegDataset(sparse, scale=1.0, train=True, augment=augment, crop_size=24, crop_rare=1.0, class_weights=w)
+    rand = SegDataset(sparse, scale=1.0, train=True, augment=augment, crop_size=24, crop_rare=0.0, class_weights=w)
+    hits = [bool((rare[i, s]["mask"] == 9).any()) for i in range(len(rare)) for s in range(6)]
+    base = [bool((rand[i, s]["mask"] == 9).any()) for i in range(len(rand)) for s in range(6)]
+    assert all(hits) if not augment else np.mean(hits) >= 0.9              # the affine may shift a 2x2 blob out of a few
+    assert np.mean(base) < 0.5
+
+
+def test_crops_are_a_function_of_the_seed(sparse):
+    import torch
+    ds = SegDataset(sparse, scale=0.5, train=True, crop_size=20, crop_rare=0.5, seed=0)
+    a = ds[3, 77]
+    _ = ds[4], ds[1, 5]                                                    # other draws in between change nothing
+    b = SegDataset(sparse, scale=0.5, train=True, crop_size=20, crop_rare=0.5, seed=9)[3, 77]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], ds[3, 77]["image"])
+    masks = {ds[3, s]["mask"].numpy().tobytes() for s in range(12)}
+    assert len(masks) > 6                                                  # other seeds, other crops
+    dl = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, sampler=[(3, 77), (3, 78), (3, 77)])
+    got = [x["image"][0] for x in dl]
+    assert torch.equal(got[0], a["image"]) and torch.equal(got[2], a["image"]) and not torch.equal(got[1], a["image"])
+
+
+def test_random_crops_cover_the_frame(sparse):
+    "crop_rare=0: the window is uniform over the frame (corners from crop_window with the pipeline's generator)."
+    from surgseg.data import crop_window
+    m = read_mask(sparse / "train/video_01/segmentation/000000000.png")
+    rng = np.random.default_rng(0)
+    ys, xs, cs = zip(*[crop_window(m, (32, 32), 0.0, rng) for _ in range(2000)])
+    assert set(cs) == {-1} and min(ys) == 0 and max(ys) == 64 and min(xs) == 0 and max(xs) == 96
+    assert abs(np.mean(ys) - 32) < 2 and abs(np.mean(xs) - 48) < 3

@@ -122,3 +122,52 @@ def test_registry_checks_config_sampler_names():
     assert choices("sampler") == list(SCHEMES)
     with pytest.raises(SurgsegError, match="config key 'sampler': 'rfs' is not a sampler scheme; choose from none, inverse_frequency, repeat_factor, class_balanced"):
         Config(sampler="rfs")
+
+
+# ---------------------------------------------------------------- exposure in pixels (frames x crops)
+
+@pytest.fixture(scope="module")
+def masks():
+    "40 masks of 40x60: a shaft band in most, a 4x4 catheter (class 9) in a few, somewhere different each time."
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(40):
+        m = np.zeros((40, 60), np.uint8)
+        if i % 4: m[5:12, :] = 3
+        if i % 5 == 0:
+            y, x = rng.integers(0, 36), rng.integers(0, 56); m[y:y + 4, x:x + 4] = 9
+        out.append(m)
+    return out
+
+
+def test_pixel_exposure_whole_frames_is_exact(masks):
+    from surgseg.sampler import pixel_exposure
+    counts = np.stack([np.bincount(m.ravel(), minlength=10) for m in masks]).astype(float)
+    np.testing.assert_allclose(pixel_exposure(masks), counts.sum(0))
+    w = np.arange(1, 41, dtype=float)
+    np.testing.assert_allclose(pixel_exposure(masks, w, num_samples=100), 100 * (w / w.sum()) @ counts)
+
+
+@pytest.mark.parametrize("rare", [0.0, 0.5, 1.0])
+def test_pixel_exposure_matches_a_simulated_epoch(masks, rare):
+    "The expectation against a long run of what training does: frame draws from the sampler, crops from crop_window."
+    from surgseg.data import crop_pad, crop_window
+    from surgseg.sampler import pixel_exposure
+    presence = np.stack([np.bincount(m.ravel(), minlength=10) > 0 for m in masks])
+    w = frame_weights(presence, "repeat_factor", 0.3, 10)
+    n = 20_000
+    rng = np.random.default_rng(3)
+    seen = np.zeros(10)
+    for i in make_sampler(w, n, seed=5):
+        y, x, _ = crop_window(masks[i], (16, 16), rare, rng)
+        seen += np.bincount(crop_pad(masks[i], y, x, (16, 16)).ravel(), minlength=10)
+    want = pixel_exposure(masks, w, 16, rare, num_samples=n, draws=500, seed=1)
+    assert abs(seen.sum() - n * 256) < 1e-6
+    np.testing.assert_allclose(seen[[0, 3, 9]], want[[0, 3, 9]], rtol=0.1)  # over 3 standard deviations for the catheter
+
+
+def test_centred_crops_raise_the_share_of_small_classes(masks):
+    from surgseg.sampler import pixel_exposure
+    rand, rare = (pixel_exposure(masks, crop_size=16, crop_rare=r, draws=64) for r in (0.0, 1.0))
+    assert rare[9] / rare.sum() > 2 * rand[9] / rand.sum()
+    assert rare[0] < rand[0]

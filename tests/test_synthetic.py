@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from surgseg.core import MASK_STEP, read_mask, SurgsegError
-from surgseg.synthetic import generate, ensure_synthetic, calibration, plan_dataset, Scene
+from surgseg.core import MASK_STEP, read_mask, SurgsegError, Config
+from surgseg.synthetic import (generate, ensure_synthetic, calibration, plan_dataset, Scene, SYNTHETIC_DEFAULT, SYNTHETIC_VERSION,
+                               SYNTHETIC_MARKER, marker_params, thin_widths)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_train=3, n_test=1, seconds=2.5, size=(136, 240), seed=7, split_ops=1, workers=1)
@@ -97,7 +98,7 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_calibration(seed):
-    "Over the training masks of the default dataset: pixel share within x2, frame presence within 15 points."
+    "Over the training masks of the default stand-in (SYNTHETIC_DEFAULT): pixel share within x2, frame presence within 15 points."
     t = calibration(seed=seed)
     assert t.attrs["masks"] > 100
     bad = t[~t["share_ratio"].between(0.5, 2) | (t["presence_diff_pts"].abs() > 15)]
@@ -116,16 +117,54 @@ def test_ensure_synthetic_parallel_and_existing(tmp_path, monkeypatch):
     "Two processes racing on the same root: both return it, one complete dataset, no partial folder left."
     monkeypatch.setenv("SURGSEG_HOME", str(tmp_path))
     code = ("import surgseg.synthetic as s; "
-            "print(s.ensure_synthetic(n_train=2, n_test=1, seconds=1.5, size=(72, 128), workers=2))")
+            "print(s.ensure_synthetic(n_train=2, n_test=1, seconds=1.5, size=(72, 128), split_ops=1, workers=2))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    root = tmp_path / "synthetic"
+    root = tmp_path / f"synthetic-v{SYNTHETIC_VERSION}"
     assert outs == [str(root)] * 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]
     assert len(list(root.glob("*/video_*/video_left.avi"))) == 4
     assert ensure_synthetic(root) == root
+
+
+def test_default_mirrors_the_protocol():
+    "10 test operations; enough training operations that each seldom-present class is in several of them, on either side."
+    from surgseg.data import operation_of
+    plans = plan_dataset(**SYNTHETIC_DEFAULT)
+    assert {k: v for k, v in SYNTHETIC_DEFAULT.items()} == dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2)
+    test, train = [p for p in plans if p.split == "test"], [p for p in plans if p.split == "train"]
+    assert len({operation_of(p.name) for p in test}) == 10 and len({operation_of(p.name) for p in train}) == 18
+    assert sum(p.name.endswith("_1") for p in train) == 2
+    for seed in (0, 1, 2):
+        ps = plan_dataset(**{**SYNTHETIC_DEFAULT, "seed": seed})
+        for c in (6, 7, 9):   # suction tool, needle holder, catheter
+            ops = {s: {operation_of(p.name) for p in ps if p.split == s and p.visible[c][:-1].any()} for s in ("train", "test")}
+            assert len(ops["train"]) >= 2 and len(ops["test"]) >= 2, (seed, c, ops)
+
+
+def test_thin_structures_are_visible_at_the_working_resolution():
+    "Thread and needle at least about 2 px wide at the default Config's working resolution (widths measured on the masks)."
+    train = [p for p in plan_dataset(**SYNTHETIC_DEFAULT) if p.split == "train"]
+    w = thin_widths(train, Config().scale, max_masks=40)
+    assert np.median(w[5]) >= 2 and np.median(w[4]) >= 2, {c: np.median(v) for c, v in w.items()}
+    old = thin_widths([p for p in plan_dataset(**{**SYNTHETIC_DEFAULT, "size": (270, 480)}) if p.split == "train"], Config().scale, max_masks=40)
+    assert np.median(old[5]) < 2                                           # what the 480x270 default gave
+
+
+def test_default_folder_is_versioned_and_never_reused_silently(tmp_path, monkeypatch):
+    monkeypatch.setenv("SURGSEG_HOME", str(tmp_path))
+    from surgseg.core import default_data_dir
+    root = default_data_dir()
+    assert root == tmp_path / f"synthetic-v{SYNTHETIC_VERSION}"
+    root.mkdir()
+    (root / SYNTHETIC_MARKER).write_text("written by an older surgseg: n_train=6 n_test=2 seconds=20 size=(270, 480) codec=MJPG\n")
+    with pytest.raises(SurgsegError, match="made with other parameters than today's default"): ensure_synthetic()
+    (root / SYNTHETIC_MARKER).write_text(f"Synthetic ...: {marker_params(**SYNTHETIC_DEFAULT)}\n")
+    assert ensure_synthetic() == root                                       # today's definition: reused as is
+    assert ensure_synthetic(tmp_path / "elsewhere", n_train=1, n_test=0, seconds=1, size=(36, 64), split_ops=0, workers=1,
+                            progress=False).is_dir()                          # an explicit root: no check
 
 
 def surgseg(*args):
