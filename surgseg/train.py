@@ -36,8 +36,8 @@ log = logging.getLogger("surgseg.train")
 
 # %% auto #0
 __all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'epoch_steps', 'make_train_sampler', 'draw_seed', 'SeededDraws',
-           'AugmentDraws', 'make_optimizer', 'validation_scores', 'Trainer', 'write_metrics', 'start_run', 'setup_run',
-           'fit', 'papermill_parameters', 'train_cli', 'plot_history']
+           'make_optimizer', 'validation_scores', 'Trainer', 'write_metrics', 'start_run', 'setup_run', 'fit',
+           'papermill_parameters', 'train_cli', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
@@ -96,16 +96,6 @@ class SeededDraws(torch.utils.data.Sampler):
         if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(e)
         for k, i in enumerate(self.sampler): yield (int(i), draw_seed(self.seed, e, k))
 
-class AugmentDraws(torch.utils.data.Dataset):
-    "A training `SegDataset` indexed by (frame index, seed): each item's augmentation is seeded by its draw's seed."
-    def __init__(self, ds: SegDataset): self.ds = ds
-
-    def __len__(self) -> int: return len(self.ds)
-
-    def __getitem__(self, key):
-        i, seed = key
-        self.ds._transform(i).set_random_seed(seed)  # the pipeline of i's working size, re-seeded for this draw
-        return self.ds[i]
 
 # %% ../nbs/06_train.ipynb #5cceb497
 def make_optimizer(model: torch.nn.Module,  # the model to train
@@ -377,12 +367,13 @@ def _build(cfg: Config, acc: Accelerator, run_dir: Path, on_step) -> SimpleNames
     with acc.main_process_first(): root = prepare_data(cfg)
     train_v, val_v = make_splits(cfg, root)
     with acc.main_process_first(): table = frame_table(train_v, min_pixels=cfg.min_pixels)
-    train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps, seed=cfg.seed)
+    train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps, seed=cfg.seed,
+                          crop_size=cfg.crop_size, crop_rare=cfg.crop_rare)
     steps = epoch_steps(len(train_ds), cfg, acc.num_processes)
     frames = make_train_sampler(cfg, train_ds, table, steps * cfg.batch_size * cfg.grad_accum * acc.num_processes)
-    sampler = SeededDraws(frames, cfg.seed)  # every draw carries its augmentation seed
+    sampler = SeededDraws(frames, cfg.seed)  # every draw carries its augmentation seed: the loader fetches ds[i, seed]
     kw = dict(num_workers=cfg.num_workers, pin_memory=acc.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    train_dl = acc.prepare(DataLoader(AugmentDraws(train_ds), batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **kw))
+    train_dl = acc.prepare(DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **kw))
     val_dl = None
     if val_v:
         val_dl = acc.prepare(DataLoader(SegDataset(val_v, scale=cfg.scale, train=False), batch_size=cfg.batch_size, **kw))
