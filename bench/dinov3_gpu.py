@@ -54,7 +54,7 @@ def run_one(size, mode, head, batch, steps, ckpt, precision, hw, device):
     except torch.cuda.OutOfMemoryError:
         row["peak_GB"], row["images_s"], row["step_s"] = "OOM", None, None
     finally:
-        del model, opt
+        model = opt = None  # free them before the next configuration
         if device.type == "cuda": torch.cuda.empty_cache()
     return row
 

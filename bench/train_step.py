@@ -17,7 +17,7 @@ import argparse, copy, os, statistics, sys, tempfile, time
 import torch
 
 from surgseg.core import load_config
-from surgseg.models import param_counts, param_groups
+from surgseg.models import param_counts
 from surgseg.train import make_optimizer, setup_run
 
 
