@@ -189,17 +189,17 @@ def test_second_writer_refused_and_stale_lock_taken_over(env, tmp_path):
 
 @pytest.fixture(scope="module")
 def slow_split(tmp_path_factory):
-    "A split whose prediction takes seconds (60 frames, one per batch): 128x192 frames and masks, frames already extracted."
+    "A split whose prediction takes a second or two (24 frames, one per batch): 96x128 frames and masks, frames already extracted."
     d = tmp_path_factory.mktemp("slow")
     rng = np.random.default_rng(1)
-    for f in range(0, 60 * 60, 60):
+    for f in range(0, 24 * 60, 60):
         v = d / "test" / "video_41"
         (v / "segmentation").mkdir(parents=True, exist_ok=True); (v / "rgb").mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 10, (128, 192), dtype=np.uint8)).save(v / "segmentation" / f"{f:09d}.png")
-        Image.fromarray(rng.integers(0, 255, (128, 192, 3), dtype=np.uint8)).save(v / "rgb" / f"{f:09d}.png")
+        Image.fromarray(rng.integers(0, 10, (96, 128), dtype=np.uint8)).save(v / "segmentation" / f"{f:09d}.png")
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(v / "rgb" / f"{f:09d}.png")
     video = d / "clip.avi"
-    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 60, (192, 128))
-    for i in range(90): w.write(rng.integers(0, 255, (128, 192, 3), dtype=np.uint8))
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 60, (128, 96))
+    for i in range(24): w.write(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
     w.release()
     return d
 
@@ -234,5 +234,5 @@ def test_killed_and_rerun_is_byte_identical(env, slow_split, tmp_path, cmd):
     kill_midway([*common, "--out", out], out)
     rc, _, err = run_main(*common, "--out", out)   # the rerun, in this process: it finds the dead run's lock and partial folder
     assert rc == 0, err
-    assert files_of(out) == files_of(clean) and len(files_of(out)) >= 60
+    assert files_of(out) == files_of(clean) and len(files_of(out)) >= 24
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]  # no partial folder, no lock, no temporary file
