@@ -374,7 +374,7 @@ class Config:
     min_pixels: int = 16             # a frame "contains" a class only with at least this many pixels of it
     max_weight: float = 10.0         # clip per-frame sampling weights at this multiple of the mean
     samples_per_epoch: int = 0       # frames drawn per epoch; 0 = the number of training frames
-    crop_size: int | list = 0        # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
+    crop_size: int | list = 128      # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
     crop_rare: float = 0.5           # with crop_size: share of crops centred on a pixel of a foreground class present in the frame (drawn, all classes equal); the rest are random
     # loss
     loss: str = "dice_ce"            # ce, wce, dice_ce, focal_ce
@@ -400,10 +400,10 @@ class Config:
     grad_checkpointing: bool = False # trade compute for memory in the backbone
     pos_embed_rescale: float = 0.0   # DINOv3 training augmentation: rescale rotary patch coordinates by up to this factor; 0 = off
     # optimisation
-    epochs: int = 6                  # passes over `samples_per_epoch` frames
-    batch_size: int = 4              # images per step per device
-    lr: float = 1e-3                 # peak learning rate (decoder/head)
-    backbone_lr: float = 1e-4        # peak learning rate of the encoder / LoRA adapters
+    epochs: int = 3                  # passes over `samples_per_epoch` frames (crops)
+    batch_size: int = 8              # images (crops) per step per device
+    lr: float = 3e-3                 # peak learning rate (decoder/head)
+    backbone_lr: float = 1e-3        # peak learning rate of the encoder / LoRA adapters
     weight_decay: float = 1e-4       # AdamW weight decay
     warmup: float = 0.1              # share of steps spent warming up before the cosine decay
     grad_accum: int = 1              # gradient accumulation steps
@@ -583,4 +583,4 @@ def surgseg_home() -> Path:
 
 def default_data_dir() -> Path:
     "The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new folder)."
-    return surgseg_home() / "synthetic-v2"  # = synthetic.SYNTHETIC_VERSION (checked by its tests)
+    return surgseg_home() / "synthetic-v3"  # = synthetic.SYNTHETIC_VERSION (checked by its tests)

@@ -83,8 +83,8 @@ SCHEDULED = {4: (REAL_FRAME_PRESENCE[4], (3, 8)), 5: (REAL_FRAME_PRESENCE[5], (2
 _P = REAL_FRAME_PRESENCE
 TOOL_STATES = {0: 1 - _P[1], 1: _P[1] - _P[2], 2: _P[2] - _P[3]}  # fractions of the rarer states; 3 = the rest
 # the default stand-in (what `ensure_synthetic()` writes): the real protocol's shape at a small scale
-SYNTHETIC_DEFAULT = dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2)
-SYNTHETIC_VERSION = 2  # bump whenever the default's definition changes (parameters, schedules, drawing): it names its folder
+SYNTHETIC_DEFAULT = dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2, first_test=41)  # test videos 41-50, as released
+SYNTHETIC_VERSION = 3  # bump whenever the default's definition changes (parameters, schedules, drawing): it names its folder
 
 @dataclass
 class VideoPlan:
@@ -118,9 +118,11 @@ def plan_dataset(n_train: int = 6,          # training operations (folders train
                  size: tuple = (270, 480),  # (H, W) of the frames
                  seed: int = 0,             # everything random follows from it
                  split_ops: int = 1,        # training operations delivered in two parts (_1, _2)
+                 first_test: int = 0,       # number of the first test video (41 in the real release); 0 = right after the training ones
                 ) -> list[VideoPlan]:
     "Decide folders, lengths, seeds and per-class visibility schedules of a synthetic dataset."
     _check_args(n_train, n_test, seconds, size, split_ops)
+    if first_test and first_test <= n_train: raise SurgsegError(f"first_test={first_test}: must come after the {n_train} training operations")
     rng = np.random.default_rng(seed)
     split = set(rng.choice(np.arange(1, n_train + 1), split_ops, replace=False).tolist()) if split_ops else set()
     plans = []
@@ -131,7 +133,8 @@ def plan_dataset(n_train: int = 6,          # training operations (folders train
         for part in parts:
             secs = seconds / len(parts)
             n_frames = max(1, int(round(secs * VIDEO_FPS)) + int(rng.integers(1, MASK_STEP)))
-            plans.append(VideoPlan(f"video_{op:02d}{part}", sub, n_frames, tuple(int(s) for s in size),
+            num = op if sub == "train" or not first_test else first_test + op - n_train - 1
+            plans.append(VideoPlan(f"video_{num:02d}{part}", sub, n_frames, tuple(int(s) for s in size),
                                    int(rng.integers(2**31)), scene_seed))
     for sub in ("train", "test"):
         ps = [p for p in plans if p.split == sub]
@@ -663,10 +666,10 @@ def _render(args):
     plan, root, codec = args
     return str(write_video(plan, root, codec))
 
-def marker_params(n_train, n_test, seconds, size, codec="MJPG", seed=0, split_ops=1) -> str:
+def marker_params(n_train, n_test, seconds, size, codec="MJPG", seed=0, split_ops=1, first_test=0) -> str:
     "The parameter line of `SYNTHETIC_MARKER`: how the dataset was made, and by which version of the generator."
     return (f"n_train={n_train} n_test={n_test} seconds={float(seconds):g} size={tuple(int(v) for v in size)} codec={codec} "
-            f"seed={seed} split_ops={split_ops} version={SYNTHETIC_VERSION}")
+            f"seed={seed} split_ops={split_ops}{f' first_test={first_test}' if first_test else ''} version={SYNTHETIC_VERSION}")
 
 def generate(root: str | Path,           # dataset root to create (must not exist, or be an empty folder)
              n_train: int = 6,           # training operations (one or more split into _1/_2 parts)
@@ -676,20 +679,21 @@ def generate(root: str | Path,           # dataset root to create (must not exis
              codec: str = "MJPG",        # MJPG or MP4V (MPEG-4)
              seed: int = 0,              # everything follows from the seed
              split_ops: int = 1,         # training operations split into video_XX_1 / video_XX_2
+             first_test: int = 0,        # number of the first test video (41 as released); 0 = right after the training ones
              workers: int | None = None, # parallel processes (None = one per core)
              progress: bool = True,      # show a progress bar
             ) -> Path:                   # root
     "Write a synthetic SAR-RARP50 in the official layout under `root`, atomically."
     root = Path(root).expanduser()
     fourcc_of(codec)
-    plans = plan_dataset(n_train, n_test, seconds, size, seed, split_ops)
+    plans = plan_dataset(n_train, n_test, seconds, size, seed, split_ops, first_test)
     with atomic_folder(root) as tmp:
         jobs = [(p, str(tmp), codec) for p in sorted(plans, key=lambda p: -p.n_frames)]
         render = importlib.import_module("surgseg.synthetic")._render  # workers import it (also when this runs in the notebook)
         parallel_map(render, jobs, workers, desc="synth", progress=progress, unit="video")
         (tmp / SYNTHETIC_MARKER).write_text(  # tells `surgseg validate` not to hold it to the released counts
             f"Synthetic SAR-RARP50 stand-in written by surgseg.synthetic.generate: "
-            f"{marker_params(n_train, n_test, seconds, size, codec, seed, split_ops)}\n")
+            f"{marker_params(n_train, n_test, seconds, size, codec, seed, split_ops, first_test)}\n")
     return root
 
 # %% ../nbs/90_synthetic.ipynb #5d0a20cc

@@ -133,10 +133,11 @@ def test_default_mirrors_the_protocol():
     "10 test operations; enough training operations that each seldom-present class is in several of them, on either side."
     from surgseg.data import operation_of
     plans = plan_dataset(**SYNTHETIC_DEFAULT)
-    assert {k: v for k, v in SYNTHETIC_DEFAULT.items()} == dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2)
+    assert {k: v for k, v in SYNTHETIC_DEFAULT.items()} == dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2, first_test=41)
     test, train = [p for p in plans if p.split == "test"], [p for p in plans if p.split == "train"]
     assert len({operation_of(p.name) for p in test}) == 10 and len({operation_of(p.name) for p in train}) == 18
     assert sum(p.name.endswith("_1") for p in train) == 2
+    assert [p.name for p in test] == [f"video_{i}" for i in range(41, 51)]  # numbered as the released test set
     for seed in (0, 1, 2):
         ps = plan_dataset(**{**SYNTHETIC_DEFAULT, "seed": seed})
         for c in (6, 7, 9):   # suction tool, needle holder, catheter
