@@ -6,7 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from surgseg.cli import main

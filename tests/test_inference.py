@@ -177,7 +177,7 @@ def test_second_writer_refused_and_stale_lock_taken_over(env, tmp_path):
     "While a process holds a prediction folder, `predict` into it is refused naming the holder; a dead holder's lock is taken over."
     out = tmp_path / "pred"
     with output_lock(out):
-        msg = _fails(["predict", "--checkpoint", env["run"], "--data", env["root"] / "test", "--out", out],
+        _fails(["predict", "--checkpoint", env["run"], "--data", env["root"] / "test", "--out", out],
                      f"pred: in use by pid {os.getpid()} on {socket.gethostname()} since", out=out)
     dead = subprocess.Popen(["true"]); dead.wait()
     (tmp_path / ".pred.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}))
