@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_inference.ipynb #15b7f3e4
 from __future__ import annotations
-import contextlib, queue, threading
+import collections, contextlib, math, queue, threading
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -16,15 +16,16 @@ from fastcore.basics import patch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import (Config, SurgsegError, atomic_folder, atomic_write, get_device, output_lock, overlay,
+from .core import (CLASSES, PALETTE, Config, SurgsegError, atomic_folder, atomic_write, get_device, output_lock, overlay,
                           read_rgb, write_mask)
 from .data import build_transforms, find_videos, png_complete, probe_video, read_frames, target_frames
+import cv2
 from .models import full_res_masks
 from .runs import load_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'check_output_dir', 'new_output', 'list_images', 'predict_images', 'video_info',
-           'VideoWriter', 'predict_video', 'split_frames', 'predict_split']
+__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'ProbSmoother', 'check_output_dir', 'new_output', 'list_images', 'predict_images',
+           'video_info', 'VideoWriter', 'draw_legend', 'predict_video', 'split_frames', 'predict_split']
 
 # %% ../nbs/08_inference.ipynb #dae23a81
 def _first_reason(e: BaseException) -> str:
@@ -43,12 +44,16 @@ class Predictor:
                  batch_size: int = 4,           # frames per forward pass
                  amp: bool = True,              # autocast on a GPU (bf16 where supported, else fp16)
                  checkpoint: Path | None = None,# where the model came from (for messages)
+                 smooth: float = 0.0,           # temporal smoothing of class probabilities over consecutive frames of a stream: weight of the past in [0, 1); 0 = off
+                 smooth_centred: bool = False,  # smooth over a centred window (offline: needs later frames) instead of causally (live)
                 ):
         self.cfg, self.device = cfg, torch.device(device or get_device())
         self.model = model.eval().to(self.device)
         self.tta = bool(getattr(cfg, "tta", False) if tta is None else tta)
         self.postprocess, self.batch_size, self.checkpoint = postprocess, max(1, int(batch_size)), checkpoint
         self.amp = bool(amp) and self.device.type == "cuda"
+        if not 0 <= smooth < 1: raise SurgsegError(f"smooth={smooth}: must be in [0, 1) (0 = off)")
+        self.smooth, self.smooth_centred = float(smooth), bool(smooth_centred)
         self._resizers = {}
 
     @classmethod
@@ -60,7 +65,8 @@ class Predictor:
 
     def __repr__(self):
         return (f"Predictor({type(self.model).__name__} from {self.checkpoint or 'memory'}, scale={self.scale}, "
-                f"tta={self.tta}, postprocess={self.postprocess!r}, device={self.device})")
+                f"tta={self.tta}, postprocess={self.postprocess!r}, device={self.device}"
+                + (f", smooth={self.smooth}{' centred' if self.smooth_centred else ''}" if self.smooth else "") + ")")
 
     @property
     def scale(self) -> float: return float(getattr(self.cfg, "scale", 1.0))
@@ -136,6 +142,55 @@ def predict(self: Predictor, image: np.ndarray | str | Path,  # uint8 (H, W, 3) 
     if not isinstance(image, np.ndarray): image = read_rgb(image)
     return self.predict_batch([image])[0]
 
+# %% ../nbs/08_inference.ipynb #4bf30ab7
+class ProbSmoother:
+    "Smooth class probabilities over consecutive frames: causal EMA (live) or a centred exponential window (offline)."
+    def __init__(self, alpha: float = 0.0,        # weight of the past, in [0, 1); 0 = off (logits pass through)
+                 centred: bool = False,           # centred window (holds `radius` frames back) instead of a causal EMA
+                 radius: int | None = None,       # half-width of the centred window; None = where alpha^d < 5% (at most 16)
+                ):
+        if not 0 <= alpha < 1: raise SurgsegError(f"smooth={alpha}: must be in [0, 1) (0 = off)")
+        self.alpha, self.centred = float(alpha), bool(centred)
+        auto = 0 if alpha == 0 else min(16, math.ceil(math.log(0.05) / math.log(alpha)))
+        self.radius = int(auto if radius is None else radius)
+        self.reset()
+
+    def __repr__(self): return f"ProbSmoother(alpha={self.alpha}, {'centred, radius=' + str(self.radius) if self.centred else 'causal'})"
+
+    def reset(self):
+        "Forget the past (a new video starts)."
+        self.state, self.buf, self.next = None, collections.deque(), 0
+
+    def _centred(self, i: int) -> tuple:
+        "Key and smoothed log-probabilities of buffered frame i."
+        acc, tot = 0, 0.0
+        for j, (_, p) in enumerate(self.buf):
+            if abs(j - i) <= self.radius: w = self.alpha ** abs(j - i); acc = acc + w * p; tot += w
+        return self.buf[i][0], (acc / tot).clamp_min(1e-12).log()
+
+    def push(self, key,                # anything naming the frame
+             logits: torch.Tensor,     # (C, h, w) logits of the next frame
+            ) -> list[tuple]:          # (key, (C, h, w) smoothed log-probabilities) of the frames now final, in order
+        "Add the next frame; return the frames whose smoothed scores are known now."
+        if self.alpha == 0: return [(key, logits)]
+        p = logits.float().softmax(0)
+        last = self.state if self.state is not None else (self.buf[-1][1] if self.buf else None)
+        out = self.flush() if last is not None and last.shape != p.shape else []  # a new video: start afresh
+        if not self.centred:
+            self.state = p if self.state is None else self.alpha * self.state + (1 - self.alpha) * p
+            return out + [(key, self.state.clamp_min(1e-12).log())]
+        self.buf.append((key, p))
+        while self.next < len(self.buf) and len(self.buf) - 1 - self.next >= self.radius:
+            out.append(self._centred(self.next)); self.next += 1
+        while self.next > self.radius: self.buf.popleft(); self.next -= 1
+        return out
+
+    def flush(self) -> list[tuple]:
+        "The frames still waiting for later frames (the end of a video), then start afresh."
+        out = [self._centred(i) for i in range(self.next, len(self.buf))] if self.centred else []
+        self.reset()
+        return out
+
 # %% ../nbs/08_inference.ipynb #18afb6dc
 def _prefetch(items: Iterable, size: int = 8) -> Iterator:
     "Iterate over `items` in a background thread, `size` items ahead; exceptions are re-raised here."
@@ -171,26 +226,50 @@ def _batches(items: Iterable[tuple[Any, np.ndarray]], batch_size: int) -> Iterat
     if batch: yield batch
 
 # %% ../nbs/08_inference.ipynb #bd32ab28
+def _logits_of(predictor, batches: Iterable[list]) -> Iterator[tuple]:
+    "Stage 2: (batch, (B, C, h, w) logits) for each batch of (key, image) pairs."
+    for batch in batches: yield batch, predictor.scores([im for _, im in batch])
+
+def _maps_of(predictor, logit_batches: Iterable[tuple], second: bool, smooth: float, centred: bool) -> Iterator[tuple]:
+    "Stage 3: (key, image, top1, top2 or None) per frame, after optional temporal smoothing of the class probabilities."
+    sm, waiting = ProbSmoother(smooth, centred), collections.deque()  # frames whose smoothed scores need later frames
+    def emit(done):
+        for key, l in done:
+            k, im = waiting.popleft()
+            r = full_res_masks(l[None], im.shape[:2], top2=second)
+            yield (k, im, r[0][0], r[1][0]) if second else (k, im, r[0], None)
+    for batch, logits in logit_batches:
+        for (key, im), l in zip(batch, logits):
+            waiting.append((key, im))
+            yield from emit(sm.push(key, l))
+    yield from emit(sm.flush())
+
 @patch
 def stream_top2(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
                  second: bool = False,     # also compute the second most likely class
                  total: int | None = None, # number of items, for the progress bar
                  desc: str = "predict",    # progress bar label
-                 progress: bool = True,    # show a progress bar
+                 progress: bool = True,    # show a progress bar (with frames/s)
+                 smooth: float | None = None, # temporal smoothing for this stream; None = the predictor's `smooth`
                 ) -> Iterator[tuple]:      # (key, image, top1, top2 or None), in input order
-    "Raw (not post-processed) top-1/top-2 class maps of a stream of frames, batched."
-    with tqdm(total=total, desc=desc, unit="frame", disable=not progress, leave=False) as bar:
-        for batch in _batches(_prefetch(items, 2 * self.batch_size), self.batch_size):
-            for (key, im), (a, b) in zip(batch, self.top2([im for _, im in batch], second)):
-                yield key, im, a, b
-            bar.update(len(batch))
+    "Raw (not post-processed) top-1/top-2 class maps of a stream of frames: decoding, model and upsampling run as a pipeline."
+    q = 2 * self.batch_size
+    smooth = self.smooth if smooth is None else float(smooth)
+    frames = _prefetch(items, q)                                                          # 1: decoding
+    logits = _prefetch(_logits_of(self, _batches(frames, self.batch_size)), 2)            # 2: batches, the model
+    maps = _prefetch(_maps_of(self, logits, second, smooth, self.smooth_centred), q)      # 3: smoothing, upsampling, argmax
+    with tqdm(total=total, desc=desc, unit="frame", disable=not progress, leave=False, smoothing=0.1) as bar:
+        for r in maps: yield r; bar.update(1)
 
 @patch
 def predict_stream(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
                     total: int | None = None, desc: str = "predict", progress: bool = True,
+                    smooth: float | None = None,  # temporal smoothing for this stream; None = the predictor's `smooth`
                    ) -> Iterator[tuple]:  # (key, image, mask), in input order
-    "Post-processed masks of a stream of (key, frame) pairs, batched, with a progress bar."
-    for key, im, a, b in self.stream_top2(items, self.needs_second, total, desc, progress): yield key, im, self.finish(a, b)
+    "Post-processed masks of a stream of (key, frame) pairs, through the pipeline (post-processing in its own thread)."
+    maps = self.stream_top2(items, self.needs_second, total, desc, progress, smooth)
+    if self.postprocess is None: yield from ((k, im, a) for k, im, a, _ in maps); return
+    yield from _prefetch(((k, im, self.finish(a, b)) for k, im, a, b in maps), 2 * self.batch_size)  # 4: post-processing
 
 # %% ../nbs/08_inference.ipynb #001752e8
 def check_output_dir(out: str | Path):
@@ -305,34 +384,75 @@ class VideoWriter:
     def __exit__(self, *exc): self.close()
 
 # %% ../nbs/08_inference.ipynb #1662b3bc
-def predict_video(predictor: Predictor,   # the model
-                  video: str | Path,      # a video file (.avi, .mp4)
-                  out: str | Path,        # output folder (new or empty)
-                  every: int = 1,         # segment every N-th frame (the overlay video runs at fps / N)
-                  overlays: bool = True,  # also write one overlay PNG per segmented frame
-                  alpha: float = 0.5,     # overlay opacity
-                  progress: bool = True,  # show a progress bar
-                 ) -> Path:               # the overlay video written
-    "Segment a video: masks/{frame:09d}.png, overlays/{frame:09d}.png and NAME_overlay.mp4, atomically."
+def draw_legend(rgb: np.ndarray,        # (H, W, 3) uint8 frame (not modified)
+                classes=CLASSES[1:],    # the classes to list
+               ) -> np.ndarray:         # a copy with the legend in its top-left corner; the frame itself if too small for it
+    "Draw a colour key of the classes (a swatch and the name per class, on a darkened box) into a frame."
+    h, w = rgb.shape[:2]
+    line = max(10, round(h / 40))                       # pixels per legend row: 27 at 1080p, 14 at 540p
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.55 * line / 22, max(1, round(line / 20))
+    tw = max(cv2.getTextSize(c.name, font, scale, thick)[0][0] for c in classes)
+    pad = max(2, line // 4); bw, bh = pad * 3 + line + tw, pad * 2 + line * len(classes)
+    if bh + 2 * pad > h or bw + 2 * pad > w // 2: return rgb
+    out = rgb.copy(); x0 = y0 = pad
+    out[y0:y0 + bh, x0:x0 + bw] = (out[y0:y0 + bh, x0:x0 + bw] * 0.35).astype(np.uint8)
+    for k, c in enumerate(classes):
+        y = y0 + pad + k * line
+        cv2.rectangle(out, (x0 + pad, y + 2), (x0 + pad + line - 4, y + line - 3), tuple(int(v) for v in PALETTE[c.id]), -1)
+        cv2.putText(out, c.name, (x0 + 2 * pad + line, y + line - 4), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+# %% ../nbs/08_inference.ipynb #1c8a0f83
+def _frame_range(video: Path, n_frames: int, fps: float, every: int, start: float, end: float | None) -> list[int]:
+    "The frame numbers to segment: every `every`-th frame from `start` seconds up to `end` seconds (exclusive)."
+    first = round(start * fps)
+    last = n_frames if end is None else min(n_frames, round(end * fps))
+    if first >= n_frames: raise SurgsegError(f"{video}: start={start}s is past the end of the video ({n_frames / fps:.2f}s)")
+    return list(range(first, last, every))
+
+def _overlay_frame(vw, tmp: Path, n: int, im: np.ndarray, mask: np.ndarray, alpha: float, pngs: bool, legend: bool):
+    "The overlay of one frame: its PNG (no legend) and the overlay video's frame (with the legend); one thread, in order."
+    ov = overlay(im, mask, alpha)
+    if pngs: _save_rgb(tmp / "overlays" / f"{n:09d}.png", ov)
+    if vw is not None: vw.write(draw_legend(ov) if legend else ov)
+
+def predict_video(predictor: Predictor,     # the model (its `smooth` setting smooths over consecutive segmented frames)
+                  video: str | Path,        # a video file (.avi, .mp4)
+                  out: str | Path,          # output folder (new or empty)
+                  every: int = 1,           # segment every N-th frame (the overlay video runs at fps / N)
+                  overlays: bool = True,    # write one overlay PNG per segmented frame
+                  alpha: float = 0.5,       # overlay opacity
+                  progress: bool = True,    # show a progress bar with frames/s
+                  start: float = 0.0,       # first second of the video to segment
+                  end: float | None = None, # second at which to stop (exclusive); None = the end of the video
+                  masks: bool = True,       # write masks/{frame:09d}.png (False with overlays=False: the overlay video only)
+                  overlay_video: bool = True, # write NAME_overlay.mp4 (False with overlays=False: masks only)
+                  legend: bool = True,      # draw the class legend into the overlay video (where the frame is large enough)
+                 ) -> Path:                 # the overlay video written, else the output folder
+    "Segment a video: masks/{frame:09d}.png, overlays/{frame:09d}.png and NAME_overlay.mp4, as a pipeline, atomically."
     video, out = Path(video), Path(out)
     if every < 1: raise SurgsegError(f"every={every}: must be >= 1")
+    if start < 0 or (end is not None and end <= start): raise SurgsegError(f"start={start}, end={end}: need 0 <= start < end (seconds)")
+    if not (masks or overlays or overlay_video): raise SurgsegError(f"{out}: nothing to write (masks, overlays and overlay_video are all off)")
     if not video.is_file(): raise SurgsegError(f"{video}: video file is missing")
     check_output_dir(out)
     n_frames = probe_video(video).n_frames  # a missing, unreadable or truncated video fails here, before any output
-    info, frames = video_info(video), list(range(0, n_frames, every))
+    info = video_info(video)
+    frames = _frame_range(video, n_frames, info["fps"], every, start, end)
     name = f"{video.stem}_overlay.mp4"
-    with new_output(out) as tmp, _writer() as pool:
-        futures = []
-        with VideoWriter(tmp / name, info["fps"] / every) as vw:
+    with new_output(out) as tmp, _writer() as pool, ThreadPoolExecutor(max_workers=1) as enc:  # enc: overlays, in order
+        futures, vw = [], (VideoWriter(tmp / name, info["fps"] / every) if overlay_video else None)
+        try:
             for n, im, mask in predictor.predict_stream(read_frames(video, frames), total=len(frames), desc=video.name,
                                                         progress=progress):
-                futures.append(pool.submit(write_mask, tmp / "masks" / f"{n:09d}.png", mask, False))
-                ov = overlay(im, mask, alpha)
-                if overlays: futures.append(pool.submit(_save_rgb, tmp / "overlays" / f"{n:09d}.png", ov))
-                vw.write(ov)
+                if masks: futures.append(pool.submit(write_mask, tmp / "masks" / f"{n:09d}.png", mask, False))
+                if overlays or vw is not None:
+                    futures.append(enc.submit(_overlay_frame, vw, tmp, n, im, mask, alpha, overlays, legend))
                 if len(futures) > 64: _drain(futures[:32]); del futures[:32]
-        _drain(futures)
-    return out / name
+            _drain(futures)
+        finally:
+            if vw is not None: enc.submit(vw.close).result()
+    return out / name if overlay_video else out
 
 # %% ../nbs/08_inference.ipynb #d25626e6
 def _as_videos(videos) -> list:
@@ -382,7 +502,8 @@ def predict_split(predictor,                 # a `Predictor`, or a run or checkp
     total = sum(len(v.frames) for v in videos) or None
     with new_output(out) as tmp, _writer() as pool:
         futures = []
-        for (v, f, _), _, mask in p.predict_stream(split_frames(videos), total=total, desc="predict", progress=progress):
+        for (v, f, _), _, mask in p.predict_stream(split_frames(videos), total=total, desc="predict", progress=progress,
+                                              smooth=0):  # annotated frames are a second apart: never smoothed
             futures.append(pool.submit(write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False))
             if len(futures) > 64: _drain(futures[:32]); del futures[:32]
         _drain(futures)
