@@ -17,7 +17,7 @@ from .data import find_videos, natural_key
 # %% auto #0
 __all__ = ['PX', 'HAS', 'CACHE_FILE', 'PARALLEL_MIN', 'mask_pixel_counts', 'dataset_root', 'video_fingerprint', 'count_masks',
            'frame_table', 'class_summary', 'video_presence', 'cooccurrence', 'absent_share', 'plot_class_shares',
-           'plot_presence_maps', 'format_summary', 'write_stats', 'stats_cli']
+           'plot_presence_maps', 'format_summary', 'write_stats']
 
 # %% ../nbs/02_imbalance_study.ipynb #8290ea10
 PX = [f"px_{c}" for c in range(NUM_CLASSES)]    # pixel-count columns of the frame table
@@ -224,14 +224,3 @@ def write_stats(root: str | Path,             # dataset root in the official lay
     with output_lock(out), atomic_folder(out, replace=True) as tmp:
         for name, df in files.items(): df.to_csv(tmp / name, index=name != "frames.csv")
     return table, summary, out
-
-def stats_cli(root: str,              # dataset root in the official layout
-              out: str = None,        # folder for the CSV files (default ROOT/.surgseg/stats)
-              min_pixels: int = 16,   # a frame contains a class only with at least this many pixels of it
-              workers: int = None,    # counting processes (default: automatic)
-             ):
-    "`surgseg stats`: write the CSV files (`write_stats`) and print the class summary."
-    table, summary, out = write_stats(root, out, min_pixels, workers)
-    print(f"{len(table)} masks in {table['video'].nunique()} videos (a class is present with >= {min_pixels} pixels)")
-    print(format_summary(summary))
-    print(f"wrote frames.csv, classes.csv, videos.csv, cooccurrence.csv to {out}")

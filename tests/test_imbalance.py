@@ -77,7 +77,7 @@ def test_min_pixels_rethresholds_without_recount(tmp_path):
     assert t1["has_1"].any() and not t20["has_1"].any()
 
 
-KILLERS = {  # where a `surgseg stats` run is killed with SIGKILL (code run before stats_cli in the child)
+KILLERS = {  # where a `surgseg stats` run is killed with SIGKILL (code run before write_stats in the child)
     "while counting": "import surgseg.imbalance as im; f = im.mask_pixel_counts; n = [0]\n"
                       "def g(p):\n    n[0] += 1\n    if n[0] == 20: os.kill(os.getpid(), signal.SIGKILL)\n    return f(p)\n"
                       "im.mask_pixel_counts = g",
@@ -91,8 +91,8 @@ KILLERS = {  # where a `surgseg stats` run is killed with SIGKILL (code run befo
 
 
 def stats(root: Path):
-    "`imbalance.stats_cli` in a fresh interpreter (the library function `surgseg stats` stands for)."
-    code = f"from surgseg.imbalance import stats_cli; stats_cli({str(root)!r}, workers=1)"
+    "`imbalance.write_stats` in a fresh interpreter (the library function `surgseg stats` stands for)."
+    code = f"from surgseg.imbalance import write_stats; write_stats({str(root)!r}, workers=1)"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
@@ -104,7 +104,7 @@ def _outputs(root: Path) -> dict:
 @pytest.mark.parametrize("moment", list(KILLERS))
 def test_stats_killed_and_rerun_gives_the_same_bytes(tmp_path, moment):
     root = toy(tmp_path / "data", n_videos=2, n_frames=30)
-    code = f"import os, signal\n{KILLERS[moment]}\nfrom surgseg.imbalance import stats_cli\nstats_cli({str(root)!r}, workers=1)"
+    code = f"import os, signal\n{KILLERS[moment]}\nfrom surgseg.imbalance import write_stats\nwrite_stats({str(root)!r}, workers=1)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr
     assert not (root / ".surgseg/stats").exists()  # no half set of CSV files where a user looks
@@ -120,8 +120,8 @@ def test_stats_killed_and_rerun_gives_the_same_bytes(tmp_path, moment):
 
 def test_two_stats_runs_on_one_folder_refuse_the_second(tmp_path):
     from surgseg.core import SurgsegError, output_lock
-    from surgseg.imbalance import stats_cli
+    from surgseg.imbalance import write_stats
     root = toy(tmp_path / "data", n_videos=1, n_frames=2)
     with output_lock(root / ".surgseg" / "stats"):
         with pytest.raises(SurgsegError, match=r"stats: in use by pid \d+ on "):
-            stats_cli(str(root))
+            write_stats(root)
