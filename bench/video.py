@@ -13,7 +13,7 @@ Run:  .venv/bin/python bench/video.py [--frames 60] [--backend both] [--threads 
 Without --run, the untrained default model (`build_model(Config())`: U-Net, ImageNet EfficientNet-Lite0 encoder).
 Without --video, a synthetic 1920x1080 60 fps MJPG video of --frames frames is rendered (surgseg.synthetic).
 
-Measured 2026-12-02, `--frames 24 --threads 2`, untrained default model at 960x540, 2 shared cores, load average ~7:
+Measured 2026-12-02 before the streaming predict_video (commit 3ab1104; rerun to get after), `--frames 24 --threads 2`, untrained default model at 960x540, 2 shared cores, load average ~7:
   PyTorch:     end-to-end 0.29 frames/s, bare model 0.44 frames/s, ratio 0.64; model 60%, upsample+argmax 7%, overlay 9%, write 23%
   onnxruntime: end-to-end 0.34 frames/s, bare model 1.05 frames/s, ratio 0.32; model 38%, upsample+argmax 12%, overlay 18%, write 31%
   onnxruntime / PyTorch: bare model x2.36, end-to-end x1.18; 145 of 49,766,400 mask pixels differ (24 frames)
