@@ -14,7 +14,8 @@ __all__ = ['COMMANDS', 'flag_names', 'BoolFlag', 'HelpFormatter', 'Parser', 'add
            'synth_args', 'run_synth', 'unpack_args', 'run_unpack', 'validate_args', 'run_validate', 'extract_args',
            'run_extract', 'stats_args', 'run_stats', 'train_args', 'train_config', 'run_train', 'evaluate_args',
            'run_evaluate', 'predictor_args', 'predictor', 'predict_args', 'run_predict', 'predict_image_args',
-           'run_predict_image', 'predict_video_args', 'run_predict_video', 'top_parser', 'log_to_stderr', 'main']
+           'run_predict_image', 'predict_video_args', 'run_predict_video', 'export_args', 'run_export', 'top_parser',
+           'log_to_stderr', 'main']
 
 # %% ../nbs/10_cli.ipynb #9c7ba6f8
 def flag_names(name: str,  # a keyword, e.g. "data_dir"
@@ -283,23 +284,36 @@ COMMANDS["evaluate"] = Command("official SAR-RARP50 score of a prediction folder
 # %% ../nbs/10_cli.ipynb #aa1f3ef5
 def predictor_args(p, tune: bool = False):
     "The options of a `Predictor`, shared by the predict commands (`tune`: `--min_area tune` is offered)."
-    add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder", required=True)
+    add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; with --backend onnxruntime also "
+        "an .onnx file (a run folder uses RUN/export/model.onnx)", required=True)
+    add(p, "backend", "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
+        "torch", choices=["torch", "onnxruntime"])
+    add(p, "threads", "onnxruntime intra-op threads (default: torch's thread count)", type=int)
     add(p, "tta", "horizontal-flip test-time augmentation (default: as the run's config says)", action=BoolFlag)
     add(p, "min_area", "drop components under N pixels: N or 9 values (classes 1..9)" +
         (' or "tune" (chosen on the run\'s validation split)' if tune else "") + " (default: the run's config)")
     add(p, "fill", "what removed pixels become: background or next (the second most likely class)", "background",
         choices=["background", "next"])
     add(p, "batch_size", "frames per forward pass", 4, type=int)
-    add(p, "device", "cpu, cuda, cuda:1, mps (default: the best available)")
+    add(p, "device", "cpu, cuda, cuda:1, mps (default: the best available; onnxruntime: cpu)")
 
-def predictor(a):
+def predictor(a,          # parsed options of `predictor_args`
+              **kwargs):  # more `Predictor` settings (smooth, smooth_centred)
     "The `Predictor` of the parsed options (flags not given fall back to the run's config); `--min_area tune` tunes it."
     import torch
     from surgseg.postprocess import RemoveSmall, load_predictor, tune_min_area
     if a.device and a.device.split(":")[0] == "cuda" and not torch.cuda.is_available():
         raise SurgsegError(f"--device {a.device}: no CUDA device is available here")
-    p = load_predictor(a.checkpoint, tta=a.tta, min_area=None if a.min_area in (None, "", "tune") else a.min_area,
-                       fill=a.fill, batch_size=a.batch_size, device=a.device)
+    if a.backend == "onnxruntime" and a.device not in (None, "cpu"):
+        raise UsageError(f"--device {a.device}: --backend onnxruntime runs on the CPU")
+    if a.threads is not None and a.threads < 1: raise UsageError(f"--threads {a.threads}: must be >= 1")
+    if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
+    opts = dict(tta=a.tta, min_area=None if a.min_area in (None, "", "tune") else a.min_area, fill=a.fill,
+                batch_size=a.batch_size, device=a.device, **kwargs)
+    if a.backend == "onnxruntime":
+        from surgseg.export import onnx_predictor
+        p = onnx_predictor(a.checkpoint, threads=a.threads, **opts)
+    else: p = load_predictor(a.checkpoint, **opts)
     if a.min_area == "tune":
         t = tune_min_area(p, fill=a.fill)
         p.postprocess = RemoveSmall(t.min_area, a.fill)
@@ -351,19 +365,53 @@ def predict_video_args(p):
     p.add_argument("video", help="a video file (.avi, .mp4)")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
     add(p, "every", "segment every N-th frame (the overlay video runs at fps / N)", 1, type=int)
-    add(p, "overlays", "write the per-frame overlay PNGs as well as the masks and the video", True, action=BoolFlag)
+    add(p, "start", "first second of the video to segment", 0.0, type=float)
+    add(p, "end", "second at which to stop (exclusive) (default: the end of the video)", type=float)
+    add(p, "masks", "write OUT/masks/{frame:09d}.png", True, action=BoolFlag)
+    add(p, "overlays", "write the per-frame overlay PNGs", True, action=BoolFlag)
+    add(p, "overlay_video", "write OUT/NAME_overlay.mp4", True, action=BoolFlag)
+    add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True, action=BoolFlag)
     add(p, "alpha", "overlay opacity", 0.5, type=float)
+    add(p, "smooth", "temporal smoothing of the class probabilities: weight of the past in [0, 1); 0 = off", 0.0, type=float)
+    add(p, "smooth_centred", "smooth over a centred window (offline: uses later frames) instead of causally", False,
+        action=BoolFlag)
     predictor_args(p)
 
 def run_predict_video(a):
-    "Segment a video: OUT/masks/{frame:09d}.png, OUT/overlays/{frame:09d}.png and OUT/NAME_overlay.mp4."
+    "Segment a video: OUT/masks/{frame:09d}.png, OUT/overlays/{frame:09d}.png and OUT/NAME_overlay.mp4 (each optional)."
     from pathlib import Path
     from surgseg.inference import check_output_dir, predict_video, video_info
+    if not 0 <= a.smooth < 1: raise UsageError(f"--smooth {a.smooth}: must be in [0, 1) (0 = off)")
     video_info(a.video); check_output_dir(a.out)
-    path = predict_video(predictor(a), a.video, a.out, every=a.every, overlays=a.overlays, alpha=a.alpha)
-    print(f"wrote {sum(1 for _ in (Path(a.out) / 'masks').glob('*.png'))} masks and {path}")
+    path = predict_video(predictor(a, smooth=a.smooth, smooth_centred=a.smooth_centred), a.video, a.out, every=a.every,
+                         overlays=a.overlays, alpha=a.alpha, start=a.start, end=a.end, masks=a.masks,
+                         overlay_video=a.overlay_video, legend=a.legend)
+    n = sum(1 for _ in (Path(a.out) / "masks").glob("*.png"))
+    print(f"wrote {n} masks and {path}" if a.masks else f"wrote {path}")
 
 COMMANDS["predict-video"] = Command("segment a video, write masks and an overlay video", predict_video_args, run_predict_video)
+
+# %% ../nbs/10_cli.ipynb #3f5b9d21
+def export_args(p):
+    "Options of `export.export_onnx`."
+    p.add_argument("run", help="run folder (uses best/, else last/) or checkpoint folder")
+    add(p, "format", "export format", "onnx", choices=["onnx"])
+    add(p, "out", ".onnx file to write (default: RUN/export/model.onnx)")
+    add(p, "opset", "ONNX opset", 18, type=int)
+    add(p, "dynamo", "torch.export-based exporter instead of the TorchScript one", False, action=BoolFlag)
+    add(p, "merge_lora", "merge DINOv3 LoRA adapters into the weights before export", True, action=BoolFlag)
+    add(p, "overwrite", "replace an existing export", False, action=BoolFlag)
+    add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)", type=int)
+
+def run_export(a):
+    "Export the run's model, check parity with PyTorch, print one line describing the export."
+    from surgseg.export import export_onnx, export_summary
+    if a.threads is not None and a.threads < 1: raise UsageError(f"--threads {a.threads}: must be >= 1")
+    m = export_onnx(a.run, out=a.out, opset=a.opset, dynamo=a.dynamo, merge_lora=a.merge_lora, overwrite=a.overwrite,
+                    threads=a.threads)
+    print(export_summary(m))
+
+COMMANDS["export"] = Command("export a run's model to ONNX (checked against PyTorch)", export_args, run_export)
 
 # %% ../nbs/10_cli.ipynb #ce69388a
 def top_parser() -> Parser:

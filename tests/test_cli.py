@@ -41,7 +41,7 @@ def test_top_level_help_is_fast_and_lists_every_command():
     assert r.returncode == 0, r.stderr
     for cmd in COMMANDS: assert f"  {cmd} " in r.stdout, cmd
     assert set(COMMANDS) == {"synth", "unpack", "validate", "extract", "stats", "train", "evaluate", "predict",
-                             "predict-image", "predict-video"}
+                             "predict-image", "predict-video", "export"}
 
 
 def test_version_and_unknown_command():
@@ -345,3 +345,84 @@ def test_documented_command_lines_parse():
         with contextlib.redirect_stderr(err):
             try: parser(cmd).parse_args(argv)
             except SystemExit: raise AssertionError(f"{where}: `{line}`: {err.getvalue().strip()}") from None
+
+
+# --- export and the onnxruntime backend ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    "A one-step U-Net run on a tiny synthetic dataset (module-wide): (folder holding data/ and runs/r, the run)."
+    d = tmp_path_factory.mktemp("export")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(d); mp.setenv("SURGSEG_HOME", str(d / "home"))
+    try:
+        for argv in [("synth", "data", "--n_train", 2, "--n_test", 1, "--seconds", 2, "--width", 96, "--height", 64,
+                      "--split-ops", 0, "--workers", 1), ("extract", "data", "--workers", 1),
+                     ("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder",
+                      "resnet18", "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment",
+                      "--log_with", "none")]:
+            rc, out, err = run(*argv)
+            assert rc == 0, (argv, out, err[-2000:])
+        yield d, d / "runs" / "r"
+    finally: mp.undo()
+
+
+def test_export_flags_parse():
+    "export: --format onnx is the default and the only choice; booleans are pairs in both spellings."
+    p = parser("export")
+    a = p.parse_args(["runs/r"])
+    assert (a.run, a.format, a.out, a.opset, a.dynamo, a.merge_lora, a.overwrite, a.threads) == \
+           ("runs/r", "onnx", None, 18, False, True, False, None)
+    b = p.parse_args(["runs/r", "--format", "onnx", "--opset", "17", "--dynamo", "--no-merge-lora", "--overwrite",
+                      "--threads", "2", "--out", "m.onnx"])
+    assert (b.opset, b.dynamo, b.merge_lora, b.overwrite, b.threads, b.out) == (17, True, False, True, 2, "m.onnx")
+    assert p.parse_args(["r", "--no_merge_lora"]).merge_lora is False and p.parse_args(["r", "--merge-lora"]).merge_lora
+    rc, out, err = run("export", "runs/r", "--format", "tflite")
+    one_line_error(rc, err, "export", "--format", "'onnx'")
+    for cmd, argv in [("predict", ["--data", "d", "--out", "o"]), ("predict-image", ["i.png", "--out", "o"]),
+                      ("predict-video", ["v.mp4", "--out", "o"])]:
+        q = parser(cmd)
+        assert q.parse_args(argv + ["--checkpoint", "c"]).backend == "torch"
+        a = q.parse_args(argv + ["--checkpoint", "c", "--backend", "onnxruntime", "--threads", "3"])
+        assert (a.backend, a.threads) == ("onnxruntime", 3)
+    rc, out, err = run("predict-image", "i.png", "--out", "o", "--checkpoint", "c", "--backend", "tensorrt")
+    one_line_error(rc, err, "predict-image", "--backend", "'onnxruntime'")
+
+
+def test_predict_video_streaming_flags_parse():
+    a = parser("predict-video").parse_args(["v.mp4", "--out", "o", "--checkpoint", "c"])
+    assert (a.start, a.end, a.masks, a.overlay_video, a.legend, a.smooth, a.smooth_centred) == (0.0, None, True, True, True, 0.0, False)
+    a = parser("predict-video").parse_args(["v.mp4", "--out", "o", "--checkpoint", "c", "--start", "1.5", "--end", "3",
+                                            "--no-masks", "--no-overlay-video", "--no_legend", "--smooth", "0.6", "--smooth-centred"])
+    assert (a.start, a.end, a.masks, a.overlay_video, a.legend, a.smooth, a.smooth_centred) == (1.5, 3.0, False, False, False, 0.6, True)
+
+
+def test_export_then_onnxruntime_predictions(tiny_run, tmp_path):
+    "export writes RUN/export/model.onnx + manifest and refuses a second time; onnxruntime's masks are torch's."
+    import json
+    from surgseg.core import read_mask
+    d, r = tiny_run
+    rc, out, err = run("export", r, "--format", "onnx", "--threads", 1)
+    assert rc == 0, (out, err[-2000:])
+    assert (r / "export" / "model.onnx").is_file() and "model.onnx: unet opset 18 (torchscript)" in out, out
+    man = json.loads((r / "export" / "model.json").read_text())
+    assert man["format"] == "onnx" and man["parity"]["within_atol"], man["parity"]
+    before = (r / "export" / "model.onnx").stat().st_mtime_ns
+    rc, out, err = run("export", r)
+    one_line_error(rc, err, "export", "model.onnx", "already exists", "--overwrite")
+    assert rc == 1 and (r / "export" / "model.onnx").stat().st_mtime_ns == before
+    rgb = next((d / "data" / "test").glob("video_*/rgb"))
+    masks = {}
+    for backend in ("torch", "onnxruntime"):
+        o = tmp_path / backend
+        rc, out, err = run("predict-image", rgb, "--checkpoint", r, "--out", o, "--backend", backend, "--no-tta",
+                           "--min_area", 0, "--device", "cpu", *(["--threads", 1] if backend == "onnxruntime" else []))
+        assert rc == 0 and "wrote 3 masks and overlays" in out, (backend, out, err[-2000:])
+        masks[backend] = {f.name: read_mask(f) for f in sorted((o / "masks").glob("*.png"))}
+    assert len(masks["torch"]) == 3 and masks["torch"].keys() == masks["onnxruntime"].keys()
+    differ = sum(int((masks["torch"][k] != masks["onnxruntime"][k]).sum()) for k in masks["torch"])
+    total = sum(m.size for m in masks["torch"].values())
+    assert differ <= total * 1e-3, f"{differ} of {total} mask pixels differ between torch and onnxruntime"
+    rc, out, err = run("predict-image", rgb, "--checkpoint", r, "--out", tmp_path / "t", "--threads", 2)
+    one_line_error(rc, err, "predict-image", "--threads", "onnxruntime")
+    assert rc == 2
