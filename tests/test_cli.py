@@ -316,6 +316,12 @@ def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
     assert "masks and vid/video_left_overlay.mp4" in ok("predict-video", video, "--checkpoint", "runs/r", "--out", "vid",
                                                         "--every", 30, "--no-overlays")
     assert sorted(p.name for p in Path("vid").iterdir()) == ["masks", "video_left_overlay.mp4"]
+    assert "wrote 2 masks and vid2/video_left_overlay.mp4" in ok("predict-video", video, "--checkpoint", "runs/r", "--out", "vid2",
+                                                                "--every", 30, "--end", 1, "--smooth", 0.5, "--no-overlays",
+                                                                "--no-legend")   # frames 0 and 30 of the first second
+    rc, out, err = run("predict-video", video, "--checkpoint", "runs/r", "--out", "vid3", "--smooth", 1)
+    one_line_error(rc, err, "predict-video", "--smooth 1.0", "[0, 1)")
+    assert rc == 2 and not Path("vid3").exists()
 
 
 # --- the command lines the book and the README show ---------------------------------------------------
