@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d38c2e5e
 from __future__ import annotations
-import contextlib, dataclasses, inspect, json, logging, os, re, shutil, time, warnings
+import contextlib, dataclasses, json, logging, os, re, shutil, time, warnings
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -19,11 +19,10 @@ from accelerate.utils import (ProjectConfiguration, broadcast_object_list, gathe
 from accelerate.data_loader import get_sampler
 from fastcore.basics import patch
 from fastcore.docments import docments
-from fastcore.script import Param
 from tqdm.auto import tqdm
 
 from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, SurgsegError, atomic_folder, atomic_write,
-                          clean_partials, load_config, output_lock, overlay, parse_bool, read_rgb, save_config)
+                          clean_partials, load_config, output_lock, overlay, read_rgb, save_config)
 from .data import SegDataset, extract_frames, make_splits, resolve_data_dir
 from .imbalance import frame_table
 from .sampler import build_sampler, presence_for
@@ -37,7 +36,7 @@ log = logging.getLogger("surgseg.train")
 # %% auto #0
 __all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'epoch_steps', 'make_train_sampler', 'draw_seed', 'SeededDraws',
            'make_optimizer', 'validation_scores', 'Trainer', 'write_metrics', 'start_run', 'setup_run', 'fit',
-           'papermill_parameters', 'train_cli', 'plot_history']
+           'papermill_parameters', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
@@ -418,20 +417,6 @@ def fit(cfg: Config,    # every setting of the run
     return r.run_dir
 
 # %% ../nbs/06_train.ipynb #de30c638
-def _cli_signature() -> inspect.Signature:
-    "`--config` plus one keyword argument (default None) per Config field, with the field's comment as help."
-    docs, d = docments(Config, full=True, returns=False), Config()
-    P = lambda name, help, **kw: inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                                   annotation=Param(help.replace("%", "%%"), **kw))
-    ps = [P("config", "YAML experiment file (configs/*.yaml); flags override its values", type=str)]
-    for f in dataclasses.fields(Config):
-        v = getattr(d, f.name)
-        h = f"{docs[f.name].docment} [default: {' '.join(map(str, v)) if isinstance(v, list) else v!r}]"
-        if isinstance(v, bool): ps.append(P(f.name, h, type=parse_bool, nargs="?", const=True))
-        elif isinstance(v, list): ps.append(P(f.name, h, type=str, nargs="+"))
-        else: ps.append(P(f.name, h, type=type(v)))
-    return inspect.Signature(ps)
-
 _PARAM_HEAD = "# Every value None means: the value in the `config` YAML file if it sets one, else the Config default shown."
 
 def _param_line(name: str, typ: str, doc: str) -> str:
@@ -450,24 +435,6 @@ def papermill_parameters() -> str:
             shown = " ".join(map(str, v)) if isinstance(v, list) else repr(v)
             lines.append(_param_line(k, types[k], f"{docs[k].docment} (default {shown})"))
     return "\n".join(lines)
-
-# %% ../nbs/06_train.ipynb #4fcb4933
-def train_cli(**kwargs):
-    "Train a model: flags are Config fields (unset = the --config YAML's value or the default); prints the run folder."
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("pdb", "xtra")}  # fastcore.script's own flags
-    config = kwargs.pop("config", None)
-    if isinstance(kwargs.get("lora_targets"), list):
-        kwargs["lora_targets"] = [t for s in kwargs["lora_targets"] for t in s.replace(",", " ").split()]
-    if not logging.getLogger("surgseg").handlers: logging.basicConfig(level=logging.INFO, format="%(message)s")  # "resuming ... from ..."
-    run = fit(load_config(config, {k: v for k, v in kwargs.items() if v is not None}))
-    if PartialState().is_main_process:
-        m = pd.read_csv(run / "metrics.csv")
-        best = f"; best validation score {m['val_score'].max():.4f} (epoch {int(m.loc[m['val_score'].idxmax(), 'epoch'])})" \
-               if "val_score" in m else ""
-        print(f"run folder: {run}{best}")
-
-train_cli.__signature__ = _cli_signature()
-train_cli.__annotations__ = {p.name: p.annotation for p in train_cli.__signature__.parameters.values()}
 
 # %% ../nbs/06_train.ipynb #96aefc38
 def plot_history(run_dir: Path | str,  # a run folder (with metrics.csv)
