@@ -114,7 +114,7 @@ NON_DEFAULT = dict(data_dir="/data/SAR RARP50", out_dir="r", run_name="x1", fps=
                    samples_per_epoch=100, crop_size=[128, 256], crop_rare=0.25, loss="wce", class_weights="inverse", ce_weight=0.5, dice_weight=2.0, focal_weight=0.7,
                    focal_gamma=1.5, focal_alpha=0.25, ignore_index=254, model="fpn", encoder="resnet18", weights="none",
                    dinov3="/w/dinov3", finetune="full", lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "k_proj"],
-                   head="multilayer", head_layers=3, grad_checkpointing=True, pos_embed_rescale=2.0, epochs=3, batch_size=2,
+                   head="multilayer", head_layers=3, grad_checkpointing=True, pos_embed_rescale=2.0, epochs=5, batch_size=2,
                    lr=3e-4, backbone_lr=3e-5, weight_decay=0.01, warmup=0.05, grad_accum=2, grad_clip=0.0, precision="bf16",
                    max_steps=5, save_every=10, patience=2, seed=7, resume=True, log_with="none", tta=True,
                    min_area=[10, 20, 30, 40, 50, 60, 70, 80, 90])
