@@ -402,8 +402,8 @@ class Config:
     # optimisation
     epochs: int = 3                  # passes over `samples_per_epoch` frames (crops)
     batch_size: int = 8              # images (crops) per step per device
-    lr: float = 3e-3                 # peak learning rate (decoder/head)
-    backbone_lr: float = 1e-3        # peak learning rate of the encoder / LoRA adapters
+    lr: float = 1e-3                 # peak learning rate (decoder/head)
+    backbone_lr: float = 1e-4        # peak learning rate of the encoder / LoRA adapters
     weight_decay: float = 1e-4       # AdamW weight decay
     warmup: float = 0.1              # share of steps spent warming up before the cosine decay
     grad_accum: int = 1              # gradient accumulation steps
