@@ -118,7 +118,7 @@ def score_split(predictor: Predictor,      # the model (its own post-processing 
     nxt = fill == "next"
     need2 = nxt and any(t.any() for t in ths)
     for (v, f, mp), _, a, b in predictor.stream_top2(split_frames(videos), need2, sum(len(v.frames) for v in videos),
-                                                     "score", progress):
+                                                     "score", progress, smooth=0):  # annotated frames are 1 s apart: never smoothed
         gt, prev = read_mask(mp, a.shape), None
         for t, acc in zip(ths, accs):
             m = remove_small(a, t, b if nxt else None)

@@ -85,3 +85,13 @@ def test_predict_video_options(video, tmp_path):
     with pytest.raises(SurgsegError, match="nothing to write"):
         predict_video(toy(), video, tmp_path / "x", masks=False, overlays=False, overlay_video=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_scoring_annotated_frames_never_smooths(tmp_path):
+    "Annotated frames are a second apart: `score_split` ignores a predictor's temporal smoothing."
+    from surgseg.synthetic import generate
+    from surgseg.postprocess import score_split
+    root = generate(tmp_path / "d", n_train=1, n_test=1, seconds=3, size=(64, 96), split_ops=0, progress=False)
+    plain = score_split(toy(), root / "test", progress=False)[0]
+    smoothed = score_split(toy(smooth=0.9), root / "test", progress=False)[0]
+    assert plain["score"] == smoothed["score"] and plain["miou"] == smoothed["miou"]
