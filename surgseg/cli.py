@@ -100,16 +100,18 @@ def parser(cmd: str) -> Parser:
 
 # %% ../nbs/10_cli.ipynb #35b8838f
 def synth_args(p):
-    "Options of `synthetic.generate`."
+    "Options of `synthetic.generate`; the defaults are the synthetic default dataset's (`synthetic.SYNTHETIC_DEFAULT`)."
+    from surgseg.synthetic import SYNTHETIC_DEFAULT as D
     p.add_argument("root", help="dataset root to create (must not exist or be empty)")
-    add(p, "n_train", "training operations", 6, type=int)
-    add(p, "n_test", "test videos", 2, type=int)
-    add(p, "seconds", "seconds per video (60 fps; each part of a split operation gets half)", 20.0, type=float)
-    add(p, "width", "frame width (even, up to 1920)", 480, type=int)
-    add(p, "height", "frame height (even, up to 1080)", 270, type=int)
+    add(p, "n_train", "training operations", D["n_train"], type=int)
+    add(p, "n_test", "test videos", D["n_test"], type=int)
+    add(p, "seconds", "seconds per video (60 fps; each part of a split operation gets half)", float(D["seconds"]), type=float)
+    add(p, "width", "frame width (even, up to 1920)", D["size"][1], type=int)
+    add(p, "height", "frame height (even, up to 1080)", D["size"][0], type=int)
     add(p, "codec", "video codec: MJPG or MP4V (MPEG-4)", "MJPG")
     add(p, "seed", "random seed (same seed, same dataset)", 0, type=int)
-    add(p, "split_ops", "training operations split into video_XX_1 and video_XX_2", 1, type=int)
+    add(p, "split_ops", "training operations split into video_XX_1 and video_XX_2", D["split_ops"], type=int)
+    add(p, "first_test", "number of the first test video (41 as released; 0 = right after the training ones)", D["first_test"], type=int)
     add(p, "workers", "parallel processes (default: one per core)", type=int)
 
 def run_synth(a):
@@ -118,7 +120,8 @@ def run_synth(a):
     from surgseg.synthetic import generate
     t = time.time()
     r = generate(a.root, n_train=a.n_train, n_test=a.n_test, seconds=a.seconds, size=(a.height, a.width),
-                 codec=a.codec, seed=a.seed, split_ops=a.split_ops, workers=a.workers)
+                 codec=a.codec, seed=a.seed, split_ops=a.split_ops, workers=a.workers,
+                 first_test=a.first_test)
     vids = sorted(r.glob("*/video_*/video_left.avi"))
     masks = sum(len(list((v.parent / "segmentation").glob("*.png"))) for v in vids)
     print(f"wrote {len(vids)} videos, {masks} masks ({a.width}x{a.height}, {a.codec}) to {r} in {time.time() - t:.1f} s")

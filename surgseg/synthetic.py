@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_synthetic.ipynb #e65cfb67
 from __future__ import annotations
-import importlib, math, time
+import importlib, math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +20,7 @@ __all__ = ['ACTION_EVERY', 'CODECS', 'MAX_SIZE', 'SYNTHETIC_MARKER', 'SCHEDULED'
            'SYNTHETIC_VERSION', 'DIMS', 'n_masks', 'catmull_rom', 'schedule_runs', 'VideoPlan', 'plan_dataset',
            'tissue_texture', 'vignette', 'Shape', 'draw', 'border_point', 'reach', 'tube', 'instrument', 'needle',
            'spline', 'clip_shape', 'Scene', 'action_segments', 'write_actions', 'fourcc_of', 'write_video',
-           'marker_params', 'generate', 'ensure_synthetic', 'synth_cli', 'plan_masks', 'calibration', 'band_width',
-           'thin_widths']
+           'marker_params', 'generate', 'ensure_synthetic', 'plan_masks', 'calibration', 'band_width', 'thin_widths']
 
 # %% ../nbs/90_synthetic.ipynb #947c2fdb
 ACTION_EVERY = 6  # action_discrete.txt has a label every 6th frame (10 Hz)
@@ -719,25 +718,6 @@ def _marker_text(root: Path) -> str:
     "The text of the synthetic marker of `root` ('' when there is none)."
     try: return (root / SYNTHETIC_MARKER).read_text()
     except OSError: return ""
-
-# %% ../nbs/90_synthetic.ipynb #274e48d6
-def synth_cli(root: str,            # dataset root to create (must not exist or be empty)
-              n_train: int = 18,    # training operations
-              n_test: int = 10,     # test videos
-              seconds: float = 10,  # seconds per video (60 fps; each part of a split operation gets half)
-              width: int = 960,     # frame width (even, up to 1920)
-              height: int = 540,    # frame height (even, up to 1080)
-              codec: str = "MJPG",  # video codec: MJPG or MP4V (MPEG-4)
-              seed: int = 0,        # random seed (same seed, same dataset)
-              split_ops: int = 2,   # training operations split into video_XX_1 and video_XX_2
-              workers: int = 0,     # parallel processes (0 = one per core)
-             ):
-    "Generate the synthetic SAR-RARP50 stand-in in the official layout."
-    t = time.time()
-    r = generate(root, n_train, n_test, seconds, (height, width), codec, seed, split_ops, workers or None)
-    vids = sorted(r.glob("*/video_*/video_left.avi"))
-    masks = sum(len(list((v.parent / "segmentation").glob("*.png"))) for v in vids)
-    print(f"wrote {len(vids)} videos, {masks} masks ({width}x{height}, {codec}) to {r} in {time.time() - t:.1f} s")
 
 # %% ../nbs/90_synthetic.ipynb #f9061f25
 def plan_masks(plans: list[VideoPlan]):

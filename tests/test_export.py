@@ -1,7 +1,6 @@
 """Tests of surgseg.export: ONNX export with dynamic shapes, parity with PyTorch (<= 1e-4 in float32), the manifest,
 never overwriting, and the exported model behind `Predictor` giving the same masks (tiny models, tiny frames)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -181,7 +181,7 @@ def test_cli(tmp_path):
                 "--split_ops", 0, "--codec", "MP4V", "--workers", 1)
     assert r.returncode == 0, r.stderr
     assert "wrote 2 videos" in r.stdout
-    assert sorted(str(p.relative_to(root)) for p in root.glob("*/*")) == ["test/video_02", "train/video_01"]
+    assert sorted(str(p.relative_to(root)) for p in root.glob("*/*")) == ["test/video_41", "train/video_01"]  # test videos numbered as released
     before = sorted(root.rglob("*"))
     r = surgseg("synth", root, "--seconds", 1)
     assert r.returncode == 1 and r.stderr.strip().startswith("surgseg synth: error:") and "refusing to overwrite" in r.stderr
