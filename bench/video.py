@@ -17,6 +17,13 @@ Measured 2026-12-02 before the streaming predict_video (commit 3ab1104; rerun to
   PyTorch:     end-to-end 0.29 frames/s, bare model 0.44 frames/s, ratio 0.64; model 60%, upsample+argmax 7%, overlay 9%, write 23%
   onnxruntime: end-to-end 0.34 frames/s, bare model 1.05 frames/s, ratio 0.32; model 38%, upsample+argmax 12%, overlay 18%, write 31%
   onnxruntime / PyTorch: bare model x2.36, end-to-end x1.18; 145 of 49,766,400 mask pixels differ (24 frames)
+After the streaming predict_video (commit c276203), same command, load average ~4-6 (one other job running):
+  PyTorch:     end-to-end 0.59 frames/s, bare model 0.84 frames/s, ratio 0.70 (sequential pass: model 59%, upsample+argmax 6%,
+               overlay 12%, write 23%)
+  onnxruntime: end-to-end 0.48 frames/s, bare model 1.59 frames/s, ratio 0.30
+  onnxruntime / PyTorch: bare model x1.90, end-to-end x0.81; 145 of 49,766,400 mask pixels differ (24 frames)
+  At 1080p the overlay and PNG/video writing (about a third of the sequential time) compete with the model for the same
+  2 cores, so overlapping the stages cannot reach the 0.9x target here.
 """
 import argparse, dataclasses, os, tempfile, time
 from pathlib import Path
