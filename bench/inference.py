@@ -43,7 +43,6 @@ def main(frames=4):
     torch.set_num_threads(1)
     m = realistic_mask(); second = np.full_like(m, 3)
     print(f"post-processing a 1080x1920 mask ({len(np.unique(m)) - 1} classes present):")
-    base = timeit(lambda: m.copy())
     for thr in (64, 1024):
         t_bg = timeit(lambda: remove_small(m, thr))
         t_nx = timeit(lambda: remove_small(m, thr, second))

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 __all__ = ['CLASSES', 'NUM_CLASSES', 'CLASS_NAMES', 'PALETTE', 'REAL_PIXEL_SHARE', 'REAL_FRAME_PRESENCE', 'VIDEO_FPS',
            'MASK_STEP', 'log', 'PRECISIONS', 'TRACKERS', 'REGISTERED', 'CONFIG_SECTIONS', 'SurgsegError', 'SegClass',
            'colorize', 'overlay', 'plot_legend', 'atomic_write', 'clean_partials', 'atomic_folder', 'output_lock',
-           'read_mask', 'write_mask', 'read_rgb', 'default_workers', 'parallel_map', 'parse_bool', 'register_choices',
-           'choices', 'Config', 'read_yaml', 'save_config', 'load_config', 'get_device', 'surgseg_home',
-           'default_data_dir']
+           'read_mask', 'write_mask', 'read_rgb', 'default_workers', 'die_with_parent', 'parallel_map', 'parse_bool',
+           'register_choices', 'choices', 'Config', 'read_yaml', 'save_config', 'load_config', 'get_device',
+           'surgseg_home', 'default_data_dir']
 
 # %% ../nbs/00_core.ipynb #9df6d361
 class SurgsegError(Exception):
@@ -275,12 +275,16 @@ def default_workers(n_tasks: int,               # number of tasks
     if not workers: workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(int(workers), int(n_tasks)))
 
-def _init_worker():
-    "Pool worker start-up: die with the parent (a SIGKILLed run leaves no orphan writing); one thread per library."
-    with contextlib.suppress(Exception):  # Linux: ask the kernel to SIGKILL this worker when its parent dies
+def die_with_parent():
+    "In a child process: ask Linux to SIGKILL it when its parent dies, so a killed command leaves no orphan writing."
+    with contextlib.suppress(Exception):  # Linux only; elsewhere a no-op
         import ctypes, signal
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1: os._exit(1)           # the parent died before the request took effect
+
+def _init_worker():
+    "Pool worker start-up: die with the parent; one thread per library."
+    die_with_parent()
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(k, "1")
     with contextlib.suppress(ImportError):
         import cv2; cv2.setNumThreads(1)
