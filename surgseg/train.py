@@ -434,6 +434,7 @@ def papermill_parameters() -> str:
             v = getattr(d, k)
             shown = " ".join(map(str, v)) if isinstance(v, list) else repr(v)
             lines.append(_param_line(k, types[k], f"{docs[k].docment} (default {shown})"))
+    lines += ["# this notebook", "score_untrained: bool = True".ljust(31) + " # also score the untrained model on validation before training (the study turns this off)"]
     return "\n".join(lines)
 
 # %% ../nbs/06_train.ipynb #96aefc38

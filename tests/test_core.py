@@ -111,7 +111,7 @@ def test_parse_bool():
 
 NON_DEFAULT = dict(data_dir="/data/SAR RARP50", out_dir="r", run_name="x1", fps=10, resolution=0.25, low_res=True, val_fraction=0.3,
                    augment=False, num_workers=2, sampler="none", sampler_threshold=0.5, min_pixels=4, max_weight=5.0,
-                   samples_per_epoch=100, crop_size=[128, 256], crop_rare=0.25, loss="wce", class_weights="inverse", ce_weight=0.5, dice_weight=2.0, focal_weight=0.7,
+                   samples_per_epoch=100, crop_size=[128, 256], crop_rare=0.25, loss="wce", class_weights="inverse", ce_weight=0.5, dice_weight=2.0, dice_absent=True, focal_weight=0.7,
                    focal_gamma=1.5, focal_alpha=0.25, ignore_index=254, model="fpn", encoder="resnet18", weights="none",
                    dinov3="/w/dinov3", finetune="full", lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "k_proj"],
                    head="multilayer", head_layers=3, grad_checkpointing=True, pos_embed_rescale=2.0, epochs=5, batch_size=2,

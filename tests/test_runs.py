@@ -7,7 +7,7 @@ import torch
 from surgseg.core import Config, SurgsegError, save_config
 from surgseg.runs import find_checkpoint, is_finished, latest_run, load_checkpoint, run_progress
 
-TINY = dict(model="dinov3", dinov3="tiny", weights="none", batch_size=2, val_fraction=0.3, log_with="none",
+TINY = dict(model="dinov3", dinov3="tiny", weights="none", batch_size=2, val_fraction=0.3, log_with="none", samples_per_epoch=0,
             epochs=1, max_steps=2)
 
 

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1"}
 # a two-layer DINOv3 with random weights (LoRA on q/v) on 64x96 frames: a whole run takes seconds
-TINY = dict(model="dinov3", dinov3="tiny", weights="none", batch_size=2, val_fraction=0.3, log_with="none")
+TINY = dict(model="dinov3", dinov3="tiny", weights="none", batch_size=2, val_fraction=0.3, log_with="none", samples_per_epoch=0)
 
 
 def run(cmd, **kw):
