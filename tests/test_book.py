@@ -230,6 +230,9 @@ def test_check_outputs_rules(tmp_path):
     failed.cells[1].outputs = [new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])]
     nbformat.write(failed, tmp_path / "failed.ipynb")
     assert check(tmp_path / "failed.ipynb") == ["failed.ipynb: code cell 1 (1 / 0): committed with an error (ZeroDivisionError)"]
+    injected = _nb(tmp_path, ("seeds = '0,1,2'", 0, ["parameters"]), ("# Parameters\nseeds = 0", 0, ["injected-parameters"]),
+                   ("print(seeds)", 1), name="injected.ipynb")
+    assert [p.split(":")[1].strip() for p in check(injected)] == ["code cell 1 (# Parameters)"], check(injected)
 
 
 def test_chapters_show_their_outputs():

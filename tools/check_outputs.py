@@ -118,6 +118,9 @@ def check(nb_path: Path) -> list[str]:
         return [f"{name}: no outputs at all (execute it: python tools/run_book.py nbs/{name}, then nbdev_clean)"]
     problems = [f"{name}: code cell {i} ({_first_line(c)}): committed with an error ({o.get('ename', 'error')})"
                 for i, c in enumerate(cells) for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    problems += [f"{name}: code cell {i} ({_first_line(c)}): papermill's injected parameters committed (the notebook "
+                 "would rerun with them instead of its own defaults); delete the cell"
+                 for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     for i, c in shown:
         if c.get("outputs"): continue
         src = "".join(c.get("source", ""))
