@@ -1,29 +1,45 @@
 """A 1080p, 60 fps video through `Predictor` at the default working resolution: how close end-to-end runs to the model.
 
 Prints, asserting nothing (the cores are shared: read the load average printed with the numbers):
-  - end-to-end frames/s of `inference.predict_video` (decode, resize, model, upsample + argmax, post-processing,
-    mask PNGs, overlays, overlay video: the streaming API as it is), for each backend;
-  - the bare model's frames/s on the same batches (tensors already at the working resolution, no I/O), and the ratio;
-  - the time share of each stage, from a sequential pass with time.perf_counter around each stage
-    (decode, resize, model, upsample+argmax, post-processing, overlay, write);
+  - end-to-end frames/s of `inference.predict_video` for its default outputs (mask PNGs + the overlay video) and for
+    every output (mask PNGs + overlay PNGs + the overlay video), for each backend;
+  - the bare model's frames/s on the same batches (tensors already at the working resolution, no I/O), and the ratios;
+  - the time of each stage (ms per frame and share), from a sequential pass with time.perf_counter around each stage,
+    using the functions predict_video uses: decode, resize, model, upsample+argmax, post-processing, mask PNG,
+    overlay (blend), overlay video (legend + encode), overlay PNG; the shares are given for the default outputs and for
+    every output. On one core the stages cannot overlap, so end-to-end / model can be at most
+    model / (sum of the stages) of the outputs written: that bound is printed as the model share;
   - PyTorch vs onnxruntime (the model exported by `export.export_onnx`): frames/s on the same frames and the number
     of mask pixels that differ between the two backends' masks.
 
-Run:  .venv/bin/python bench/video.py [--frames 60] [--backend both] [--threads 2] [--run RUN] [--video FILE]
+Run (one core, as measured below):
+  taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python bench/video.py --frames 24 --threads 1 --backend both
+Options: [--frames 60] [--backend torch|onnxruntime|both] [--threads 2] [--run RUN] [--video FILE] [--batch-size 4]
 Without --run, the untrained default model (`build_model(Config())`: U-Net, ImageNet EfficientNet-Lite0 encoder).
 Without --video, a synthetic 1920x1080 60 fps MJPG video of --frames frames is rendered (surgseg.synthetic).
+An older checkout can be measured with the same script: PYTHONPATH=OLD_CHECKOUT (the stage pass then falls back to
+core.write_mask, core.overlay and PIL's PNG encoder, which the writers used then).
 
-Measured 2026-12-02 before the streaming predict_video (commit 3ab1104; rerun to get after), `--frames 24 --threads 2`, untrained default model at 960x540, 2 shared cores, load average ~7:
-  PyTorch:     end-to-end 0.29 frames/s, bare model 0.44 frames/s, ratio 0.64; model 60%, upsample+argmax 7%, overlay 9%, write 23%
-  onnxruntime: end-to-end 0.34 frames/s, bare model 1.05 frames/s, ratio 0.32; model 38%, upsample+argmax 12%, overlay 18%, write 31%
-  onnxruntime / PyTorch: bare model x2.36, end-to-end x1.18; 145 of 49,766,400 mask pixels differ (24 frames)
-After the streaming predict_video (commit c276203), same command, load average ~4-6 (one other job running):
-  PyTorch:     end-to-end 0.59 frames/s, bare model 0.84 frames/s, ratio 0.70 (sequential pass: model 59%, upsample+argmax 6%,
-               overlay 12%, write 23%)
-  onnxruntime: end-to-end 0.48 frames/s, bare model 1.59 frames/s, ratio 0.30
-  onnxruntime / PyTorch: bare model x1.90, end-to-end x0.81; 145 of 49,766,400 mask pixels differ (24 frames)
-  At 1080p the overlay and PNG/video writing (about a third of the sequential time) compete with the model for the same
-  2 cores, so overlapping the stages cannot reach the 0.9x target here.
+Measured 2026-12-02 on ONE core (taskset -c 1, OMP_NUM_THREADS=1, --threads 1, --frames 24; the other core busy with
+training experiments, load average 2-4.5, so absolute numbers wander by +-15 % between runs: read the ratios within a
+run), untrained default model at 960x540, batch 4. "Default" = masks + overlay video; "every" = + overlay PNGs.
+  Before (commit 2c314c5: PIL PNGs at zlib 6, core.overlay, x264 preset medium, upsampling frame by frame), two runs:
+    PyTorch:     bare model 1.15-1.27 frames/s; default 0.50 frames/s, ratio 0.44; every 0.31-0.49 frames/s, ratio 0.27-0.39
+                 per frame: model 838-1260 ms, upsample+argmax 105-142, overlay 188-250, mask PNG 96, overlay video 263,
+                 overlay PNG 517 ms (the run with per-stage times had the busier neighbour)
+    onnxruntime: bare model 1.80-2.13 frames/s; default ratio 0.44; every ratio 0.30-0.33
+  After (OpenCV PNG zlib 1 + RLE, inference._blend (core.overlay's exact pixels), x264 veryfast, overlay PNGs only on
+  request, upsampling per batch), two runs:
+    PyTorch:     bare model 1.19-1.22 frames/s; default 0.80-0.94 frames/s, ratio 0.65-0.79; every 0.75-0.91, ratio 0.61-0.76
+                 per frame: model 799-816 ms, upsample+argmax 99-112, mask PNG 20-22, overlay 18-19, overlay video 78-82,
+                 overlay PNG 85-90, decode+resize 8-9 ms: the model is 77-78 % of the default outputs' sequential time
+    onnxruntime: bare model 1.84-2.03 frames/s; default ratio 0.54-0.64 (model share 62-63 %); every ratio 0.48-0.56
+    141 of 49,766,400 mask pixels differ between the backends (24 frames).
+  Why not 0.9 here: on one core the stages cannot overlap, so the ratio is at most the model's share of the sequential
+  time. Upsampling + argmax to 1080p alone (99-112 ms/frame, models.full_res_masks, kept as is so masks do not change)
+  caps it at 0.88 with PyTorch; the overlay video adds 80 ms. With a free second core the work around the model
+  (about 220 ms/frame) could hide behind the model's 800 ms; not measurable on this machine (the other core was busy).
+  No GPU was available: GPU numbers were not measured.
 """
 import argparse, dataclasses, os, tempfile, time
 from pathlib import Path
@@ -31,13 +47,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from surgseg import inference
 from surgseg.core import Config, overlay, read_mask, write_mask
 from surgseg.data import read_frames
 from surgseg.export import export_onnx, load_onnx
-from surgseg.inference import Predictor, VideoWriter, predict_video, video_info
+from surgseg.inference import Predictor, VideoWriter, draw_legend, predict_video, video_info
 from surgseg.models import build_model, full_res_masks
 from surgseg.postprocess import load_predictor
 from surgseg.runs import load_checkpoint
+
+DEFAULT = ("decode", "resize", "model", "upsample+argmax", "post-processing", "mask PNG", "overlay", "overlay video")
+STAGES = DEFAULT + ("overlay PNG",)
+
+
+def _old_png(path, rgb):
+    "PIL's PNG encoder at its default level: what the writers used before (for an older checkout)."
+    from PIL import Image
+    Image.fromarray(rgb).save(path, format="PNG")
+
+
+# the functions predict_video calls for each output; an older checkout falls back to what it used
+write_mask_png = getattr(inference, "_write_mask", lambda p, m: write_mask(p, m, False))
+blend = getattr(inference, "_blend", overlay)
+write_png = getattr(inference, "_png", _old_png)
 
 
 def make_video(folder: Path, frames: int) -> Path:
@@ -57,10 +89,11 @@ def batches(items, n):
 
 
 def stage_pass(p: Predictor, video: Path, n: int, out: Path) -> dict:
-    "One sequential pass over the video with a timer around each stage; seconds per stage."
-    t = dict.fromkeys(["decode", "resize", "model", "upsample+argmax", "post-processing", "overlay", "write"], 0.0)
+    "One sequential pass over the video with a timer around each stage (predict_video's functions); seconds per stage."
+    t = dict.fromkeys(STAGES, 0.0)
     it = read_frames(video, list(range(n)))
     out.mkdir(parents=True, exist_ok=True)
+    k = 0
     with VideoWriter(out / "overlay.mp4", 60) as vw:
         while True:
             t0 = time.perf_counter()
@@ -76,15 +109,15 @@ def stage_pass(p: Predictor, video: Path, n: int, out: Path) -> dict:
             t0 = time.perf_counter()
             top1 = full_res_masks(logits, batch[0].shape[:2])
             t["upsample+argmax"] += time.perf_counter() - t0
-            for i, (im, m) in enumerate(zip(batch, top1)):
+            for im, m in zip(batch, top1):
+                k += 1
                 t0 = time.perf_counter(); m = p.finish(m); t["post-processing"] += time.perf_counter() - t0
-                t0 = time.perf_counter(); ov = overlay(im, m); t["overlay"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                write_mask(out / f"m{i}.png", m)
-                from PIL import Image
-                Image.fromarray(ov).save(out / f"o{i}.png")
-                vw.write(ov)
-                t["write"] += time.perf_counter() - t0
+                t0 = time.perf_counter(); write_mask_png(out / f"m{k}.png", m); t["mask PNG"] += time.perf_counter() - t0
+                t0 = time.perf_counter(); ov = blend(im, m, 0.5); t["overlay"] += time.perf_counter() - t0
+                t0 = time.perf_counter(); vw.write(draw_legend(ov)); t["overlay video"] += time.perf_counter() - t0
+                t0 = time.perf_counter(); write_png(out / f"o{k}.png", ov); t["overlay PNG"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+    t["overlay video"] += time.perf_counter() - t0  # flushing the encoder
     return t
 
 
@@ -95,6 +128,19 @@ def bare_model(model, xs: list) -> float:
         t0 = time.perf_counter()
         for x in xs: model(x)
     return time.perf_counter() - t0
+
+
+def end_to_end(p: Predictor, video: Path, out: Path, overlays: bool) -> float:
+    "Seconds of one predict_video call writing the masks and the overlay video (and the overlay PNGs if `overlays`)."
+    t0 = time.perf_counter()
+    predict_video(p, video, out, overlays=overlays, overlay_video=True, progress=False)
+    return time.perf_counter() - t0
+
+
+def shares(stages: dict, names: tuple, n: int) -> str:
+    "Each stage's ms per frame and share of the stages `names`."
+    total = sum(stages[k] for k in names)
+    return ", ".join(f"{k} {stages[k] / n * 1e3:.0f} ms ({stages[k] / total:.0%})" for k in names)
 
 
 def main():
@@ -108,6 +154,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     load0 = os.getloadavg()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="bench_video_"))
     video = Path(a.video) if a.video else make_video(tmp / "data", a.frames)
     info = video_info(video)
@@ -119,7 +166,8 @@ def main():
     h, w = p_torch.working_size(info["height"], info["width"])
     print(f"video {video.name}: {info['width']}x{info['height']} at {info['fps']:.0f} fps, {n} frames; model {cfg.model} "
           f"({'run ' + a.run if a.run else 'untrained default'}) at {w}x{h} (resolution {cfg.scale}); "
-          f"batch {a.batch_size}, {a.threads} threads; load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+          f"batch {a.batch_size}, {a.threads} threads, {cores} usable cores; load average before "
+          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
 
     frames = [im for _, im in read_frames(video, list(range(n)))]
     xs = [torch.from_numpy(np.stack([p_torch.resize(im) for im in b])).permute(0, 3, 1, 2).float().div_(255)
@@ -137,25 +185,28 @@ def main():
     rows, masks = {}, {}
     for name, p in backends.items():
         model_s = bare_model(p.model, xs)
-        t0 = time.perf_counter()
-        predict_video(p, video, tmp / f"pred_{name}", progress=False)
-        e2e_s = time.perf_counter() - t0
-        stages = stage_pass(p, video, n, tmp / f"stages_{name}")
+        default_s = end_to_end(p, video, tmp / f"pred_{name}", overlays=False)
+        all_s = end_to_end(p, video, tmp / f"pred_all_{name}", overlays=True)
+        st = stage_pass(p, video, n, tmp / f"stages_{name}")
         masks[name] = tmp / f"pred_{name}" / "masks"
-        rows[name] = (n / e2e_s, n / model_s, stages)
-        total = sum(stages.values())
-        print(f"\n{name}: end-to-end {n / e2e_s:.2f} frames/s (predict_video), bare model {n / model_s:.2f} frames/s "
-              f"(same batches, no I/O): ratio end-to-end / model {model_s / e2e_s:.2f}")
-        print(f"  sequential pass with a timer per stage: {n / total:.2f} frames/s; share of time: " +
-              ", ".join(f"{k} {v / total:.0%} ({v / n * 1e3:.0f} ms/frame)" for k, v in stages.items()))
+        rows[name] = (n / default_s, n / model_s)
+        print(f"\n{name}: bare model {n / model_s:.2f} frames/s ({model_s / n * 1e3:.0f} ms/frame; same batches, no I/O)")
+        for label, secs, names in (("default outputs (masks + overlay video)", default_s, DEFAULT),
+                                   ("every output (masks + overlay PNGs + overlay video)", all_s, STAGES)):
+            seq = sum(st[k] for k in names)
+            print(f"  {label}: end-to-end {n / secs:.2f} frames/s ({secs / n * 1e3:.0f} ms/frame), "
+                  f"ratio end-to-end / model {model_s / secs:.2f}; sequential pass {seq / n * 1e3:.0f} ms/frame, "
+                  f"model share {st['model'] / seq:.0%}")
+            print(f"    stages: {shares(st, names, n)}")
     if len(rows) == 2:
         pt, ox = rows["PyTorch"], rows["onnxruntime"]
         files = sorted(masks["PyTorch"].glob("*.png"))
         diff = sum(int((read_mask(f) != read_mask(masks["onnxruntime"] / f.name)).sum()) for f in files)
-        print(f"\nonnxruntime vs PyTorch: bare model x{ox[1] / pt[1]:.2f}, end-to-end x{ox[0] / pt[0]:.2f}; "
+        print(f"\nonnxruntime vs PyTorch: bare model x{ox[1] / pt[1]:.2f}, end-to-end (default outputs) x{ox[0] / pt[0]:.2f}; "
               f"differing mask pixels {diff} of {len(files) * info['width'] * info['height']} ({len(files)} frames)")
     load1 = os.getloadavg()
-    print(f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} (on {os.cpu_count()} cores); files in {tmp}")
+    print(f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} ({cores} usable cores of {os.cpu_count()}); "
+          f"files in {tmp}")
 
 
 if __name__ == "__main__":

@@ -136,11 +136,22 @@ def _batch(frames: list, cfg: Config) -> torch.Tensor:
     p = Predictor(nn.Identity(), cfg, device="cpu", tta=False)
     return torch.from_numpy(np.stack([p.resize(f) for f in frames])).permute(0, 3, 1, 2).float().div_(255)
 
-def _compare(ref: nn.Module, other: nn.Module, x: torch.Tensor, full: tuple | None = None) -> dict:
-    "Logit and class differences of two models on one batch (and of their full-resolution masks when `full`=(H, W))."
+def _float64(model: nn.Module) -> nn.Module | None:
+    "A float64 copy of `model`: the reference both float32 implementations are measured against (None if it cannot be made)."
+    try: return copy.deepcopy(model).cpu().double().eval()
+    except Exception: return None
+
+def _compare(ref: nn.Module, other: nn.Module, x: torch.Tensor, full: tuple | None = None,
+             exact: nn.Module | None = None) -> dict:
+    "Logit and class differences of two models on one batch (and of their full-resolution masks when `full`=(H, W)); with `exact` (a float64 copy of `ref`) how far each is from the float64 logits of the first image."
     with torch.inference_mode(): a, b = ref(x).float(), other(x).float()
     r = dict(input="x".join(map(str, x.shape)), max_abs=float((a - b).abs().max()), logit_scale=float(a.abs().max()),
              argmax_diff=int((a.argmax(1) != b.argmax(1)).sum()), pixels=int(a[:, 0].numel()))
+    if exact is not None:  # on the first image only: float64 runs several times slower
+        try:
+            with torch.inference_mode(): e = exact(x[:1].double())
+            r["torch_vs_f64"], r["onnx_vs_f64"] = float((a[:1].double() - e).abs().max()), float((b[:1].double() - e).abs().max())
+        except Exception: pass  # a model with an operation that has no float64 kernel: no float64 reference
     if full is not None:
         r["mask_diff"] = int((full_res_masks(a, full) != full_res_masks(b, full)).sum())
         r["mask_pixels"] = int(len(x) * full[0] * full[1])
@@ -150,13 +161,15 @@ def parity(ref: nn.Module,     # the PyTorch model (CPU, float32)
            other: nn.Module,   # the exported model (an `OnnxSegmenter`)
            frames: list,       # uint8 RGB frames of one size (full resolution)
            cfg: Config,        # the run's config (working resolution)
+           exact: bool = True, # also measure both against the float64 logits of a float64 copy of `ref`
           ) -> list[dict]:     # one row per input checked
     "Compare two models' logits and masks on `frames` at the working size, then on one frame at an odd size."
     ref.eval()
+    f64 = _float64(ref) if exact else None
     x = _batch(frames, cfg)
     h, w = x.shape[-2:]
     odd = F.interpolate(x[:1], size=(h + 13, w + 29), mode="bilinear", align_corners=False)  # batch 1, sizes no stride divides
-    return [_compare(ref, other, x, frames[0].shape[:2]), _compare(ref, other, odd)]
+    return [_compare(ref, other, x, frames[0].shape[:2], f64), _compare(ref, other, odd, exact=f64)]
 
 # %% ../nbs/08b_export.ipynb #fdd44cd1
 def _load_source(source) -> tuple:
@@ -176,6 +189,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 # %% ../nbs/08b_export.ipynb #42409c5c
+def _vs_float64(rows: list[dict]) -> dict | None:
+    "The largest distance of each backend's logits from the float64 logits, over the parity checks (None if not measured)."
+    if not all("torch_vs_f64" in r for r in rows): return None
+    return dict(torch=max(r["torch_vs_f64"] for r in rows), onnxruntime=max(r["onnx_vs_f64"] for r in rows))
+
 def export_onnx(source,                       # run folder, checkpoint folder, or a (model, Config) pair
                 out: str | Path | None = None, # .onnx file to write; None = RUN/export/model.onnx
                 opset: int = 18,               # ONNX opset
@@ -228,7 +246,7 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
         output=dict(name=OUTPUT_NAME, shape=["batch", 10, "height", "width"], dtype="float32"),
         working_resolution=cfg.scale, export_s=round(secs, 2), bytes=size, sha256=sha,
         parity=dict(frames=where, atol=atol, max_abs=worst, logit_scale=scale, within_atol=worst <= atol,
-                    argmax_diff=sum(r["argmax_diff"] for r in rows), checks=rows),
+                    argmax_diff=sum(r["argmax_diff"] for r in rows), float64=_vs_float64(rows), checks=rows),
         versions=dict(torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__))
     with atomic_write(man_path) as t: t.write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -239,7 +257,9 @@ def export_summary(manifest: dict) -> str:
     p = manifest["parity"]
     return (f"{manifest['file']}: {manifest['model']} opset {manifest['opset']} ({manifest['exporter']}), "
             f"{manifest['bytes'] / 2**20:.1f} MiB; parity on {p['frames']}: max |logit diff| {p['max_abs']:.2e} "
-            f"({'<=' if p['within_atol'] else '>'} {p['atol']:g}), {p['argmax_diff']} argmax pixels differ")
+            f"({'<=' if p['within_atol'] else '>'} {p['atol']:g}), {p['argmax_diff']} argmax pixels differ"
+            + (f"; from float64 logits: PyTorch {p['float64']['torch']:.2e}, onnxruntime {p['float64']['onnxruntime']:.2e}"
+               if p.get("float64") else ""))
 
 # %% ../nbs/08b_export.ipynb #b256c5d1
 def onnx_file(source: str | Path,  # an .onnx file, a run folder, its checkpoint folder, or an export folder

@@ -8,8 +8,8 @@ import torch
 from accelerate.utils import set_seed
 
 from surgseg.core import Config, SurgsegError
-from surgseg.export import (EXPORT_DIR, ONNX_FILE, OnnxSegmenter, export_onnx, export_ready, load_onnx, onnx_predictor,
-                            sample_frames)
+from surgseg.export import (EXPORT_DIR, ONNX_FILE, OnnxSegmenter, export_onnx, export_ready, export_summary, load_onnx,
+                            onnx_predictor, sample_frames)
 from surgseg.inference import Predictor, predict_video
 from surgseg.models import build_model, save_model
 
@@ -60,6 +60,10 @@ def test_unet_export_parity_and_manifest(env, unet_export):
     assert p["max_abs"] <= 1e-4 and p["within_atol"], p
     assert [c["input"] for c in p["checks"]] == ["3x3x32x48", "1x3x45x77"]  # working size batch 3, then batch 1 at an odd size
     print(f"unet parity: max |logit diff| {p['max_abs']:.2e}, argmax differing pixels {p['argmax_diff']}")
+    f64 = p["float64"]  # both backends measured against float64 logits: onnxruntime is as exact as PyTorch's float32
+    assert set(f64) == {"torch", "onnxruntime"} and 0 <= f64["onnxruntime"] <= 1e-4 and 0 <= f64["torch"] <= 1e-4, f64
+    assert all(c["onnx_vs_f64"] <= f64["onnxruntime"] for c in p["checks"])
+    assert "from float64 logits: PyTorch" in export_summary(man)
     assert man["input"]["shape"] == ["batch", 3, "height", "width"] and man["opset"] == 18
     m = OnnxSegmenter(out, threads=1)
     assert m.input_shape[0] == "batch" and m.input_shape[2:] == ["height", "width"]
