@@ -4,7 +4,7 @@ Prints per-frame times and ratios; asserts nothing. Run: OMP_NUM_THREADS=1 .venv
   - post-processing (remove_small) on a realistic mask with speckle, per threshold and fill;
   - from working-resolution logits to the full-size mask: models.full_res_masks (bilinear upsampling + argmax, or top-2);
   - a whole Predictor on 1080p frames (U-Net ResNet-18 at half resolution), without and with TTA;
-  - writing one mask PNG (core.write_mask, and inference._write_mask that the predict writers use).
+  - writing one mask PNG (core.write_mask, which every writer uses, against PIL's default encoder).
 """
 import argparse, tempfile, time
 from pathlib import Path
@@ -60,13 +60,12 @@ def main(frames=4):
           f"channels-last {t_last * 1e3:.0f} ms (x{t_first / t_last:.1f} faster); models.full_res_masks {t_frm * 1e3:.0f} ms, "
           f"with top-2 {t_frm2 * 1e3:.0f} ms")
 
-    from surgseg.inference import _write_mask
+    from PIL import Image
     with tempfile.TemporaryDirectory() as d:
-        t_w = timeit(lambda: write_mask(Path(d) / "m.png", m), 3)
         k = iter(range(100))
-        t_f = timeit(lambda: _write_mask(Path(d) / f"f{next(k)}.png", m), 3)  # what the predict writers use
-    print(f"1080x1920 mask PNG: core.write_mask (PIL, zlib 6) {t_w * 1e3:.0f} ms, inference._write_mask (OpenCV, zlib 1 + RLE) "
-          f"{t_f * 1e3:.0f} ms")
+        t_w = timeit(lambda: Image.fromarray(m, "L").save(Path(d) / f"p{next(k)}.png"), 3)  # PIL's default (zlib 6): the old writer
+        t_f = timeit(lambda: write_mask(Path(d) / f"f{next(k)}.png", m), 3)                # core.write_mask: OpenCV, zlib 1 + RLE
+    print(f"1080x1920 mask PNG: PIL default (zlib 6) {t_w * 1e3:.0f} ms, core.write_mask (OpenCV, zlib 1 + RLE) {t_f * 1e3:.0f} ms")
 
     from surgseg.models import build_model
     cfg = Config(model="unet", encoder="resnet18", weights="none", resolution=0.5)

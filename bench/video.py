@@ -67,9 +67,10 @@ def _old_png(path, rgb):
 
 
 # the functions predict_video calls for each output; an older checkout falls back to what it used
-write_mask_png = getattr(inference, "_write_mask", lambda p, m: write_mask(p, m, False))
-blend = getattr(inference, "_blend", overlay)
-write_png = getattr(inference, "_png", _old_png)
+import surgseg.core as _core
+write_mask_png = getattr(inference, "_write_mask", lambda p, m: write_mask(p, m, False))     # core.write_mask since the writers moved to core
+blend = getattr(inference, "_blend", overlay)                                              # core.overlay (fast path) since then
+write_png = getattr(inference, "_png", getattr(_core, "write_png", _old_png))
 
 
 def make_video(folder: Path, frames: int) -> Path:

@@ -371,7 +371,7 @@ def predict_video_args(p):
     add(p, "start", "first second of the video to segment", 0.0, type=float)
     add(p, "end", "second at which to stop (exclusive) (default: the end of the video)", type=float)
     add(p, "masks", "write OUT/masks/{frame:09d}.png", True, action=BoolFlag)
-    add(p, "overlays", "write the per-frame overlay PNGs", True, action=BoolFlag)
+    add(p, "overlays", "also write one overlay PNG per segmented frame (the overlay video shows the same)", False, action=BoolFlag)
     add(p, "overlay_video", "write OUT/NAME_overlay.mp4", True, action=BoolFlag)
     add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True, action=BoolFlag)
     add(p, "alpha", "overlay opacity", 0.5, type=float)

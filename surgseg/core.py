@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f51a55c7
 from __future__ import annotations
-import contextlib, dataclasses, importlib, json, logging, math, multiprocessing, os, pickle, re, secrets, shutil, socket, tempfile, time, warnings, zlib
+import contextlib, dataclasses, functools, importlib, json, logging, math, multiprocessing, os, pickle, re, secrets, shutil, socket, tempfile, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, asdict
 from datetime import datetime
@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 __all__ = ['CLASSES', 'NUM_CLASSES', 'CLASS_NAMES', 'PALETTE', 'REAL_PIXEL_SHARE', 'REAL_FRAME_PRESENCE', 'VIDEO_FPS',
            'MASK_STEP', 'log', 'PRECISIONS', 'TRACKERS', 'REGISTERED', 'CONFIG_SECTIONS', 'SurgsegError', 'SegClass',
            'colorize', 'overlay', 'plot_legend', 'atomic_write', 'clean_partials', 'atomic_folder', 'output_lock',
-           'read_mask', 'write_mask', 'read_rgb', 'default_workers', 'die_with_parent', 'parallel_map', 'parse_bool',
-           'register_choices', 'choices', 'Config', 'read_yaml', 'save_config', 'load_config', 'get_device',
-           'surgseg_home', 'default_data_dir']
+           'read_mask', 'write_png', 'write_mask', 'read_rgb', 'default_workers', 'die_with_parent', 'parallel_map',
+           'parse_bool', 'register_choices', 'choices', 'Config', 'read_yaml', 'save_config', 'load_config',
+           'get_device', 'surgseg_home', 'default_data_dir']
 
 # %% ../nbs/00_core.ipynb #9df6d361
 class SurgsegError(Exception):
@@ -57,16 +57,37 @@ def colorize(mask: np.ndarray,  # (H, W) integer class ids
     "Colour a mask with the class palette."
     return PALETTE[np.asarray(mask).clip(0, NUM_CLASSES - 1)]
 
+def _overlay_np(image, mask, alpha):
+    "The definition: round((1 - alpha) * pixel + alpha * colour) on instrument pixels, in float32."
+    out = image.astype(np.float32)
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(mask)[fg]
+    return out.round().astype(np.uint8)
+
+def _overlay_cv(image, mask, alpha):
+    "The same blend by OpenCV: palette look-up, weighted sum, background copied back (10x faster at 1080p)."
+    import cv2
+    lut = np.zeros((256, 1, 3), np.uint8); lut[:NUM_CLASSES, 0] = PALETTE
+    out = cv2.addWeighted(image, 1 - alpha, cv2.LUT(cv2.merge([mask, mask, mask]), lut), alpha, 0)
+    np.copyto(out, image, where=(mask == 0)[..., None])
+    return out
+
+@functools.lru_cache(maxsize=64)
+def _overlay_cv_exact(alpha: float) -> bool:
+    "Whether OpenCV's blend equals the definition at this opacity, checked on every (pixel value, class, channel)."
+    x = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], NUM_CLASSES, 1).repeat(3, 2)  # (256, 10, 3)
+    m = np.tile(np.arange(NUM_CLASSES, dtype=np.uint8), (256, 1))                                # (256, 10)
+    return bool((_overlay_cv(x, m, alpha) == _overlay_np(x, m, alpha)).all())
+
 def overlay(image: np.ndarray,  # (H, W, 3) uint8 RGB frame
             mask: np.ndarray,   # (H, W) class ids, same size
             alpha: float = 0.5, # opacity of the colours over instrument pixels
            ) -> np.ndarray:     # (H, W, 3) uint8 RGB
     "Blend the coloured mask over the frame; background pixels stay untouched."
     if image.shape[:2] != mask.shape: raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-    out = image.astype(np.float32)
-    fg = mask > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(mask)[fg]
-    return out.round().astype(np.uint8)
+    if image.dtype == np.uint8 and mask.dtype == np.uint8 and image.ndim == 3 and _overlay_cv_exact(float(alpha)):
+        return _overlay_cv(np.ascontiguousarray(image), np.ascontiguousarray(mask), float(alpha))
+    return _overlay_np(image, mask, alpha)
 
 # %% ../nbs/00_core.ipynb #ced12865
 def plot_legend(ax=None, classes=CLASSES[1:]):
@@ -248,15 +269,27 @@ def read_mask(path: str | Path,           # PNG file
         raise SurgsegError(f"{path}: value {int(arr.max())} is not a class id (0..{NUM_CLASSES - 1})")
     return arr
 
+def write_png(path: str | Path,    # destination .png
+              image: np.ndarray,   # uint8 (H, W) grey or (H, W, 3) RGB
+              overwrite: bool = True):
+    "Write an 8-bit PNG atomically with OpenCV's fastest lossless settings (zlib level 1, run-length): 5x PIL's default at 1080p."
+    import cv2
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3): raise ValueError(f"{path}: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image,
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok: raise SurgsegError(f"{path}: PNG encoding failed")
+    with atomic_write(path, overwrite) as tmp: tmp.write_bytes(buf.tobytes())
+
 def write_mask(path: str | Path,  # destination .png
                mask: np.ndarray,  # (H, W) class ids 0..9
                overwrite: bool = True):
-    "Write a mask as an 8-bit grayscale PNG, atomically."
+    "Write a mask as an 8-bit grayscale PNG (the official format), atomically."
     mask = np.asarray(mask)
     if mask.ndim != 2: raise ValueError(f"{path}: mask must be 2-D, got shape {mask.shape}")
     if mask.size and (mask.min() < 0 or mask.max() >= NUM_CLASSES):
         raise ValueError(f"{path}: mask values must be 0..{NUM_CLASSES - 1}")
-    with atomic_write(path, overwrite) as tmp: Image.fromarray(mask.astype(np.uint8), "L").save(tmp, format="PNG")
+    write_png(path, mask.astype(np.uint8, copy=False), overwrite)
 
 def read_rgb(path: str | Path) -> np.ndarray:
     "Read an image as (H, W, 3) uint8 RGB, raising `SurgsegError` naming the file if unreadable."

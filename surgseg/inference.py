@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_inference.ipynb #15b7f3e4
 from __future__ import annotations
-import collections, contextlib, functools, math, queue, threading
+import collections, contextlib, math, queue, threading
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import (CLASSES, PALETTE, Config, SurgsegError, atomic_folder, atomic_write, get_device, output_lock, overlay,
+from .core import (CLASSES, PALETTE, Config, SurgsegError, atomic_folder, get_device, output_lock, overlay, write_mask, write_png,
                           read_rgb)
 from .data import build_transforms, find_videos, png_complete, probe_video, read_frames, target_frames
 import cv2
@@ -292,51 +292,6 @@ def new_output(out: str | Path,  # the output folder to create: must not exist o
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out), atomic_folder(out) as tmp: yield tmp
 
-# %% ../nbs/08_inference.ipynb #fa57a002
-_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # zlib 1, run-length
-_PALETTE_LUT = np.zeros((256, 1, 3), np.uint8); _PALETTE_LUT[:len(PALETTE), 0] = PALETTE          # class id -> RGB colour
-
-def _png(path: Path,          # destination .png (must not exist)
-         image: np.ndarray,   # uint8 (H, W) grey or (H, W, 3) RGB
-        ):
-    "Write an 8-bit PNG atomically with OpenCV's fastest settings (zlib level 1, run-length strategy)."
-    if image.ndim == 3: image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image, _PNG_FAST)
-    if not ok: raise SurgsegError(f"{path}: PNG encoding failed")
-    with atomic_write(path, overwrite=False) as tmp: tmp.write_bytes(buf.tobytes())
-
-def _write_mask(path: Path,        # destination .png (must not exist)
-                mask: np.ndarray,  # (H, W) uint8 class ids 0..9
-               ):
-    "Write a predicted mask as an 8-bit single-channel PNG (the official format), fast; the checks of `core.write_mask`."
-    mask = np.asarray(mask)
-    if mask.ndim != 2: raise ValueError(f"{path}: mask must be 2-D, got shape {mask.shape}")
-    if mask.size and (mask.min() < 0 or mask.max() >= len(CLASSES)): raise ValueError(f"{path}: mask values must be 0..{len(CLASSES) - 1}")
-    _png(path, mask.astype(np.uint8, copy=False))
-
-def _blend_cv(image: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
-    "The overlay by OpenCV: palette look-up, weighted sum, background copied back."
-    colours = cv2.LUT(cv2.merge([mask, mask, mask]), _PALETTE_LUT)
-    out = cv2.addWeighted(image, 1 - alpha, colours, alpha, 0)
-    np.copyto(out, image, where=(mask == 0)[..., None])
-    return out
-
-@functools.lru_cache(maxsize=64)
-def _blend_exact(alpha: float) -> bool:
-    "Whether `_blend_cv` equals `core.overlay` at this opacity, checked on every (pixel value, class, channel)."
-    x = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], len(CLASSES), 1).repeat(3, 2)  # (256, 10, 3)
-    m = np.tile(np.arange(len(CLASSES), dtype=np.uint8), (256, 1))                              # (256, 10)
-    return bool((_blend_cv(x, m, alpha) == overlay(x, m, alpha)).all())
-
-def _blend(image: np.ndarray,  # (H, W, 3) uint8 RGB frame
-           mask: np.ndarray,   # (H, W) uint8 class ids
-           alpha: float = 0.5, # opacity of the colours over instrument pixels
-          ) -> np.ndarray:     # (H, W, 3) uint8 RGB: exactly `core.overlay(image, mask, alpha)`
-    "`core.overlay`, fast: by OpenCV where that gives the same pixels at this opacity, else `core.overlay` itself."
-    if mask.dtype == np.uint8 and image.dtype == np.uint8 and image.shape[:2] == mask.shape and _blend_exact(float(alpha)):
-        return _blend_cv(np.ascontiguousarray(image), np.ascontiguousarray(mask), float(alpha))
-    return overlay(image, mask, alpha)
-
 # %% ../nbs/08_inference.ipynb #39ddda7b
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -357,11 +312,11 @@ def _writer(workers: int = 2) -> ThreadPoolExecutor: return ThreadPoolExecutor(m
 
 def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, alpha: float):
     "Blend the mask over the frame and write the overlay PNG."
-    _png(path, _blend(image, mask, alpha))
+    write_png(path, overlay(image, mask, alpha), overwrite=False)
 
 def _write_outputs(pool, futures, out, name, image, mask, overlays, alpha):
     "Queue the mask (and overlay) PNGs of one frame for writing."
-    futures.append(pool.submit(_write_mask, out / "masks" / f"{name}.png", mask))
+    futures.append(pool.submit(write_mask, out / "masks" / f"{name}.png", mask, False))
     if overlays: futures.append(pool.submit(_save_overlay, out / "overlays" / f"{name}.png", image, mask, alpha))
 
 def _drain(futures):
@@ -465,8 +420,8 @@ def _frame_range(video: Path, n_frames: int, fps: float, every: int, start: floa
 
 def _overlay_frame(vw, tmp: Path, n: int, im: np.ndarray, mask: np.ndarray, alpha: float, pngs: bool, legend: bool):
     "The overlay of one frame: its PNG (no legend) and the overlay video's frame (with the legend); one thread, in order."
-    ov = _blend(im, mask, alpha)
-    if pngs: _png(tmp / "overlays" / f"{n:09d}.png", ov)
+    ov = overlay(im, mask, alpha)
+    if pngs: write_png(tmp / "overlays" / f"{n:09d}.png", ov, overwrite=False)
     if vw is not None: vw.write(draw_legend(ov) if legend else ov)
 
 def predict_video(predictor: Predictor,     # the model (its `smooth` setting smooths over consecutive segmented frames)
@@ -498,7 +453,7 @@ def predict_video(predictor: Predictor,     # the model (its `smooth` setting sm
         try:
             for n, im, mask in predictor.predict_stream(read_frames(video, frames), total=len(frames), desc=video.name,
                                                         progress=progress):
-                if masks: futures.append(pool.submit(_write_mask, tmp / "masks" / f"{n:09d}.png", mask))
+                if masks: futures.append(pool.submit(write_mask, tmp / "masks" / f"{n:09d}.png", mask, False))
                 if overlays or vw is not None:
                     futures.append(enc.submit(_overlay_frame, vw, tmp, n, im, mask, alpha, overlays, legend))
                 if len(futures) > 64: _drain(futures[:32]); del futures[:32]
@@ -557,7 +512,7 @@ def predict_split(predictor,                 # a `Predictor`, or a run or checkp
         futures = []
         for (v, f, _), _, mask in p.predict_stream(split_frames(videos), total=total, desc="predict", progress=progress,
                                               smooth=0):  # annotated frames are a second apart: never smoothed
-            futures.append(pool.submit(_write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask))
+            futures.append(pool.submit(write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False))
             if len(futures) > 64: _drain(futures[:32]); del futures[:32]
         _drain(futures)
     return out

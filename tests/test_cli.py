@@ -115,7 +115,7 @@ def test_boolean_pairs():
     p = parser("predict")
     assert [p.parse_args(base + f).tta for f in ([], ["--tta"], ["--no-tta"], ["--no_tta"])] == [None, True, False, False]
     v = parser("predict-video")
-    assert [v.parse_args(["x.mp4", "--checkpoint", "c", "--out", "o"] + f).overlays for f in ([], ["--no-overlays"])] == [True, False]
+    assert [v.parse_args(["x.mp4", "--checkpoint", "c", "--out", "o"] + f).overlays for f in ([], ["--overlays"], ["--no-overlays"])] == [False, True, False]
     assert [parse_train(*f).tta for f in ([], ["--tta"], ["--no-tta"], ["--tta", "false"], ["--tta", "yes"])] == \
            [False, True, False, False, True]
     assert parse_train("--augment", "off").augment is False and parse_train("--no-augment").augment is False
