@@ -39,6 +39,13 @@ run), untrained default model at 960x540, batch 4. "Default" = masks + overlay v
   time. Upsampling + argmax to 1080p alone (99-112 ms/frame, models.full_res_masks, kept as is so masks do not change)
   caps it at 0.88 with PyTorch; the overlay video adds 80 ms. With a free second core the work around the model
   (about 220 ms/frame) could hide behind the model's 800 ms; not measurable on this machine (the other core was busy).
+  Two idle cores (2026-12-02, after the writers moved to core; --threads 2, --frames 24, load 0.4 before):
+    PyTorch:     bare model 2.56 frames/s (390 ms/frame); default outputs 1.94 frames/s, ratio 0.76 (sequential pass
+                 576 ms/frame, model share 70 %: upsample+argmax 79 ms, overlay video 49, mask PNG 20, overlay 17);
+                 every output ratio 0.71
+    onnxruntime: bare model 4.12 frames/s; default ratio 0.61; every output 0.53; 145 of 49,766,400 mask pixels differ.
+    With the model on both threads the stages around it still compete for the same two cores: the pipeline hides
+    about 60 ms of the 186 ms around the model, not all of it. 0.9 is not reached on this CPU.
   No GPU was available: GPU numbers were not measured.
 """
 import argparse, dataclasses, os, tempfile, time
