@@ -314,15 +314,20 @@ def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, alpha: float)
     "Blend the mask over the frame and write the overlay PNG."
     write_png(path, overlay(image, mask, alpha), overwrite=False)
 
-def _write_outputs(pool, futures, out, name, image, mask, overlays, alpha):
-    "Queue the mask (and overlay) PNGs of one frame for writing."
-    futures.append(pool.submit(write_mask, out / "masks" / f"{name}.png", mask, False))
-    if overlays: futures.append(pool.submit(_save_overlay, out / "overlays" / f"{name}.png", image, mask, alpha))
-
 def _drain(futures):
     "Wait for queued writes and re-raise the first error."
     for f in futures: f.result()
     futures.clear()
+
+def _submit(futures: list, pool, fn, *args):
+    "Queue a write on `pool`; past 64 pending, wait for the oldest 32 (memory stays bounded, errors surface early)."
+    futures.append(pool.submit(fn, *args))
+    if len(futures) > 64: _drain(futures[:32]); del futures[:32]
+
+def _write_outputs(pool, futures, out, name, image, mask, overlays, alpha):
+    "Queue the mask (and overlay) PNGs of one frame for writing."
+    _submit(futures, pool, write_mask, out / "masks" / f"{name}.png", mask, False)
+    if overlays: _submit(futures, pool, _save_overlay, out / "overlays" / f"{name}.png", image, mask, alpha)
 
 # %% ../nbs/08_inference.ipynb #7f1008a4
 def predict_images(predictor: Predictor,   # the model
@@ -339,7 +344,6 @@ def predict_images(predictor: Predictor,   # the model
         for name, im, mask in predictor.predict_stream(((f.stem, read_rgb(f)) for f in files),
                                                        total=len(files), desc="images", progress=progress):
             _write_outputs(pool, futures, tmp, name, im, mask, overlays, alpha)
-            if len(futures) > 64: _drain(futures[:32]); del futures[:32]
         _drain(futures)
     return [out / "masks" / f"{f.stem}.png" for f in files]
 
@@ -453,10 +457,8 @@ def predict_video(predictor: Predictor,     # the model (its `smooth` setting sm
         try:
             for n, im, mask in predictor.predict_stream(read_frames(video, frames), total=len(frames), desc=video.name,
                                                         progress=progress):
-                if masks: futures.append(pool.submit(write_mask, tmp / "masks" / f"{n:09d}.png", mask, False))
-                if overlays or vw is not None:
-                    futures.append(enc.submit(_overlay_frame, vw, tmp, n, im, mask, alpha, overlays, legend))
-                if len(futures) > 64: _drain(futures[:32]); del futures[:32]
+                if masks: _submit(futures, pool, write_mask, tmp / "masks" / f"{n:09d}.png", mask, False)
+                if overlays or vw is not None: _submit(futures, enc, _overlay_frame, vw, tmp, n, im, mask, alpha, overlays, legend)
             _drain(futures)
         finally:
             if vw is not None: enc.submit(vw.close).result()
@@ -512,7 +514,6 @@ def predict_split(predictor,                 # a `Predictor`, or a run or checkp
         futures = []
         for (v, f, _), _, mask in p.predict_stream(split_frames(videos), total=total, desc="predict", progress=progress,
                                               smooth=0):  # annotated frames are a second apart: never smoothed
-            futures.append(pool.submit(write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False))
-            if len(futures) > 64: _drain(futures[:32]); del futures[:32]
+            _submit(futures, pool, write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False)
         _drain(futures)
     return out

@@ -419,9 +419,9 @@ def fit(cfg: Config,    # every setting of the run
 # %% ../nbs/06_train.ipynb #de30c638
 _PARAM_HEAD = "# Every value None means: the value in the `config` YAML file if it sets one, else the Config default shown."
 
-def _param_line(name: str, typ: str, doc: str) -> str:
-    "One papermill parameter line: `name: type = None  # doc` (papermill's parser wants a plain type name and no `=` in the comment)."
-    return f"{name}: {typ} = None".ljust(31) + " # " + doc.replace(" = ", " means ")
+def _param_line(name: str, typ: str, doc: str, default: str = "None") -> str:
+    "One papermill parameter line: `name: type = default  # doc` (papermill's parser wants a plain type name and no `=` in the comment)."
+    return f"{name}: {typ} = {default}".ljust(31) + " # " + doc.replace(" = ", " means ")
 
 def papermill_parameters() -> str:
     "The text of this chapter's papermill `parameters` cell, generated from Config's fields, sections and docments."
@@ -434,7 +434,8 @@ def papermill_parameters() -> str:
             v = getattr(d, k)
             shown = " ".join(map(str, v)) if isinstance(v, list) else repr(v)
             lines.append(_param_line(k, types[k], f"{docs[k].docment} (default {shown})"))
-    lines += ["# this notebook", "score_untrained: bool = True".ljust(31) + " # also score the untrained model on validation before training (the study turns this off)"]
+    lines += ["# this notebook", _param_line("score_untrained", "bool", "also score the untrained model on validation before training "
+                                             "(the study turns this off)", "True")]
     return "\n".join(lines)
 
 # %% ../nbs/06_train.ipynb #96aefc38
