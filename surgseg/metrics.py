@@ -12,8 +12,11 @@ from scipy.spatial import cKDTree
 from .core import NUM_CLASSES, CLASS_NAMES
 
 # %% auto #0
-__all__ = ['BREAKDOWN_COLUMNS', 'BREAKDOWN_COLORS', 'check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points',
-           'surface_dice', 'frame_scores', 'ScoreAccumulator', 'class_breakdown', 'plot_breakdown', 'paired_bootstrap']
+__all__ = ['BREAKDOWN_COLUMNS', 'BREAKDOWN_COLORS', 'POPULATIONS', 'PAIRED_COLUMNS', 'COVERAGE_REGIMES', 'DETECTION_COLUMNS',
+           'check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points', 'surface_dice', 'frame_scores',
+           'ScoreAccumulator', 'class_breakdown', 'plot_breakdown', 'crossed_interval', 'score_pseudo_values',
+           'paired_differences', 'holm', 'adjust', 'detectable_effect', 'seeds_needed', 'simulate_coverage',
+           'presence_auroc', 'detection_table']
 
 # %% ../nbs/07_evaluation.ipynb #b29c9ed9
 def check_pair(pred: np.ndarray,  # (H, W) predicted class ids 0..9
@@ -250,53 +253,235 @@ def plot_breakdown(df: pd.DataFrame,  # a `class_breakdown` table
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     return ax
 
-# %% ../nbs/07_evaluation.ipynb #bb08948f
+# %% ../nbs/07_evaluation.ipynb #663549ad
+from scipy import stats
 from .core import SurgsegError
 
-def _grid(df, col, configs, seeds, videos, keys):
-    "(configs, seeds, videos) array of one column; every combination must be there exactly once."
-    g = df.set_index(list(keys))[col]
-    if g.index.duplicated().any():
-        raise SurgsegError(f"paired_bootstrap: {tuple(g.index[g.index.duplicated()][0])} appears twice in the table")
-    full = pd.MultiIndex.from_product([configs, seeds, videos])
-    if len(absent := full.difference(g.index)):
-        raise SurgsegError(f"paired_bootstrap: no row for {keys} = {tuple(absent[0])}: every configuration needs every seed and video")
-    return g.reindex(full).to_numpy(float).reshape(len(configs), len(seeds), len(videos))
+POPULATIONS = ("videos", "seeds")
 
-def paired_bootstrap(df: pd.DataFrame,       # one row per configuration x seed x test video (x group), with the value columns
-                     values,                 # column(s) to compare; "score": the official score from the miou and mnsd columns
-                     baseline,               # the configuration the others are compared with
-                     n: int = 10000,         # bootstrap resamples
-                     seed: int = 0,          # seed of the resampling
-                     level: float = 0.95,    # coverage of the percentile interval
-                     by: str | None = None,  # a column (e.g. "class") to compare within each of its values
-                     config_col: str = "config", seed_col: str = "seed", video_col: str = "video",  # column names
-                    ) -> pd.DataFrame:       # one row per ([by], config, value): diff, low, high, n_seeds, n_videos
-    "Paired differences to `baseline` with a hierarchical bootstrap interval: resample seeds, then test videos within each."
+def _combine(ms_s, ms_v, ms_e, S, V, population):
+    "Variance of the mean difference and its Satterthwaite degrees of freedom from the two-way mean squares."
+    if population == "seeds" or V == 1:
+        return ms_s / (S * V), np.full(np.shape(ms_s), float(S - 1))
+    if S == 1:
+        return ms_v / V, np.full(np.shape(ms_v), float(V - 1))
+    a_s = (ms_s > ms_e).astype(float)  # a seed component estimated at zero drops out
+    a_v = (ms_v > ms_e).astype(float)
+    terms = [a_s * ms_s, a_v * ms_v, (1 - a_s - a_v) * ms_e]
+    dfs = [S - 1, V - 1, (S - 1) * (V - 1)]
+    total = sum(terms)
+    den = sum(t ** 2 / f for t, f in zip(terms, dfs))
+    df = np.divide(total ** 2, den, out=np.full(np.shape(total), float(S * V - 1)), where=den > 0)
+    return total / (S * V), df
+
+# %% ../nbs/07_evaluation.ipynb #a49fe50d
+def crossed_interval(d: np.ndarray,              # (..., seeds, videos) paired differences (configuration minus baseline)
+                     population: str = "videos", # "videos": new seeds on new test videos; "seeds": new seeds, these videos
+                     level: float = 0.95,        # two-sided coverage of the interval
+                    ) -> dict:                   # arrays over the leading axes (see the keys)
+    "Mean paired difference of a crossed seed x video design, its t interval (random effects, Satterthwaite) and p-value."
+    if population not in POPULATIONS:
+        raise SurgsegError(f"population {population!r}: choose from {', '.join(POPULATIONS)}")
+    d = np.asarray(d, float)
+    S, V = d.shape[-2:]
+    if population == "seeds" and S < 2:
+        raise SurgsegError("crossed_interval: population='seeds' needs at least two seeds")
+    m = d.mean((-2, -1))
+    r, c = d.mean(-1), d.mean(-2)
+    ms_s = V * ((r - m[..., None]) ** 2).sum(-1) / max(S - 1, 1)
+    ms_v = S * ((c - m[..., None]) ** 2).sum(-1) / max(V - 1, 1)
+    e = d - r[..., :, None] - c[..., None, :] + m[..., None, None]
+    ms_e = (e ** 2).sum((-2, -1)) / max((S - 1) * (V - 1), 1)
+    var, df = _combine(ms_s, ms_v, ms_e, S, V, population)
+    se = np.sqrt(var)
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    tstat = np.divide(np.abs(m), se, out=np.where(m == 0, 0.0, np.inf), where=se > 0)
+    return dict(diff=m, se=se, df=df, low=m - half, high=m + half, p=2 * stats.t.sf(tstat, df),
+                var_seed=np.maximum(0, (ms_s - ms_e) / V) if S > 1 else np.full(np.shape(m), np.nan),
+                var_video=np.maximum(0, (ms_v - ms_e) / S) if V > 1 else np.full(np.shape(m), np.nan),
+                var_resid=ms_e if S > 1 and V > 1 else np.full(np.shape(m), np.nan), n_seeds=S, n_videos=V)
+
+# %% ../nbs/07_evaluation.ipynb #b6e5f653
+def score_pseudo_values(miou: np.ndarray,  # (..., videos) per-video mIoU of a run
+                        mnsd: np.ndarray,  # (..., videos) per-video mNSD of the same run
+                       ) -> np.ndarray:    # (..., videos) contributions whose mean is the run's official score
+    "Per-video linearisation of the official score sqrt(mean mIoU x mean mNSD): their mean is exactly the score."
+    miou, mnsd = np.asarray(miou, float), np.asarray(mnsd, float)
+    M, N = miou.mean(-1, keepdims=True), mnsd.mean(-1, keepdims=True)
+    score = np.sqrt(M * N)
+    return np.divide(N * miou + M * mnsd, 2 * score, out=np.zeros(np.broadcast_shapes(miou.shape, score.shape)),
+                     where=score > 0)
+
+# %% ../nbs/07_evaluation.ipynb #6b8e2e9e
+def _grid(df, col, config, seeds, videos, keys):
+    "(seeds, videos) array of one column of one configuration; every combination must be there exactly once."
+    part = df[df[keys[0]] == config].set_index(list(keys[1:]))[col]
+    if part.index.duplicated().any():
+        raise SurgsegError(f"paired_differences: {config!r}, {tuple(part.index[part.index.duplicated()][0])} "
+                           "appears twice in the table")
+    full = pd.MultiIndex.from_product([seeds, videos])
+    if len(absent := full.difference(part.index)):
+        raise SurgsegError(f"paired_differences: no row for {config!r} with {keys[1:]} = {tuple(absent[0])}: "
+                           "every run needs every test video")
+    return part.reindex(full).to_numpy(float).reshape(len(seeds), len(videos))
+
+def _values_of(df, v, config, seeds, videos, keys):
+    "(seeds, videos) values to difference: the column, or for 'score' the pseudo-values of miou and mnsd."
+    if v != "score": return _grid(df, v, config, seeds, videos, keys)
+    return score_pseudo_values(*(_grid(df, c, config, seeds, videos, keys) for c in ("miou", "mnsd")))
+
+# %% ../nbs/07_evaluation.ipynb #b91fd36d
+PAIRED_COLUMNS = ["config", "value", "diff", "se", "df", "low", "high", "p", "n_seeds", "n_videos",
+                  "var_seed", "var_video", "var_resid"]
+
+def paired_differences(df: pd.DataFrame,          # one row per configuration x seed x test video (x group)
+                       values,                    # column(s) to compare; "score": the official score from miou and mnsd
+                       baseline,                  # the configuration the others are compared with
+                       population: str = "videos",# "videos" (new runs on new operations) or "seeds" (these test videos)
+                       level: float = 0.95,       # coverage of each interval (before any multiplicity adjustment)
+                       by: str | None = None,     # a column (e.g. "class") to compare within each of its values
+                       config_col: str = "config", seed_col: str = "seed", video_col: str = "video",  # column names
+                      ) -> pd.DataFrame:          # one row per ([by], config, value), columns `PAIRED_COLUMNS`
+    "Paired differences to `baseline` on the seeds both share, with `crossed_interval`'s intervals."
+    if population not in POPULATIONS:
+        raise SurgsegError(f"population {population!r}: choose from {', '.join(POPULATIONS)}")
     values = [values] if isinstance(values, str) else list(values)
     keys = (config_col, seed_col, video_col)
-    for c in [*keys, *([by] if by else [])]:
-        if c not in df.columns: raise SurgsegError(f"paired_bootstrap: the table has no column {c!r}")
-    if baseline not in set(df[config_col]): raise SurgsegError(f"paired_bootstrap: baseline {baseline!r} is not in column {config_col!r}")
-    configs = [baseline] + sorted(set(df[config_col]) - {baseline}, key=str)
-    seeds, videos = sorted(set(df[seed_col])), sorted(set(df[video_col]))
-    S, V = len(seeds), len(videos)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, S, (n, S))                                   # seeds drawn, with replacement
-    w = rng.multinomial(V, np.full(V, 1 / V), size=(n, S)) / V         # then each draw's videos: weights summing to 1
-    def boot(x):  # (S, V) -> (n + 1, S) video means per drawn seed; row 0: the data as observed
-        return np.concatenate([x.mean(1)[None], np.einsum("nsv,nsv->ns", x[pick], w)])
+    for col in [*keys, *([by] if by else [])]:
+        if col not in df.columns: raise SurgsegError(f"paired_differences: the table has no column {col!r}")
+    for v in values:
+        for col in (["miou", "mnsd"] if v == "score" else [v]):
+            if col not in df.columns: raise SurgsegError(f"paired_differences: the table has no column {col!r}")
+    configs = list(dict.fromkeys(df[config_col]))
+    if baseline not in configs:
+        raise SurgsegError(f"paired_differences: baseline {baseline!r} is not in column {config_col!r}")
     rows = []
     for group, part in (df.groupby(by, sort=True) if by else [(None, df)]):
-        for v in values:
-            cols = ["miou", "mnsd"] if v == "score" else [v]
-            lacking = [c for c in cols if c not in df.columns]
-            if lacking: raise SurgsegError(f"paired_bootstrap: the table has no column {lacking[0]!r}")
-            means = [[boot(x) for x in _grid(part, c, configs, seeds, videos, keys)] for c in cols]  # per column, per config
-            per_config = [np.sqrt(a * b) for a, b in zip(*means)] if v == "score" else means[0]
-            for name, m in zip(configs[1:], per_config[1:]):
-                d = (m - per_config[0]).mean(1)                          # mean over drawn seeds of the paired difference
-                lo, hi = np.quantile(d[1:], [(1 - level) / 2, (1 + level) / 2])
-                rows.append({**({by: group} if by else {}), "config": name, "value": v, "diff": d[0], "low": lo, "high": hi,
-                             "n_seeds": S, "n_videos": V})
-    return pd.DataFrame(rows, columns=[*([by] if by else []), "config", "value", "diff", "low", "high", "n_seeds", "n_videos"])
+        videos = sorted(set(part[video_col]))
+        seeds_of = part.groupby(config_col)[seed_col].agg(lambda s: set(s))
+        for name in [c for c in configs if c != baseline]:
+            seeds = sorted(seeds_of[name] & seeds_of[baseline])
+            if not seeds: raise SurgsegError(f"paired_differences: {name!r} shares no seed with the baseline {baseline!r}")
+            for v in values:
+                d = _values_of(part, v, name, seeds, videos, keys) - _values_of(part, v, baseline, seeds, videos, keys)
+                r = crossed_interval(d, population if len(seeds) > 1 or population == "videos" else "videos", level)
+                rows.append({**({by: group} if by else {}), "config": name, "value": v,
+                             **{k: (float(r[k]) if np.ndim(r[k]) == 0 else r[k]) for k in PAIRED_COLUMNS[2:]}})
+    return pd.DataFrame(rows, columns=[*([by] if by else []), *PAIRED_COLUMNS])
+
+# %% ../nbs/07_evaluation.ipynb #400ef540
+def holm(p) -> np.ndarray:  # Holm-adjusted p-values (same order as `p`)
+    "Holm's step-down adjusted p-values (monotone, capped at 1); NaN entries stay NaN and do not count."
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+def adjust(table: pd.DataFrame,           # rows of `paired_differences` forming one family
+           level: float = 0.95,           # family-wise coverage
+          ) -> pd.DataFrame:              # a copy with p_holm, low_adj, high_adj and real (Holm rejects at 1 - level)
+    "Holm adjustment of a family of paired comparisons, with intervals that exclude zero exactly when Holm rejects."
+    t = table.copy()
+    alpha = 1 - level
+    t["p_holm"] = holm(t["p"])
+    order = np.argsort(t["p"].to_numpy(), kind="stable")
+    m = len(t)
+    rejected = t["p"].to_numpy()[order] <= alpha / (m - np.arange(m))
+    stop = int(np.argmin(rejected)) if not rejected.all() else m  # the first rank not rejected
+    a = np.empty(m)
+    a[order] = alpha / (m - np.minimum(np.arange(m), stop))
+    half = stats.t.ppf(1 - a / 2, t["df"]) * t["se"]
+    t["low_adj"], t["high_adj"] = t["diff"] - half, t["diff"] + half
+    t["real"] = (t["low_adj"] > 0) | (t["high_adj"] < 0)
+    return t
+
+# %% ../nbs/07_evaluation.ipynb #50bd2560
+def detectable_effect(var_seed: float, var_video: float, var_resid: float,  # variance components (`paired_differences`)
+                      n_seeds: int, n_videos: int,   # the design to plan for
+                      population: str = "videos",    # as in `crossed_interval`
+                      level: float = 0.95, power: float = 0.8,  # two-sided test level and the power wanted
+                     ) -> float:                     # the smallest true difference found with that power
+    "Smallest true paired difference that a crossed study of this size detects with the given power."
+    S, V = int(n_seeds), int(n_videos)
+    ms_s, ms_v = var_resid + V * var_seed, var_resid + S * var_video  # expected mean squares
+    var, df = _combine(np.float64(ms_s), np.float64(ms_v), np.float64(var_resid), S, V, population)
+    df = max(float(df), 1.0)
+    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * np.sqrt(var))
+
+def seeds_needed(effect: float, var_seed: float, var_video: float, var_resid: float,  # |difference| and components
+                 n_videos: int, population: str = "videos", level: float = 0.95, power: float = 0.8,
+                 max_seeds: int = 1000,              # give up (return inf) beyond this
+                ) -> float:                          # seeds per configuration, or inf
+    "Seeds at which `effect` becomes detectable with the given power (inf when more seeds cannot get there)."
+    if not np.isfinite(effect) or effect == 0: return float("inf")
+    for S in range(2, max_seeds + 1):
+        if detectable_effect(var_seed, var_video, var_resid, S, n_videos, population, level, power) <= abs(effect):
+            return float(S)
+    return float("inf")
+
+# %% ../nbs/07_evaluation.ipynb #a14cc852
+COVERAGE_REGIMES = {  # standard deviations of the seed, video and residual terms of a paired difference
+    "seed-dominated": (0.03, 0.005, 0.01), "balanced": (0.02, 0.02, 0.02),
+    "video-dominated": (0.005, 0.03, 0.01), "no seed effect": (0.0, 0.02, 0.02)}
+
+def simulate_coverage(n_studies: int = 2000,           # simulated studies per regime and design
+                      seeds=(3, 10),                   # numbers of seeds to simulate
+                      n_videos: int = 10,              # test videos per study
+                      regimes: dict = COVERAGE_REGIMES,# name -> (sd seed, sd video, sd residual)
+                      effect: float = 0.02,            # the true mean paired difference
+                      level: float = 0.95,             # nominal coverage
+                      rng_seed: int = 0,               # seed of the simulation
+                     ) -> pd.DataFrame:                # regime, seeds, population, coverage, half_width (median)
+    "Coverage of `crossed_interval` for both populations on simulated crossed studies with a known effect."
+    rng, rows = np.random.default_rng(rng_seed), []
+    for name, (ss, sv, se) in regimes.items():
+        for S in seeds:
+            b = rng.normal(0, sv, (n_studies, 1, n_videos))
+            d = effect + rng.normal(0, ss, (n_studies, S, 1)) + b + rng.normal(0, se, (n_studies, S, n_videos))
+            for pop in POPULATIONS:
+                r = crossed_interval(d, pop, level)
+                truth = effect if pop == "videos" else effect + b.mean((1, 2))
+                rows.append(dict(regime=name, seeds=S, population=pop,
+                                 coverage=float(((r["low"] <= truth) & (truth <= r["high"])).mean()),
+                                 half_width=float(np.median(r["high"] - r["low"]) / 2)))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/07_evaluation.ipynb #a5a6727c
+def presence_auroc(evidence: np.ndarray,  # (frames,) a class's evidence per frame (e.g. its maximum probability)
+                   present: np.ndarray,   # (frames,) bool: the class is in the frame's ground truth
+                  ) -> float:             # P(evidence of a frame with the class > one without), ties half; NaN if one group is empty
+    "Frame-level presence AUROC of a class (Mann-Whitney, from ranks)."
+    x, y = np.asarray(evidence, float), np.asarray(present, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0: return float("nan")
+    r = stats.rankdata(x)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+# %% ../nbs/07_evaluation.ipynb #11b81cf1
+DETECTION_COLUMNS = ["class", "frames_present", "videos_present", "frames_absent", "miss_rate", "false_alarm_rate", "auroc"]
+
+def detection_table(frames: pd.DataFrame,           # a per-frame table (`compute()["frames"]`, per_frame_results.csv)
+                    evidence: pd.DataFrame | None = None,  # per frame: video, frame, p_1..p_9 (max probability per class)
+                   ) -> pd.DataFrame:               # one row per class 1..9 (index class_id), `DETECTION_COLUMNS`
+    "Per class: frames/videos containing it, miss and false-alarm rates over frames, and the presence AUROC."
+    lacking = [c for c in ["video", "frame", "missing", *_GT, *_PRED] if c not in frames.columns]
+    if lacking: raise ValueError(f"the frame table has no column {lacking[0]}")
+    f = frames
+    if evidence is not None:
+        f = frames.merge(evidence, on=["video", "frame"], how="left", validate="one_to_one")
+        if f[[f"p_{c}" for c in range(1, NUM_CLASSES)]].isna().any().any():
+            raise ValueError("detection_table: a scored frame has no evidence row (video, frame)")
+    gt, lost = f[_GT].to_numpy(bool), f["missing"].to_numpy(bool)[:, None]
+    pred = f[_PRED].to_numpy(bool) & ~lost
+    rows = []
+    for c in range(1, NUM_CLASSES):
+        g, p = gt[:, c - 1], pred[:, c - 1]
+        rows.append(dict(class_id=c, **{"class": CLASS_NAMES[c]}, frames_present=int(g.sum()),
+                         videos_present=int(f.loc[g, "video"].nunique()), frames_absent=int((~g).sum()),
+                         miss_rate=float((g & ~p).sum() / g.sum()) if g.any() else np.nan,
+                         false_alarm_rate=float((~g & p).sum() / (~g).sum()) if (~g).any() else np.nan,
+                         auroc=presence_auroc(f[f"p_{c}"], g) if evidence is not None else np.nan))
+    return pd.DataFrame(rows).set_index("class_id")[DETECTION_COLUMNS]

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from surgseg.core import write_mask, SurgsegError
 from surgseg.metrics import (frame_scores, ScoreAccumulator, edge_points, mask_edges, surface_dice, class_breakdown,
-                             plot_breakdown, paired_bootstrap, BREAKDOWN_COLUMNS)
+                             plot_breakdown, BREAKDOWN_COLUMNS, crossed_interval, paired_differences, adjust,
+                             detectable_effect, seeds_needed, simulate_coverage, presence_auroc, detection_table)
 from surgseg.evaluate import evaluate, check_predictions, PredictionFolderError
 
 C = 10  # class ids 0..9, scored: 1..9
@@ -393,53 +394,121 @@ def test_breakdown_per_video_averages_to_the_breakdown():
     np.testing.assert_allclose(pv.set_index(["video", "class_id"]).iou.unstack().to_numpy(), r["per_video_iou"].to_numpy(), atol=1e-15)
 
 
-# ---------------------------------------------------------------- paired differences: the hierarchical bootstrap
+# ---------------------------------------------------------------- paired differences in a crossed seed x video design
 def study_table(diff, configs=("base", "new"), seeds=2, videos=5):
     "A table of configurations x seeds x videos whose value x differs from the baseline by diff(seed, video)."
     return pd.DataFrame([dict(config=c, seed=s, video=f"video_{41 + v}", x=0.5 + (diff(s, v) if c != "base" else 0.0))
                          for c in configs for s in range(seeds) for v in range(videos)])
 
-def test_bootstrap_literal_intervals():
-    # all variation between 2 seeds (0 and 2): resampled means 0, 1, 2 with chances 1/4, 1/2, 1/4 -> [0, 2]
-    t = paired_bootstrap(study_table(lambda s, v: 2.0 * s), "x", "base")
-    assert t[["config", "value", "diff", "low", "high", "n_seeds", "n_videos"]].iloc[0].tolist() == ["new", "x", 1.0, 0.0, 2.0, 2, 5]
-    # one seed, two videos (0 and 1) -> [0, 1]
-    t = paired_bootstrap(study_table(lambda s, v: float(v), seeds=1, videos=2), "x", "base")
-    assert t[["diff", "low", "high"]].iloc[0].tolist() == [0.5, 0.0, 1.0]
-    # the same difference everywhere: no spread
-    t = paired_bootstrap(study_table(lambda s, v: -0.25), "x", "base")
-    assert t[["diff", "low", "high"]].iloc[0].tolist() == pytest.approx([-0.25] * 3, abs=1e-15)
 
-def test_bootstrap_is_hierarchical_and_reproducible():
-    # 3 seeds x 20 videos; the seeds differ a lot, the videos within a seed little
-    rng = np.random.default_rng(0); seed_eff = [0.0, 0.1, 0.2]; noise = rng.normal(0, 0.01, (3, 20))
-    t = study_table(lambda s, v: seed_eff[s] + noise[s, v], seeds=3, videos=20)
-    a, b = paired_bootstrap(t, "x", "base", seed=1), paired_bootstrap(t, "x", "base", seed=1)
-    pd.testing.assert_frame_equal(a, b)
-    assert not paired_bootstrap(t, "x", "base", seed=2).equals(a)
-    assert a["diff"].iloc[0] == pytest.approx(0.1 + noise.mean(), abs=1e-12)
-    # the seed level dominates: the interval spans most of [0, 0.2] (a flat resample of 60 pairs would give ~±0.02)
-    assert a.low.iloc[0] < 0.04 and a.high.iloc[0] > 0.16
-    # the seed draw and the video draw are independent of the data: a shifted table shifts the interval exactly
-    s = t.assign(x=np.where(t.config == "new", t.x + 1.0, t.x))
-    np.testing.assert_allclose(paired_bootstrap(s, "x", "base", seed=1)[["diff", "low", "high"]].to_numpy(),
-                               a[["diff", "low", "high"]].to_numpy() + 1.0, atol=1e-12)
+def test_coverage_simulation_is_nominal():
+    # >= 1,000 simulated studies per cell: 3 and 10 seeds, 10 videos, four variance regimes, both populations
+    cov = simulate_coverage(n_studies=2000, seeds=(3, 10), n_videos=10, rng_seed=1)
+    assert len(cov) == 4 * 2 * 2
+    bad = cov[~cov.coverage.between(0.93, 0.97)]
+    assert bad.empty, bad
 
-def test_bootstrap_score_groups_and_errors():
+
+def test_crossed_interval_equals_paired_t_for_these_videos():
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.02, 0.03, (4, 1)) + rng.normal(0, 0.02, (1, 10)) + rng.normal(0, 0.01, (4, 10))
+    r = crossed_interval(d, "seeds")
+    per_seed = d.mean(1)
+    t = stats.ttest_1samp(per_seed, 0)
+    assert r["p"] == pytest.approx(t.pvalue) and r["df"] == 3
+    half = stats.t.ppf(0.975, 3) * per_seed.std(ddof=1) / 2
+    assert (r["low"], r["high"]) == pytest.approx((per_seed.mean() - half, per_seed.mean() + half))
+    # about new videos too: the video term counts, so it is not narrower (up to the t quantile of its larger df)
+    v = crossed_interval(d, "videos")
+    assert v["se"] >= r["se"] and v["df"] >= r["df"]
+    assert v["high"] - v["low"] >= 0.8 * (r["high"] - r["low"])
+
+
+def test_smoke_study_primary_interval_vs_paired_t_on_scores():
+    # 4 seeds x 2 configurations: the interval about these videos is the paired t on per-seed official scores
+    # (within 20%), the one about new videos is wider
+    rng = np.random.default_rng(5)
+    rows = []
+    vid = rng.normal(0, 0.05, 10)
+    for c, mu in (("base", 0.0), ("new", 0.02)):
+        for s in range(4):
+            a = rng.normal(0, 0.02)
+            for v in range(10):
+                rows.append(dict(config=c, seed=s, video=v, miou=0.6 + mu + a + vid[v] + rng.normal(0, 0.01),
+                                 mnsd=0.7 + mu + vid[v] + rng.normal(0, 0.01)))
+    df = pd.DataFrame(rows)
+    sc = df.groupby(["config", "seed"]).apply(lambda g: math.sqrt(g.miou.mean() * g.mnsd.mean()), include_groups=False)
+    per_seed = (sc["new"] - sc["base"]).to_numpy()
+    t_half = stats.t.ppf(0.975, 3) * per_seed.std(ddof=1) / 2
+    these = paired_differences(df, "score", "base", population="seeds").iloc[0]
+    new = paired_differences(df, "score", "base").iloc[0]
+    assert these["diff"] == pytest.approx(per_seed.mean(), abs=1e-12)
+    assert (these.high - these.low) / 2 == pytest.approx(t_half, rel=0.2)
+    assert new.high - new.low >= 0.8 * (these.high - these.low) and new.se >= these.se
+
+
+def test_paired_differences_pairs_on_shared_seeds_and_errors():
+    more = study_table(lambda s, v: 0.1 * s, seeds=6)
+    few = study_table(lambda s, v: 0.05, configs=("other",), seeds=3)
+    t = paired_differences(pd.concat([more, few]), "x", "base").set_index("config")
+    assert t.n_seeds.to_dict() == {"new": 6, "other": 3}
+    assert t.loc["other", "diff"] == pytest.approx(0.05) and t.loc["other", "se"] == pytest.approx(0, abs=1e-12)
     rows = [dict(config=c, seed=s, video=v, miou=m, mnsd=0.8)
             for c, m in (("base", 0.5), ("b", 0.7), ("a", 0.6)) for s in range(2) for v in ("video_41", "video_42")]
-    t = paired_bootstrap(pd.DataFrame(rows), ["score", "miou"], "base", n=200)
-    assert t.config.tolist() == ["a", "b", "a", "b"] and t.value.tolist() == ["score", "score", "miou", "miou"]
-    assert t["diff"].tolist() == pytest.approx([math.sqrt(0.48) - math.sqrt(0.4), math.sqrt(0.56) - math.sqrt(0.4), 0.1, 0.2])
-    # by class: each class compared on its own rows
+    t = paired_differences(pd.DataFrame(rows), ["score", "miou"], "base")
+    assert t.config.tolist() == ["b", "b", "a", "a"] and t.value.tolist() == ["score", "miou", "score", "miou"]
+    assert t["diff"].tolist() == pytest.approx([math.sqrt(0.56) - math.sqrt(0.4), 0.2, math.sqrt(0.48) - math.sqrt(0.4), 0.1])
     long = pd.concat([study_table(lambda s, v, k=k: 0.1 * k).assign(class_id=k) for k in (6, 8)])
-    t = paired_bootstrap(long, "x", "base", by="class_id", n=500)
+    t = paired_differences(long, "x", "base", by="class_id")
     assert t.class_id.tolist() == [6, 8] and t["diff"].tolist() == pytest.approx([0.6, 0.8])
-    with pytest.raises(SurgsegError, match="baseline 'dice_ce'"): paired_bootstrap(long, "x", "dice_ce")
-    with pytest.raises(SurgsegError, match="every configuration needs every seed and video"):
-        paired_bootstrap(study_table(lambda s, v: 0).iloc[1:], "x", "base")
-    with pytest.raises(SurgsegError, match="appears twice"): paired_bootstrap(long, "x", "base")   # class rows without by=
-    with pytest.raises(SurgsegError, match="no column 'miss'"): paired_bootstrap(long, "miss", "base", by="class_id")
+    with pytest.raises(SurgsegError, match="baseline 'dice_ce'"): paired_differences(long, "x", "dice_ce")
+    with pytest.raises(SurgsegError, match="every run needs every test video"):
+        paired_differences(study_table(lambda s, v: 0).iloc[1:], "x", "base")
+    with pytest.raises(SurgsegError, match="appears twice"): paired_differences(long, "x", "base")   # class rows without by=
+    with pytest.raises(SurgsegError, match="no column 'miss'"): paired_differences(long, "miss", "base", by="class_id")
+    with pytest.raises(SurgsegError, match="choose from videos, seeds"): paired_differences(long, "x", "base", "ops")
+
+
+def test_holm_adjusted_intervals_match_holm_decisions():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        m = int(rng.integers(1, 8))
+        t = pd.DataFrame(dict(diff=rng.normal(0, 0.03, m), se=rng.uniform(0.005, 0.02, m), df=rng.uniform(2, 20, m)))
+        t["p"] = 2 * stats.t.sf(np.abs(t["diff"] / t.se), t.df)
+        a = adjust(t)
+        assert (a.real == (a.p_holm <= 0.05)).all()
+        assert ((a.high_adj - a.low_adj) >= 2 * stats.t.ppf(0.975, t.df) * t.se - 1e-12).all()
+
+
+def test_power_planning():
+    mde = detectable_effect(0.03 ** 2, 0, 0, 3, 10)
+    assert 0.09 < mde < 0.12                       # the 3-seed figure for a per-seed SD of 0.03
+    assert detectable_effect(0.03 ** 2, 0, 0, 10, 10) < mde
+    n = seeds_needed(0.02, 0.03 ** 2, 0, 0, 10)
+    assert detectable_effect(0.03 ** 2, 0, 0, n, 10) <= 0.02 < detectable_effect(0.03 ** 2, 0, 0, n - 1, 10)
+    assert seeds_needed(0.005, 0, 0.02 ** 2, 0, 10) == float("inf")   # the video term alone exceeds it
+
+
+def test_presence_auroc_and_detection_table():
+    assert presence_auroc([0.9, 0.2, 0.4, 0.1], [True, False, True, False]) == 1.0
+    assert presence_auroc([0.1, 0.2, 0.3, 0.4], [True, True, False, False]) == 0.0
+    # against the definition: all pairs
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 60).astype(float), rng.random(60) < 0.3
+    pairs = [(a > b) + 0.5 * (a == b) for a in x[y] for b in x[~y]]
+    assert presence_auroc(x, y) == pytest.approx(np.mean(pairs))
+    acc = ScoreAccumulator()
+    g = np.zeros((8, 8), np.uint8); g[:2, :2] = 6
+    p = np.zeros_like(g)
+    acc.update("video_41", p, g, frame=0)                      # class 6 missed
+    acc.update("video_41", g, np.zeros_like(g), frame=60)      # class 6 false alarm
+    fr = acc.compute()["frames"]
+    ev = fr[["video", "frame"]].assign(**{f"p_{c}": 0.1 for c in range(1, 10)})
+    ev.loc[ev.frame == 0, "p_6"] = 0.4
+    dt = detection_table(fr, ev)
+    assert dt.loc[6, ["frames_present", "videos_present", "frames_absent"]].tolist() == [1, 1, 1]
+    assert dt.loc[6, ["miss_rate", "false_alarm_rate", "auroc"]].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="no evidence row"): detection_table(fr, ev.iloc[:1])
 
 
 # ---------------------------------------------------------------- prediction folders and the command
