@@ -53,3 +53,33 @@ def test_chapter_page_with_docs_and_plots(site, tmp_path):
     assert imgs, "no page of the site shows a plot"
     dom = render(exe, imgs[0].as_uri(), tmp_path)
     assert "<img" in dom and "data:image/png;base64" in dom
+
+
+def _build_docs():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sidebar_is_generated_and_lists_every_notebook():
+    import yaml
+    bd = _build_docs()
+    quarto = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    assert bd.sidebar(quarto) == bd.sidebar_entries(), \
+        "_quarto.yml's sidebar is stale: run python tools/build_docs.py --sidebar"
+    assert (ROOT / "nbs" / "_quarto.yml").resolve() == (ROOT / "_quarto.yml").resolve()  # one sidebar file
+
+
+def test_index_lists_every_chapter():
+    import nbformat
+    index = nbformat.read(ROOT / "nbs" / "index.ipynb", as_version=4)
+    text = "\n".join(c.source for c in index.cells if c.cell_type == "markdown")
+    missing = [p.name for p in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")) if f"({p.name})" not in text]
+    assert not missing, f"the index's chapter table does not link {missing}"
+
+
+def test_every_notebook_has_a_page(site):
+    pages = {p.name for p in site.glob("*.html")}
+    missing = [p.stem for p in sorted((ROOT / "nbs").glob("[0-9i]*.ipynb")) if f"{p.stem}.html" not in pages]
+    assert not missing, f"no rendered page for {missing}"

@@ -9,6 +9,10 @@ to static HTML with nbconvert, with the sidebar of `_quarto.yml`.
 
     python tools/build_docs.py [--out _site]    # the site
     python tools/build_docs.py --readme         # README.md from nbs/index.ipynb
+    python tools/build_docs.py --sidebar        # regenerate _quarto.yml's sidebar from the notebooks in nbs/
+
+The sidebar is generated, never edited by hand: every notebook of nbs/ is in it (index first, numbered chapters
+below 10 under "Chapters", the rest under "Appendix"), and tests/test_docs.py fails when it is stale.
 """
 import argparse, html, os, re, shutil
 from pathlib import Path
@@ -152,6 +156,29 @@ def build(out: Path, nbs: Path = ROOT / "nbs") -> list[Path]:
     return written
 
 
+def sidebar_entries(nbs: Path = ROOT / "nbs") -> list:
+    "(section, notebook) pairs the sidebar must hold: every notebook of `nbs`, in file-name order."
+    names = sorted(p.name for p in nbs.glob("*.ipynb") if not p.name.startswith(("_", ".")))
+    chapters = [n for n in names if n[:2].isdigit() and int(n[:2]) < 10]
+    appendix = [n for n in names if n not in chapters and n != "index.ipynb"]
+    return [("", "index.ipynb")] + [("Chapters", n) for n in chapters] + [("Appendix", n) for n in appendix]
+
+
+def write_sidebar(quarto: Path = ROOT / "_quarto.yml", nbs: Path = ROOT / "nbs") -> Path:
+    "Rewrite the `sidebar:` block of `quarto` from `sidebar_entries` (the rest of the file is kept as it is)."
+    text = quarto.read_text()
+    head, rest = text.split("  sidebar:\n", 1)
+    tail = rest[rest.index("\n\n") if "\n\n" in rest else len(rest):]
+    lines = ["  sidebar:", "    style: floating", "    contents:", "      - index.ipynb"]
+    for section in ("Chapters", "Appendix"):
+        lines += [f'      - section: "{section}"', "        contents:"]
+        lines += [f"          - {n}" for s_, n in sidebar_entries(nbs) if s_ == section]
+    tmp = quarto.with_suffix(".yml.tmp")
+    tmp.write_text(head + "\n".join(lines) + tail)
+    tmp.replace(quarto)
+    return quarto
+
+
 def readme(index: Path = ROOT / "nbs" / "index.ipynb", out: Path = ROOT / "README.md") -> Path:
     "Write README.md (GitHub markdown) from index.ipynb, as `nbdev_readme` does with Quarto; figures go to index_files/."
     from nbdev.serve import proc_nbs
@@ -179,8 +206,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "_site"), help="output folder of the site (replaced)")
     ap.add_argument("--readme", action="store_true", help="only write README.md from nbs/index.ipynb")
+    ap.add_argument("--sidebar", action="store_true", help="only regenerate _quarto.yml's sidebar from nbs/")
     args = ap.parse_args()
     if args.readme: print(f"wrote {readme()}")
+    elif args.sidebar: print(f"wrote {write_sidebar()}")
     else:
         pages = build(Path(args.out).resolve())
         print(f"wrote {len(pages)} pages to {pages[0].parent if pages else '-'}")
