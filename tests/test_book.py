@@ -12,7 +12,7 @@ PKG = ROOT / "surgseg"
 MODULES = sorted(p.stem for p in PKG.glob("*.py") if not p.stem.startswith("_"))
 # The import order of the contract: a module may import from its own tier (no cycles) or from a lower one.
 TIERS = [["core"], ["synthetic"], ["data"], ["imbalance", "sampler", "losses", "models", "metrics"], ["runs"], ["train"],
-         ["evaluate", "inference", "postprocess", "export"], ["cli"]]
+         ["evaluate", "inference", "postprocess", "export", "launch"], ["cli"]]
 TIER = {m: i for i, ms in enumerate(TIERS) for m in ms}
 sys.path.insert(0, str(ROOT / "tools"))
 import check_outputs  # noqa: E402
@@ -75,7 +75,7 @@ def test_every_module_has_a_place_in_the_import_order():
 
 
 def test_nothing_imports_upwards():
-    "core < synthetic < data < imbalance, sampler, losses, models, metrics < runs < train < evaluate, inference, postprocess, export < cli."
+    "core < synthetic < data < imbalance, sampler, losses, models, metrics < runs < train < evaluate, inference, postprocess, export, launch < cli."
     upward = [f"surgseg.{m} imports surgseg.{i}" for m, deps in import_graph().items() if m in TIER
               for i in sorted(deps) if i in TIER and TIER[i] > TIER[m]]
     assert not upward, "; ".join(upward)
