@@ -17,13 +17,14 @@ import segmentation_models_pytorch as smp
 from .core import Config, SurgsegError, NUM_CLASSES, atomic_write, save_config, load_config, register_choices
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SMP_ARCHS', 'DEFAULT_ENCODER', 'DINOV3_SIZES', 'HEADS', 'FINETUNE', 'MODELS',
-           'WEIGHTS_FILE', 'CONFIG_FILE', 'BACKBONE_FILE', 'FAMILIES', 'Segmenter', 'full_res_masks',
-           'lite0_weights_file', 'lite0_to_timm', 'read_tensors', 'match_encoder_state', 'encoder_stats',
-           'SmpSegmenter', 'hub_encoder_state', 'load_smp_weights', 'build_smp', 'dinov3_config',
-           'load_dinov3_backbone', 'set_rope_augmentation', 'MLPHead', 'MultiLayerHead', 'head_layer_ids',
-           'DinoV3Segmenter', 'build_dinov3', 'build_model', 'param_counts', 'param_groups', 'save_model', 'load_model',
-           'time_model']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SMP_ARCHS', 'DEFAULT_ENCODER', 'DINOV3_SIZES', 'DINOV3_RELEASES',
+           'META_CODE_DEFAULTS', 'DINOV3_HEADS', 'HEADS', 'FINETUNE', 'MODELS', 'WEIGHTS_FILE', 'CONFIG_FILE',
+           'BACKBONE_FILE', 'FAMILIES', 'Segmenter', 'full_res_scores', 'full_res_masks', 'lite0_weights_file',
+           'lite0_to_timm', 'read_tensors', 'match_encoder_state', 'encoder_stats', 'SmpSegmenter', 'hub_encoder_state',
+           'load_smp_weights', 'build_smp', 'dinov3_config', 'load_dinov3_backbone', 'meta_dinov3_release',
+           'meta_dinov3_config', 'meta_to_hf', 'load_meta_dinov3', 'to_meta_state_dict', 'set_rope_augmentation',
+           'MLPHead', 'MultiLayerHead', 'head_layer_ids', 'DinoV3Segmenter', 'build_dinov3', 'build_model',
+           'param_counts', 'param_groups', 'save_model', 'load_model', 'time_model']
 
 # %% ../nbs/05_models.ipynb #389e721d
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,9 +56,19 @@ class Segmenter(nn.Module):
         return logits[..., :H, :W]
 
 # %% ../nbs/05_models.ipynb #524babdc
+def full_res_scores(logits: torch.Tensor,  # (1, C, h, w) one frame's logits at the working resolution
+                    size: tuple,           # (H, W) full size of the mask
+                   ) -> torch.Tensor:      # (H, W, C) float32 scores, classes innermost (a fast argmax)
+    "Upsample one frame's logits bilinearly to the full size: the scores that `full_res_masks` takes the argmax of."
+    H, W = int(size[0]), int(size[1])
+    s = logits.float()
+    if s.shape[-2:] != (H, W): s = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)
+    return s[0].permute(1, 2, 0).contiguous()
+
 def full_res_masks(logits: torch.Tensor,  # (B, C, h, w) at the working resolution
                    size: tuple,           # (H, W) full size of the masks
                    top2: bool = False,    # also return the second most likely class
+                   bias: torch.Tensor | None = None,  # (B, C) added to each frame's upsampled scores before the argmax (-inf: never chosen)
                   ):                      # uint8 (B, H, W) class ids; with top2 a pair (best, second best)
     "Upsample logits bilinearly to the full size (one frame at a time) and take the per-pixel argmax."
     H, W = int(size[0]), int(size[1])
@@ -65,9 +76,8 @@ def full_res_masks(logits: torch.Tensor,  # (B, C, h, w) at the working resoluti
     second = np.empty_like(best) if top2 else None
     with torch.no_grad():
         for i in range(len(logits)):
-            s = logits[i:i + 1].float()
-            if s.shape[-2:] != (H, W): s = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)
-            s = s[0].permute(1, 2, 0).contiguous()  # (H, W, C): class scores innermost, a fast argmax
+            s = full_res_scores(logits[i:i + 1], (H, W))
+            if bias is not None: s = s + bias[i].to(s)  # a decision rule's per-class offsets (`postprocess.Decisions`)
             a = s.argmax(-1)
             best[i] = a.to(torch.uint8).cpu().numpy()
             if top2: second[i] = s.scatter(-1, a[..., None], float("-inf")).argmax(-1).to(torch.uint8).cpu().numpy()
@@ -293,16 +303,18 @@ def _gated_error(src: str, err: Exception) -> SurgsegError:
         f"accept the licence at https://huggingface.co/{src}, then run `huggingface-cli login` or set HF_TOKEN "
         f"and retry; or pass a local folder saved with save_pretrained (config.json + model.safetensors) as --dinov3 PATH")
 
-def load_dinov3_backbone(src: str,               # local folder, hub id, or a DINOV3_SIZES name (random weights only)
+def load_dinov3_backbone(src: str,               # local folder, Meta-layout file, hub id, or a DINOV3_SIZES name
                          pretrained: bool = True, # False: the architecture of `src` with random weights
                         ):                        # -> transformers.DINOv3ViTModel
-    "Load a DINOv3 ViT from a local folder or a (gated) hub id, offline unless the user is logged in."
+    "Load a DINOv3 ViT from a local folder, a Meta-layout `.pth` or a (gated) hub id, offline unless the user is logged in."
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
     if src in DINOV3_SIZES:
         if pretrained: raise SurgsegError(f"dinov3 {src!r} is a size name: it has random weights only; "
                                           f"use weights none, or a hub id / local folder for pretrained weights")
         return DINOv3ViTModel(dinov3_config(src))
     folder = Path(src).expanduser()
+    if folder.is_file() or (folder.suffix in _WEIGHT_SUFFIXES and not folder.is_dir()):
+        return load_meta_dinov3(folder, pretrained)  # a Meta-layout state dict (Meta's release, SurgeNetDINO)
     if folder.is_dir():
         cfg_file = folder / "config.json"
         if not cfg_file.is_file(): raise SurgsegError(f"{cfg_file}: missing; {folder} is not a saved DINOv3 model")
@@ -317,6 +329,237 @@ def load_dinov3_backbone(src: str,               # local folder, hub id, or a DI
     except (OSError, ValueError) as e:
         if folder.is_dir(): raise SurgsegError(f"{folder}: cannot load DINOv3 weights ({str(e).strip().splitlines()[0][:200]})") from None
         raise _gated_error(src, e) from None
+
+# %% ../nbs/05_models.ipynb #d50b893f
+DINOV3_RELEASES = {  # what a Meta-layout file does not say, per known release: file-name marks, structure, settings
+    "lvd1689m": dict(marks=("lvd1689m", "sat493m"), registers=4, masked_key_bias=True,   # Meta's released ViTs
+                     layer_norm_eps=1e-5, rope_theta=100.0, pos_embed_rescale=2.0),        # (norm "layernormbf16")
+    "surgenetdino": dict(marks=("surgenet",), registers=0, masked_key_bias=False,         # SurgeNetDINO ViT-S/B/L
+                         layer_norm_eps=1e-6, rope_theta=100.0, pos_embed_rescale=None),
+}
+# dinov3's DinoVisionTransformer defaults (norm "layernorm"), for a file of no known release
+META_CODE_DEFAULTS = dict(layer_norm_eps=1e-6, rope_theta=100.0, pos_embed_rescale=None)
+DINOV3_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 20, 4096: 32}  # hidden size -> heads of ViT-S/B/L/H+/7B (64 per head)
+
+def _meta_blocks(state: dict) -> int:
+    "Number of transformer blocks in a Meta-layout state dict (`blocks.N.`)."
+    ids = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    return max(ids) + 1 if ids else 0
+
+def _any_block(state: dict, suffix: str):
+    "The tensor `blocks.N.<suffix>` of the first block that has it, else None."
+    return next((v for k, v in sorted(state.items()) if k.startswith("blocks.") and k.endswith("." + suffix)), None)
+
+def meta_dinov3_release(state: dict,     # Meta-layout tensors
+                        name: str = "",   # the file's name (releases are recognised by it first)
+                        release: str = "auto",  # a DINOV3_RELEASES key, or "auto"
+                       ) -> tuple:        # (release name or "", its settings)
+    "The known release a Meta-layout DINOv3 file comes from: by name, else by structure, else dinov3's code defaults."
+    regs = state["storage_tokens"].shape[1] if "storage_tokens" in state else 0
+    masked = _any_block(state, "attn.qkv.bias_mask") is not None
+    if release == "auto":
+        release = next((r for r, s in DINOV3_RELEASES.items() if any(m in name.lower() for m in s["marks"])), "")
+        if not release:  # no name mark: the release with the same structure, else Meta's code defaults
+            release = next((r for r, s in DINOV3_RELEASES.items()
+                            if (s["registers"], s["masked_key_bias"]) == (regs, masked)), "")
+            if not release:
+                warnings.warn(f"{name}: no known DINOv3 release by name or structure ({regs} registers, key bias "
+                              f"{'masked' if masked else 'kept'}); assuming dinov3's code defaults "
+                              f"{META_CODE_DEFAULTS}")
+                return "", dict(META_CODE_DEFAULTS)
+    if release not in DINOV3_RELEASES:
+        raise SurgsegError(f"{release!r} is not a DINOv3 release; choose from auto, {', '.join(DINOV3_RELEASES)}")
+    s = DINOV3_RELEASES[release]
+    if regs != s["registers"]:
+        raise SurgsegError(f"{name}: {regs} register tokens (storage_tokens), "
+                           f"but release {release} has {s['registers']}")
+    if masked != s["masked_key_bias"]:
+        raise SurgsegError(f"{name}: {'a' if masked else 'no'} qkv bias_mask, but release {release} "
+                           f"{'masks' if s['masked_key_bias'] else 'keeps'} the key bias")
+    return release, {k: s[k] for k in META_CODE_DEFAULTS}
+
+# %% ../nbs/05_models.ipynb #78f6ef38
+_ROPE_TOL = {torch.float32: 1e-5, torch.float64: 1e-5}  # relative tolerance of stored periods (16-bit ones: 1e-2)
+
+def _rope_periods(theta: float, head_dim: int) -> torch.Tensor:
+    "Meta's RoPE periods for base `theta`: theta ** (2i / (head_dim/2)), i < head_dim/4 (float64)."
+    return theta ** (2 * torch.arange(head_dim // 4, dtype=torch.float64) / (head_dim // 2))
+
+def _names(keys: list, n: int = 4) -> str:
+    "At most `n` names, then how many more."
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+def meta_dinov3_config(state: dict,           # Meta-layout tensors (`blocks.N.attn.qkv.weight`, `storage_tokens`, ...)
+                       name: str = "",         # the file it came from (error messages, release by name)
+                       release: str = "auto",  # a DINOV3_RELEASES key, or "auto"
+                       **overrides):           # layer_norm_eps, rope_theta, pos_embed_rescale: win over the release
+    "The DINOv3ViTConfig of a Meta-layout state dict: the architecture from its tensors, the rest from its release."
+    from transformers import DINOv3ViTConfig
+    bad = [k for k in overrides if k not in META_CODE_DEFAULTS]
+    if bad:
+        raise SurgsegError(f"{_names(bad)}: not DINOv3 release settings; choose from {', '.join(META_CODE_DEFAULTS)}")
+    pe, depth = state.get("patch_embed.proj.weight"), _meta_blocks(state)
+    hidden = next((state[k].shape[-1] for k in ("cls_token", "norm.weight") if k in state), None)
+    hidden = hidden or (pe.shape[0] if pe is not None else None)
+    if hidden is None or depth == 0:
+        raise SurgsegError(f"{name}: not a Meta-layout DINOv3 state dict "
+                           f"(no cls_token, norm or patch_embed, or no blocks.N)")
+    periods = state.get("rope_embed.periods")
+    if periods is not None and periods.numel(): heads = hidden // (4 * periods.numel())  # a period per 4 head channels
+    else: heads = DINOV3_HEADS.get(hidden, hidden // 64)
+    if heads < 1 or hidden % heads or (hidden // heads) % 4:
+        raise SurgsegError(f"{name}: rope_embed.periods of length {periods.numel()} do not fit hidden size {hidden}")
+    fc1, w1 = _any_block(state, "mlp.fc1.weight"), _any_block(state, "mlp.w1.weight")
+    if fc1 is None and w1 is None:
+        raise SurgsegError(f"{name}: no blocks.N.mlp.fc1.weight (MLP) or mlp.w1.weight (SwiGLU)")
+    gated = fc1 is None
+    masks = [v for k, v in state.items() if k.endswith(".attn.qkv.bias_mask")]
+    if any(not torch.isfinite(m).all() for m in masks):
+        raise SurgsegError(f"{name}: a qkv bias_mask holds NaN (never initialised)")
+    qkv_bias = _any_block(state, "attn.qkv.bias") is not None
+    key_masked = bool(masks) and all((m[hidden:2 * hidden] == 0).all() for m in masks)
+    _, settings = meta_dinov3_release(state, name, release)
+    settings.update(overrides)
+    return DINOv3ViTConfig(
+        hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads,
+        intermediate_size=(w1 if gated else fc1).shape[0], use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
+        patch_size=pe.shape[-1] if pe is not None else 16,
+        num_register_tokens=state["storage_tokens"].shape[1] if "storage_tokens" in state else 0,
+        query_bias=qkv_bias, key_bias=qkv_bias and not key_masked, value_bias=qkv_bias,
+        proj_bias=_any_block(state, "attn.proj.bias") is not None,
+        mlp_bias=_any_block(state, f"mlp.{'w1' if gated else 'fc1'}.bias") is not None,
+        layer_norm_eps=settings["layer_norm_eps"], rope_theta=settings["rope_theta"],
+        pos_embed_rescale=settings["pos_embed_rescale"])
+
+# %% ../nbs/05_models.ipynb #03f1431c
+def _meta_mlp(c) -> dict:
+    "Meta's MLP layer names -> transformers' (SwiGLU: w3(silu(w1 x) * w2 x) = down(silu(gate x) * up x))."
+    if c.use_gated_mlp: return {"w1": "gate_proj", "w2": "up_proj", "w3": "down_proj"}
+    return {"fc1": "up_proj", "fc2": "down_proj"}
+
+def _meta_keys(c, layerscale: bool, masked: bool) -> list:
+    "Every tensor name a Meta-layout file of DINOv3ViTConfig `c` holds (with or without layer scales and bias masks)."
+    mlp = list(_meta_mlp(c))
+    keys = ["cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias", "rope_embed.periods",
+            "norm.weight", "norm.bias"] + (["storage_tokens"] if c.num_register_tokens else [])
+    for i in range(c.num_hidden_layers):
+        b = f"blocks.{i}."
+        keys += [b + "norm1.weight", b + "norm1.bias", b + "attn.qkv.weight", b + "attn.proj.weight",
+                 b + "norm2.weight", b + "norm2.bias"] + [f"{b}mlp.{m}.weight" for m in mlp]
+        keys += [b + "attn.qkv.bias"] if c.query_bias or c.key_bias or c.value_bias else []
+        keys += [b + "attn.qkv.bias_mask"] if masked else []
+        keys += [b + "attn.proj.bias"] if c.proj_bias else []
+        keys += [f"{b}mlp.{m}.bias" for m in mlp] if c.mlp_bias else []
+        keys += [b + "ls1.gamma", b + "ls2.gamma"] if layerscale else []
+    return keys
+
+def meta_to_hf(state: dict,   # Meta-layout tensors
+               c,             # the DINOv3ViTConfig they make (meta_dinov3_config)
+               name: str = "", # the file (error messages)
+              ) -> dict:      # DINOv3ViTModel state dict: every tensor used, every parameter filled
+    "Map Meta-layout DINOv3 tensors exactly onto transformers' DINOv3ViTModel, or fail naming missing/unmapped keys."
+    layerscale = _any_block(state, "ls1.gamma") is not None or _any_block(state, "ls2.gamma") is not None
+    masked = _any_block(state, "attn.qkv.bias_mask") is not None
+    want = _meta_keys(c, layerscale, masked)
+    missing, unmapped = set(want) - set(state), set(state) - set(want)
+    if missing or unmapped:
+        raise SurgsegError(f"{name}: not exactly a DINOv3 ViT ({c.hidden_size}-d, {c.num_hidden_layers} blocks): "
+                           f"missing {_names(missing) or 'none'}; unmapped {_names(unmapped) or 'none'}")
+    D, Dh = c.hidden_size, c.hidden_size // c.num_attention_heads
+    if state["mask_token"].numel() != D: raise SurgsegError(f"{name}: mask_token of shape {tuple(state['mask_token'].shape)}, "
+                                                            f"expected ({D},) for hidden size {D}")
+    periods = state["rope_embed.periods"]
+    tol = _ROPE_TOL.get(periods.dtype, 1e-2)
+    expect = _rope_periods(c.rope_theta, Dh)
+    fits = periods.shape == expect.shape and torch.allclose(periods.double(), expect, rtol=tol, atol=0)
+    if not fits:
+        fit = periods.double()[-1] ** ((Dh // 2) / (2 * (Dh // 4 - 1))) if periods.numel() > 1 else float("nan")
+        raise SurgsegError(f"{name}: rope_embed.periods do not fit RoPE base {c.rope_theta:g} "
+                           f"(they fit base {float(fit):.4g}, or a min/max-period RoPE that transformers lacks)")
+    hf = {"embeddings.cls_token": state["cls_token"], "embeddings.mask_token": state["mask_token"].reshape(1, 1, D),
+          "embeddings.register_tokens": state.get("storage_tokens", torch.zeros(1, 0, D)),
+          "embeddings.patch_embeddings.weight": state["patch_embed.proj.weight"],
+          "embeddings.patch_embeddings.bias": state["patch_embed.proj.bias"],
+          "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}
+    mlp = _meta_mlp(c)
+    for i in range(c.num_hidden_layers):
+        b, h = f"blocks.{i}.", f"model.layer.{i}."
+        for n in ("norm1", "norm2"):
+            for p in ("weight", "bias"): hf[f"{h}{n}.{p}"] = state[f"{b}{n}.{p}"]
+        for j, qkv in enumerate("qkv"):  # Meta's one qkv matrix: query, key, value rows in that order
+            hf[f"{h}attention.{qkv}_proj.weight"] = state[b + "attn.qkv.weight"][j * D:(j + 1) * D]
+        if b + "attn.qkv.bias" in state:
+            bias = state[b + "attn.qkv.bias"]
+            if masked: bias = bias * state[b + "attn.qkv.bias_mask"].to(bias.dtype)  # Meta's LinearKMaskedBias
+            for j, (qkv, on) in enumerate(zip("qkv", (c.query_bias, c.key_bias, c.value_bias))):
+                if on: hf[f"{h}attention.{qkv}_proj.bias"] = bias[j * D:(j + 1) * D]
+        hf[h + "attention.o_proj.weight"] = state[b + "attn.proj.weight"]
+        if c.proj_bias: hf[h + "attention.o_proj.bias"] = state[b + "attn.proj.bias"]
+        for m, n in mlp.items():
+            hf[f"{h}mlp.{n}.weight"] = state[f"{b}mlp.{m}.weight"]
+            if c.mlp_bias: hf[f"{h}mlp.{n}.bias"] = state[f"{b}mlp.{m}.bias"]
+        for k in ("1", "2"):  # no gamma = Meta's nn.Identity layer scale = a scale of ones
+            hf[f"{h}layer_scale{k}.lambda1"] = state[f"{b}ls{k}.gamma"] if layerscale else torch.ones(D)
+    return hf
+
+def load_meta_dinov3(path: str | Path,        # Meta-layout `.pth` (or .pt/.safetensors) state dict
+                     pretrained: bool = True,  # False: the file's architecture with random weights
+                     release: str = "auto",    # a DINOV3_RELEASES key, or "auto" (by file name, else structure)
+                     **overrides):             # layer_norm_eps, rope_theta, pos_embed_rescale
+    "A transformers DINOv3ViTModel from a Meta-layout checkpoint (Meta's release, SurgeNetDINO), loaded exactly."
+    from transformers import DINOv3ViTModel
+    path = Path(path).expanduser()
+    state = read_tensors(path)
+    for prefix in ("module.", "backbone."):  # a wrapped backbone: every key under one prefix
+        if all(k.startswith(prefix) for k in state): state = {k[len(prefix):]: v for k, v in state.items()}
+    c = meta_dinov3_config(state, str(path), release, **overrides)
+    hf = meta_to_hf(state, c, str(path))
+    model = DINOv3ViTModel(c)
+    if not pretrained: return model
+    target = model.state_dict()
+    wrong = next((k for k in target if k in hf and hf[k].shape != target[k].shape), None)
+    if wrong or set(hf) != set(target):
+        raise SurgsegError(f"{path}: tensors do not fit the inferred DINOv3 ({wrong or _names(set(hf) ^ set(target))}"
+                           f"{f': {tuple(hf[wrong].shape)} vs {tuple(target[wrong].shape)}' if wrong else ''})")
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in hf.items()}, strict=True)
+    return model
+
+# %% ../nbs/05_models.ipynb #275b390d
+def to_meta_state_dict(model,                   # a transformers DINOv3ViTModel
+                       mask_key_bias: bool | None = None,  # write a bias_mask zeroing the key bias (None: if no key bias)
+                      ) -> dict:                # Meta-layout tensors (as Meta's `DinoVisionTransformer.state_dict()`)
+    "Write a DINOv3ViTModel in Meta's layout: the inverse of `meta_to_hf` (tests and benches make checkpoints with it)."
+    c, s = model.config, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    D, Dh = c.hidden_size, c.hidden_size // c.num_attention_heads
+    masked = not c.key_bias if mask_key_bias is None else mask_key_bias
+    if masked and c.key_bias:
+        raise SurgsegError("mask_key_bias: this model has a key bias, masking it would change the model")
+    out = {"cls_token": s["embeddings.cls_token"], "mask_token": s["embeddings.mask_token"].reshape(1, D),
+           "patch_embed.proj.weight": s["embeddings.patch_embeddings.weight"],
+           "patch_embed.proj.bias": s["embeddings.patch_embeddings.bias"],
+           "rope_embed.periods": _rope_periods(c.rope_theta, Dh).float(),
+           "norm.weight": s["norm.weight"], "norm.bias": s["norm.bias"]}
+    if c.num_register_tokens: out["storage_tokens"] = s["embeddings.register_tokens"]
+    mlp = _meta_mlp(c)
+    for i in range(c.num_hidden_layers):
+        b, h = f"blocks.{i}.", f"model.layer.{i}."
+        for n in ("norm1", "norm2"):
+            for p in ("weight", "bias"): out[f"{b}{n}.{p}"] = s[f"{h}{n}.{p}"]
+        out[b + "attn.qkv.weight"] = torch.cat([s[f"{h}attention.{x}_proj.weight"] for x in "qkv"])
+        if c.query_bias or c.key_bias or c.value_bias:
+            zero = s[h + "attention.q_proj.weight"].new_zeros(D)  # same dtype and device as the model
+            out[b + "attn.qkv.bias"] = torch.cat([s.get(f"{h}attention.{x}_proj.bias", zero) for x in "qkv"])
+        if masked:
+            one = s[h + "attention.q_proj.weight"].new_ones(D)
+            out[b + "attn.qkv.bias_mask"] = torch.cat([one, one * 0, one])
+        out[b + "attn.proj.weight"] = s[h + "attention.o_proj.weight"]
+        if c.proj_bias: out[b + "attn.proj.bias"] = s[h + "attention.o_proj.bias"]
+        for m, n in mlp.items():
+            out[f"{b}mlp.{m}.weight"] = s[f"{h}mlp.{n}.weight"]
+            if c.mlp_bias: out[f"{b}mlp.{m}.bias"] = s[f"{h}mlp.{n}.bias"]
+        out[b + "ls1.gamma"], out[b + "ls2.gamma"] = s[h + "layer_scale1.lambda1"], s[h + "layer_scale2.lambda1"]
+    return out
 
 # %% ../nbs/05_models.ipynb #bc0cf535
 def set_rope_augmentation(config,              # a DINOv3ViTConfig (changed in place)
@@ -431,7 +674,7 @@ def build_dinov3(cfg: Config,               # dinov3, weights ("default" or "non
     "Build DINOv3 `cfg.dinov3` with the head and fine-tuning mode of `cfg`."
     if cfg.weights not in ("default", "none"):
         raise SurgsegError(f"weights {cfg.weights!r}: for model 'dinov3' the weights come from `dinov3` "
-                           f"(a hub id or a local folder); weights takes 'default' or 'none'")
+                           f"(a hub id, a local folder or a Meta-layout .pth); weights takes 'default' or 'none'")
     return DinoV3Segmenter(load_dinov3_backbone(cfg.dinov3, pretrained and cfg.weights == "default"), cfg)
 
 # %% ../nbs/05_models.ipynb #923618be
