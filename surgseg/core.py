@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f51a55c7
 from __future__ import annotations
-import contextlib, dataclasses, functools, importlib, json, logging, math, multiprocessing, os, pickle, re, secrets, shutil, socket, tempfile, time, warnings, zlib
+import contextlib, dataclasses, errno, fnmatch, functools, importlib, json, logging, math, multiprocessing, os, pickle, re, secrets, shutil, socket, tempfile, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, asdict
 from datetime import datetime
@@ -19,10 +19,12 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['CLASSES', 'NUM_CLASSES', 'CLASS_NAMES', 'PALETTE', 'REAL_PIXEL_SHARE', 'REAL_FRAME_PRESENCE', 'VIDEO_FPS',
-           'MASK_STEP', 'log', 'PRECISIONS', 'TRACKERS', 'REGISTERED', 'CONFIG_SECTIONS', 'SurgsegError', 'SegClass',
-           'colorize', 'overlay', 'plot_legend', 'atomic_write', 'clean_partials', 'atomic_folder', 'output_lock',
-           'read_mask', 'write_png', 'write_mask', 'read_rgb', 'default_workers', 'die_with_parent', 'parallel_map',
-           'parse_bool', 'register_choices', 'choices', 'Config', 'read_yaml', 'save_config', 'load_config',
+           'MASK_STEP', 'DISK_FULL', 'log', 'PRECISIONS', 'TRACKERS', 'REGISTERED', 'ENTRY_POINTS', 'MESSAGES',
+           'CONFIG_SECTIONS', 'SurgsegError', 'SegClass', 'colorize', 'overlay', 'plot_legend', 'DiskFullError',
+           'is_disk_full', 'disk_full_message', 'writing', 'atomic_write', 'clean_partials', 'atomic_folder',
+           'output_lock', 'read_mask', 'write_png', 'write_mask', 'read_rgb', 'default_workers', 'die_with_parent',
+           'parallel_map', 'parse_bool', 'register_choices', 'choices', 'Config', 'current_entry', 'entry_point',
+           'option', 'message', 'is_out_of_memory', 'oom_error', 'read_yaml', 'save_config', 'load_config',
            'get_device', 'surgseg_home', 'default_data_dir']
 
 # %% ../nbs/00_core.ipynb #9df6d361
@@ -100,6 +102,60 @@ def plot_legend(ax=None, classes=CLASSES[1:]):
               loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8, frameon=False)
     return ax
 
+# %% ../nbs/00_core.ipynb #3f0c1a21
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errno values of a full disk and of an exhausted quota
+_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded|os error (?:28|122)\b|errno (?:28|122)\b", re.I)
+_FULL_HITS: dict = {}
+
+class DiskFullError(SurgsegError):
+    "A write failed for want of space (disk or quota): the message names the file and what was being written."
+
+def _existing(path: Path) -> Path:
+    "`path` or its nearest existing parent."
+    while not path.exists() and path != path.parent: path = path.parent
+    return path
+
+def is_disk_full(e: BaseException,                 # an exception raised while writing
+                 path: str | Path | None = None,   # where it was writing: a library's vague write error counts if its disk is full
+                ) -> bool:
+    "Whether `e` means no space was left: ENOSPC or EDQUOT, a library's message saying so, or a write error on a full disk."
+    if isinstance(e, SurgsegError): return False
+    if isinstance(e, OSError) and e.errno in DISK_FULL: return True
+    if _FULL_TEXT.search(str(e)): return True
+    if path is None or not isinstance(e, (OSError, RuntimeError)): return False
+    try: return shutil.disk_usage(_existing(Path(path))).free < 1 << 20  # e.g. torch.save's "file write failed"
+    except OSError: return False
+
+def _inject_full(path: Path):
+    "Test hook: the N-th write of a path matching `$SURGSEG_DISK_FULL_AT` (GLOB or GLOB@N), and every later one, fails with ENOSPC."
+    want = os.environ.get("SURGSEG_DISK_FULL_AT")
+    if not want: return
+    pat, n = (want.rsplit("@", 1) + ["1"])[:2] if "@" in want else (want, "1")
+    if not fnmatch.fnmatchcase(Path(path).as_posix(), pat): return
+    _FULL_HITS[pat] = k = _FULL_HITS.get(pat, 0) + 1
+    if k >= int(n): raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
+
+def disk_full_message(path: str | Path,    # the file or folder being written
+                      what: str,           # what it is, e.g. "the prediction masks"
+                      e: BaseException | None = None,  # the error (an exhausted quota is named as such)
+                     ) -> str:
+    "The one line of a full disk: the path, what was being written, and what to do."
+    quota = (isinstance(e, OSError) and e.errno == errno.EDQUOT) or "quota" in str(e or "").lower()
+    why = "disk quota exceeded" if quota else "no space left on the device"
+    return f"{path}: {why} while writing {what}; free some space and run the same command again"
+
+@contextlib.contextmanager
+def writing(path: str | Path,   # the file or folder the block writes
+            what: str = "a file",  # what it is, for the message ("the extracted frames", "a checkpoint")
+           ):
+    "Inside the block, a full disk (ENOSPC, EDQUOT, or one injected for tests) becomes one `DiskFullError` naming `path` and `what`."
+    try:
+        _inject_full(Path(path))
+        yield
+    except Exception as e:
+        if not is_disk_full(e, path): raise
+        raise DiskFullError(disk_full_message(path, what, e)) from None
+
 # %% ../nbs/00_core.ipynb #a6da79f8
 def _host_tag() -> str:
     "Eight hex digits identifying this host (in temporary names)."
@@ -116,6 +172,7 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_write(path: str | Path,      # final file name
                  overwrite: bool = True, # if False, an existing file is an error
+                 what: str = "a file",   # what the file is, for the one line of a full disk
                 ):
     "Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."
     path = Path(path)
@@ -123,12 +180,15 @@ def atomic_write(path: str | Path,      # final file name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}", suffix=f".tmp{path.suffix}", dir=path.parent)
-    except OSError as e: raise SurgsegError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
+    except OSError as e:
+        if is_disk_full(e): raise DiskFullError(disk_full_message(path, what, e)) from None
+        raise SurgsegError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     try:
-        yield Path(tmp)
-        if Path(tmp).exists(): os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
+        with writing(path, what):
+            yield Path(tmp)
+            if Path(tmp).exists(): os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
@@ -173,6 +233,7 @@ def clean_partials(parent: str | Path,       # folder holding outputs
 @contextlib.contextmanager
 def atomic_folder(path: str | Path,       # the folder to publish
                   replace: bool = False,  # False: `path` must not exist or be empty; True: swap it out when done
+                  what: str = "the output folder",  # what the folder is, for the one line of a full disk
                  ):                       # yields the hidden sibling folder to fill
     "Yield a temporary sibling folder; rename it to `path` only if the block succeeds."
     path = Path(path).expanduser(); parent = path.parent
@@ -183,9 +244,14 @@ def atomic_folder(path: str | Path,       # the folder to publish
         parent.mkdir(parents=True, exist_ok=True)
         clean_partials(parent, path.name)
         tmp.mkdir()
-    except OSError as e: raise SurgsegError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
+    except OSError as e:
+        if is_disk_full(e): raise DiskFullError(disk_full_message(path, what, e)) from None
+        raise SurgsegError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     try:
-        yield tmp
+        try:
+            with writing(path, what): yield tmp
+        except DiskFullError as e:  # a file inside is named by its hidden partial path: name it where the user will look
+            raise DiskFullError(str(e).replace(str(tmp), str(path))) from None
         if replace and occupied():
             old = parent / f".{path.name}.old"
             if old.exists(): shutil.rmtree(old)
@@ -228,7 +294,11 @@ def output_lock(path: str | Path,  # the output (file or folder) to hold exclusi
                 log.warning(f"{path}: took over the lock of pid {(who or {}).get('pid')}, which is no longer running")
             continue
         except OSError as e: raise SurgsegError(f"{path}: cannot create its lock file {lock.name} ({e.strerror})") from None
-        with os.fdopen(fd, "w") as f: json.dump(me, f)
+        try:
+            with writing(lock, "its lock file"), os.fdopen(fd, "w") as f: json.dump(me, f)
+        except BaseException:
+            with contextlib.suppress(OSError): lock.unlink()
+            raise
         break
     else: raise SurgsegError(f"{path}: could not take its lock {lock}")
     try: yield lock
@@ -272,7 +342,8 @@ def read_mask(path: str | Path,           # PNG file
 
 def write_png(path: str | Path,    # destination .png
               image: np.ndarray,   # uint8 (H, W) grey or (H, W, 3) RGB
-              overwrite: bool = True):
+              overwrite: bool = True,
+              what: str = "an image"):  # what it is, for the one line of a full disk
     "Write an 8-bit PNG atomically with OpenCV's fastest lossless settings (zlib level 1, run-length): 5x PIL's default at 1080p."
     import cv2
     image = np.asarray(image)
@@ -280,17 +351,18 @@ def write_png(path: str | Path,    # destination .png
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image,
                            [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
     if not ok: raise SurgsegError(f"{path}: PNG encoding failed")
-    with atomic_write(path, overwrite) as tmp: tmp.write_bytes(buf.tobytes())
+    with atomic_write(path, overwrite, what) as tmp: tmp.write_bytes(buf.tobytes())
 
 def write_mask(path: str | Path,  # destination .png
                mask: np.ndarray,  # (H, W) class ids 0..9
-               overwrite: bool = True):
+               overwrite: bool = True,
+               what: str = "a mask"):  # what it is, for the one line of a full disk
     "Write a mask as an 8-bit grayscale PNG (the official format), atomically."
     mask = np.asarray(mask)
     if mask.ndim != 2: raise ValueError(f"{path}: mask must be 2-D, got shape {mask.shape}")
     if mask.size and (mask.min() < 0 or mask.max() >= NUM_CLASSES):
         raise ValueError(f"{path}: mask values must be 0..{NUM_CLASSES - 1}")
-    write_png(path, mask.astype(np.uint8, copy=False), overwrite)
+    write_png(path, mask.astype(np.uint8, copy=False), overwrite, what)
 
 def read_rgb(path: str | Path) -> np.ndarray:
     "Read an image as (H, W, 3) uint8 RGB, raising `SurgsegError` naming the file if unreadable."
@@ -552,6 +624,73 @@ def _check(key: str, value):
     if (names := choices(key)) is not None and value not in names:
         raise SurgsegError(f"config key {key!r}: {value!r} is not a {_NOUNS.get(key, key.replace('_', ' '))}; choose from {', '.join(names)}")
     return value
+
+# %% ../nbs/00_core.ipynb #5a1e0b02
+ENTRY_POINTS = ("python", "cli", "papermill")  # the doors a user comes in by
+_ENTRY: list = []                               # the doors declared, innermost last
+
+def current_entry() -> str:
+    "The door in use: the innermost `entry_point` of this process, else `$SURGSEG_ENTRY` (inherited by workers), else python."
+    return _ENTRY[-1] if _ENTRY else os.environ.get("SURGSEG_ENTRY", "python")
+
+@contextlib.contextmanager
+def entry_point(name: str):  # cli, papermill or python
+    "Inside the block, messages name options as the door `name` writes them."
+    if name not in ENTRY_POINTS: raise ValueError(f"entry point {name!r}: choose from {', '.join(ENTRY_POINTS)}")
+    old = os.environ.get("SURGSEG_ENTRY")
+    _ENTRY.append(name); os.environ["SURGSEG_ENTRY"] = name
+    try: yield
+    finally:
+        _ENTRY.pop()
+        if old is None: os.environ.pop("SURGSEG_ENTRY", None)
+        else: os.environ["SURGSEG_ENTRY"] = old
+
+def option(name: str,          # the option (a Config field or a keyword), e.g. "resume"
+           value=None,         # the value to suggest; None = the option itself
+           entry: str | None = None,  # the door; None = the one in use
+          ) -> str:
+    "Option `name` (set to `value`) as the user writes it: `--resume`, `--batch_size 2`; `resume=True` (in the parameters)."
+    entry = entry or current_entry()
+    if entry == "cli":
+        if value is True or value is None: return f"--{name}"
+        return f"--no-{name}" if value is False else f"--{name} {value}"
+    text = name if value is None else f"{name}={value!r}"
+    return f"{text} in the parameters" if entry == "papermill" and value is not None else text
+
+MESSAGES = {  # key: the message, options written <name> or <name=value> (rendered by `message` for the door in use)
+    "run_exists": "{path}: run folder exists; pass <resume=True> to continue it or choose another <run_name>",
+    "overwrite": "{path}: already exists (refusing to overwrite; pass <overwrite=True>)",
+    "oom_train": "out of {device} memory while {step} (batch_size {batch_size}, {size}); try a smaller <batch_size>, "
+                 "<low_res=True>, <grad_checkpointing=True> (DINOv3) or <grad_accum> with a smaller batch",
+    "oom_predict": "out of {device} memory while {step} (batch_size {batch_size}, {size}); try a smaller <batch_size> "
+                   "or <device='cpu'>",
+}
+_OPTION = re.compile(r"<(\w+)(?:=([^>]*))?>")
+
+def message(key: str,              # a key of MESSAGES
+            entry: str | None = None,  # the door; None = the one in use
+            **fields) -> str:      # the message's {fields}
+    "The message `key` with its fields filled in and its options written as the door in use writes them."
+    def opt(m):
+        v = None if m[2] is None else yaml.safe_load(m[2])
+        return option(m[1], v, entry)
+    return _OPTION.sub(opt, MESSAGES[key]).format(**fields)
+
+# %% ../nbs/00_core.ipynb #5a1e0b05
+def is_out_of_memory(e: BaseException) -> bool:
+    "Whether `e` is a (CUDA, MPS or host) out-of-memory error of torch."
+    if type(e).__name__ == "OutOfMemoryError": return True
+    return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e).lower() or isinstance(e, MemoryError))
+
+def oom_error(e: BaseException,     # the out-of-memory error
+              step: str,            # what was running, e.g. "training (epoch 2, step 14)"
+              batch_size: int,      # images per step
+              size: str,            # the resolution, e.g. "crops 512x512 at resolution 0.5"
+              key: str = "oom_train",  # oom_train or oom_predict: what to suggest
+             ) -> SurgsegError:
+    "The one-line `SurgsegError` of running out of memory: the step, batch size and resolution, and what to try."
+    device = "GPU" if "cuda" in str(e).lower() or type(e).__name__ == "OutOfMemoryError" else "host"
+    return SurgsegError(message(key, device=device, step=step, batch_size=batch_size, size=size))
 
 # %% ../nbs/00_core.ipynb #6afb050f
 CONFIG_SECTIONS = {

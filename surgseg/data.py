@@ -521,10 +521,10 @@ PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1] + (
 
 def _write_png(path: Path, rgb: np.ndarray):
     "Write an RGB frame as PNG (OpenCV wants BGR), atomically; a one-line error naming the file if it cannot."
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)  # in memory: a full disk is an OSError below
+    if not ok: raise SurgsegError(f"{path}: could not encode the frame")
     try:
-        with atomic_write(path) as tmp:
-            if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS):
-                raise SurgsegError(f"{path}: could not write the frame")
+        with atomic_write(path, what="the extracted frames") as tmp: tmp.write_bytes(buf.tobytes())
     except OSError as e: raise SurgsegError(f"{path}: cannot write the frame ({e.strerror or e})") from None
 
 class _PngWriter:
@@ -542,7 +542,7 @@ class _PngWriter:
         self.futs.append(f)
     def __enter__(self): return self
     def __exit__(self, *exc):
-        self.ex.shutdown(wait=True)            # pending frames are finished (each write is atomic)
+        self.ex.shutdown(wait=True, cancel_futures=self.error is not None or exc[0] is not None)  # running writes end (atomic)
         if exc[0] is None:
             for f in self.futs: f.result()     # raise the first write error, if any
 

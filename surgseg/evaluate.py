@@ -161,7 +161,7 @@ def write_results(results: dict,     # from `evaluate` or `ScoreAccumulator.comp
     for name in texts:  # leftovers of a killed writer (atomic_write's temporary names)
         for t in out.glob(f".{Path(name).stem}.*.tmp.csv"): t.unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:  # every file written before any is renamed; renamed in reverse order
-        for name, text in texts.items(): stack.enter_context(atomic_write(out / name)).write_text(text)
+        for name, text in texts.items(): stack.enter_context(atomic_write(out / name, what="the result tables")).write_text(text)
     return [out / name for name in texts]
 
 # %% ../nbs/07a_evaluate.ipynb #a328bba5

@@ -59,6 +59,8 @@ def count_masks(paths: list,               # mask files
     return np.stack(parallel_map(fn, paths, workers, desc="counting class pixels", unit="mask"))
 
 # %% ../nbs/02_imbalance_study.ipynb #0bcc8cb7
+from .core import DiskFullError
+
 _KEY_COLS = ["key", "video", "operation", "split", "frame", "path", "fingerprint"]
 
 def _read_cache(path: Path) -> pd.DataFrame | None:
@@ -90,7 +92,8 @@ def _root_rows(root: Path, videos: list, workers, cache: bool) -> pd.DataFrame:
         if cache:
             try:
                 clean_partials((root / CACHE_FILE).parent, CACHE_FILE.name)  # temporary files of writers killed mid-write
-                with atomic_write(root / CACHE_FILE) as tmp: fresh.to_csv(tmp, index=False)
+                with atomic_write(root / CACHE_FILE, what="the statistics cache") as tmp: fresh.to_csv(tmp, index=False)
+            except DiskFullError: raise  # a full disk stops here, in one line: the CSV files would not fit either
             except (OSError, SurgsegError) as e:
                 why = getattr(e, "strerror", None) or str(e).rsplit("(", 1)[-1].rstrip(")")
                 warnings.warn(f"{root / CACHE_FILE}: cannot write the cache ({why}); continuing without it")
@@ -221,6 +224,6 @@ def write_stats(root: str | Path,             # dataset root in the official lay
              "cooccurrence.csv": cooccurrence(table)}
     if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in files)):
         raise SurgsegError(f"{out}: holds {other[0]}, not a stats folder; choose a new or empty folder for the CSV files")
-    with output_lock(out), atomic_folder(out, replace=True) as tmp:
+    with output_lock(out), atomic_folder(out, replace=True, what="the statistics CSV files") as tmp:
         for name, df in files.items(): df.to_csv(tmp / name, index=name != "frames.csv")
     return table, summary, out

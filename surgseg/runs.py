@@ -11,13 +11,17 @@ from .core import Config, SurgsegError, atomic_write, load_config
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_model
 
 # %% auto #0
-__all__ = ['BEST', 'LAST', 'METRICS', 'PROGRESS', 'STATE', 'MANIFEST', 'run_dir_for', 'write_manifest', 'check_manifest',
-           'find_checkpoint', 'load_checkpoint', 'run_progress', 'is_finished', 'latest_run']
+__all__ = ['BEST', 'LAST', 'METRICS', 'PROGRESS', 'STATE', 'MANIFEST', 'INTERRUPTED', 'run_dir_for', 'write_manifest',
+           'check_manifest', 'find_checkpoint', 'load_checkpoint', 'run_progress', 'is_finished', 'latest_run']
 
 # %% ../nbs/05a_runs.ipynb #41fa2a3e
 BEST, LAST, METRICS, PROGRESS, STATE, MANIFEST = "best", "last", "metrics.csv", "progress.json", "state", "manifest.json"
 
 # %% ../nbs/05a_runs.ipynb #db818e09
+from .core import message
+
+INTERRUPTED = ".interrupted"  # in a run folder: its run stopped on a full disk, so the same command continues it
+
 def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, resume
                ) -> Path:     # the run folder (not created)
     "The folder of this run: never another run's, except the one to continue when `cfg.resume`."
@@ -25,15 +29,15 @@ def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, re
     taken = lambda p: (p / CONFIG_FILE).exists()
     if cfg.run_name:
         d = out / cfg.run_name
-        if taken(d) and not cfg.resume:
-            raise SurgsegError(f"{d}: run folder exists; pass resume=True to continue it or choose another run_name")
+        if taken(d) and not cfg.resume and not (d / INTERRUPTED).exists(): raise SurgsegError(message("run_exists", path=d))
         return d
     base = f"{cfg.model}-{cfg.loss}-{cfg.sampler}"
     pat = re.compile(re.escape(base) + r"(?:-(\d+))?")
     nums = sorted(int(m[1] or 1) for p in (out.iterdir() if out.is_dir() else [])
                   if (m := pat.fullmatch(p.name)) and taken(p))
     if not nums: return out / base
-    n = nums[-1] if cfg.resume else nums[-1] + 1
+    last = out / (base if nums[-1] == 1 else f"{base}-{nums[-1]}")
+    n = nums[-1] if cfg.resume or (last / INTERRUPTED).exists() else nums[-1] + 1
     return out / (base if n == 1 else f"{base}-{n}")
 
 # %% ../nbs/05a_runs.ipynb #9aa8b1c2

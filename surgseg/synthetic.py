@@ -19,7 +19,7 @@ from .core import (NUM_CLASSES, CLASS_NAMES, REAL_PIXEL_SHARE, REAL_FRAME_PRESEN
 __all__ = ['ACTION_EVERY', 'CODECS', 'MAX_SIZE', 'SYNTHETIC_MARKER', 'SCHEDULED', 'TOOL_STATES', 'SYNTHETIC_DEFAULT',
            'SYNTHETIC_VERSION', 'DIMS', 'n_masks', 'catmull_rom', 'schedule_runs', 'VideoPlan', 'plan_dataset',
            'tissue_texture', 'vignette', 'Shape', 'draw', 'border_point', 'reach', 'tube', 'instrument', 'needle',
-           'spline', 'clip_shape', 'Scene', 'action_segments', 'write_actions', 'fourcc_of', 'write_video',
+           'spline', 'clip_shape', 'Scene', 'action_segments', 'write_actions', 'disk_free', 'fourcc_of', 'write_video',
            'marker_params', 'generate', 'ensure_synthetic', 'plan_masks', 'calibration', 'band_width', 'thin_widths']
 
 # %% ../nbs/90_synthetic.ipynb #947c2fdb
@@ -631,6 +631,10 @@ def write_actions(folder: Path, n_frames: int, rng: np.random.Generator):
         t.write_text("".join(f"{f},{labels[f]}\n" for f in range(0, n_frames, ACTION_EVERY)))
 
 # %% ../nbs/90_synthetic.ipynb #3dc3fc24
+import errno, shutil
+
+def disk_free(path) -> int: return shutil.disk_usage(Path(path).parent).free
+
 def fourcc_of(codec: str) -> str:
     "The OpenCV fourcc of a codec name (MJPG, MP4V or MPEG-4), or a SurgsegError listing the choices."
     c = str(codec).upper()
@@ -646,15 +650,16 @@ def write_video(plan: VideoPlan,      # what to render
     folder = Path(root) / plan.split / plan.name
     (folder / "segmentation").mkdir(parents=True, exist_ok=True)
     scene = Scene(plan); h, w = plan.size
-    with atomic_write(folder / "video_left.avi") as tmp:
+    with atomic_write(folder / "video_left.avi", what="a synthetic video") as tmp:
         vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc_of(codec)), VIDEO_FPS, (w, h))
         if not vw.isOpened(): raise SurgsegError(f"{folder / 'video_left.avi'}: OpenCV cannot write codec {codec!r}")
         try:
             for f in range(plan.n_frames):
                 img, m = scene.render(f)
                 vw.write(cv2.cvtColor(img, cv2.COLOR_RGBA2BGR))
-                if f % MASK_STEP == 0: write_mask(folder / "segmentation" / f"{f:09d}.png", m)
+                if f % MASK_STEP == 0: write_mask(folder / "segmentation" / f"{f:09d}.png", m, what="a synthetic mask")
         finally: vw.release()
+        if disk_free(tmp) < 1 << 16: raise OSError(errno.ENOSPC, "No space left on device")  # OpenCV stops writing silently
         if tmp.stat().st_size == 0: raise SurgsegError(f"{folder / 'video_left.avi'}: OpenCV wrote an empty video")
     write_actions(folder, plan.n_frames, np.random.default_rng([plan.seed, 4]))
     return folder
@@ -686,7 +691,7 @@ def generate(root: str | Path,           # dataset root to create (must not exis
     root = Path(root).expanduser()
     fourcc_of(codec)
     plans = plan_dataset(n_train, n_test, seconds, size, seed, split_ops, first_test)
-    with atomic_folder(root) as tmp:
+    with atomic_folder(root, what="the synthetic dataset") as tmp:
         jobs = [(p, str(tmp), codec) for p in sorted(plans, key=lambda p: -p.n_frames)]
         render = importlib.import_module("surgseg.synthetic")._render  # workers import it (also when this runs in the notebook)
         parallel_map(render, jobs, workers, desc="synth", progress=progress, unit="video")

@@ -21,15 +21,16 @@ from fastcore.basics import patch
 from fastcore.docments import docments
 from tqdm.auto import tqdm
 
-from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, SurgsegError, atomic_folder, atomic_write,
-                          clean_partials, load_config, output_lock, overlay, read_rgb, save_config)
+from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, DiskFullError, SurgsegError, atomic_folder, atomic_write,
+                          clean_partials, is_out_of_memory, load_config, message, oom_error, output_lock, overlay, read_rgb,
+                          save_config)
 from .data import SegDataset, extract_frames, make_splits, resolve_data_dir
 from .imbalance import frame_table
 from .sampler import build_sampler, presence_for
 from .losses import build_loss, pixel_counts
 from .models import build_model, full_res_masks, param_groups, save_model
 from .metrics import ScoreAccumulator, frame_scores
-from .runs import LAST, METRICS, PROGRESS, STATE, check_manifest, run_dir_for, write_manifest
+from .runs import BEST, INTERRUPTED, LAST, METRICS, PROGRESS, STATE, check_manifest, run_dir_for, write_manifest
 
 log = logging.getLogger("surgseg.train")
 
@@ -180,11 +181,17 @@ def train_step(self: Trainer, batch: dict) -> bool:
     "One micro-batch: forward, loss, backward; at accumulation boundaries clip, step and log. True if the optimiser stepped."
     acc, cfg = self.acc, self.cfg
     set_seed(_step_seed(cfg.seed, acc.process_index, self.micro))
-    with acc.accumulate(self.model):
-        loss = self.loss_fn(self.model(batch["image"]), batch["mask"])
-        acc.backward(loss)
-        if acc.sync_gradients and cfg.grad_clip > 0: acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step(); self.scheduler.step(); self.optimizer.zero_grad(set_to_none=True)
+    try:
+        with acc.accumulate(self.model):
+            loss = self.loss_fn(self.model(batch["image"]), batch["mask"])
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.grad_clip > 0: acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step(); self.scheduler.step(); self.optimizer.zero_grad(set_to_none=True)
+    except Exception as e:
+        if not is_out_of_memory(e): raise
+        h, w = batch["image"].shape[-2:]
+        raise oom_error(e, f"training (epoch {self.epoch + 1}, step {self.step + 1})", cfg.batch_size,
+                        f"{h}x{w} pixels at resolution {cfg.scale:g}") from None
     self.micro += 1
     self._pending += loss.detach()
     if not acc.sync_gradients: return False
@@ -217,7 +224,8 @@ def _pause_point(point: str):
 def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
     "Publish `run_dir/name/` atomically: the model via `save_model`, (`state`) the resumable training state, a manifest."
     acc = self.acc
-    with (atomic_folder(self.run_dir / name, replace=True) if acc.is_main_process else contextlib.nullcontext()) as tmp:
+    ckpt = atomic_folder(self.run_dir / name, replace=True, what="a checkpoint") if acc.is_main_process else contextlib.nullcontext()
+    with ckpt as tmp:
         tmp = broadcast_object_list([str(tmp)])[0] if acc.num_processes > 1 else str(tmp)
         if state: acc.save_state(str(Path(tmp) / STATE))
         if acc.is_main_process:
@@ -292,7 +300,10 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
     acc, cfg = self.acc, self.cfg
     loss = acc.reduce(torch.tensor(self.loss_sum / max(self.loss_n, 1), device=acc.device), "mean").item()
     # the prepared (DDP) model: its first forward gives every process the main process's BatchNorm statistics
-    res = validation_scores(self.model, val_dl, acc) if val_dl is not None else None
+    try: res = validation_scores(self.model, val_dl, acc) if val_dl is not None else None
+    except Exception as e:
+        if not is_out_of_memory(e): raise
+        raise oom_error(e, f"validating epoch {self.epoch + 1}", cfg.batch_size, f"whole frames at resolution {cfg.scale:g}") from None
     self.epoch, self.step = self.epoch + 1, 0
     row = _metrics_row(self.epoch, self.global_step, loss, self.scheduler.get_last_lr(), res, secs)
     acc.log({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "global_step")}, step=self.global_step)
@@ -328,6 +339,22 @@ def _check_resume_config(cfg: Config, path: Path):
     if diff: raise SurgsegError(f"{path}: the run was made with {diff[0]}={getattr(old, diff[0])!r}, not "
                                 f"{getattr(cfg, diff[0])!r}; resume with its settings or start a new run")
 
+def _continue_interrupted(run_dir: Path):
+    "A run stopped by a full disk: continue from its last complete checkpoint, or start afresh when it has none."
+    if (run_dir / LAST / PROGRESS).is_file(): return log.info(f"{run_dir}: stopped on a full disk; continuing from {run_dir / LAST}")
+    for p in (run_dir / METRICS, run_dir / BEST, run_dir / "logs", run_dir / "config.yaml"):  # what the lost run left: no checkpoint
+        if p.is_dir(): shutil.rmtree(p)
+        elif p.exists(): p.unlink()
+    log.info(f"{run_dir}: stopped on a full disk before its first checkpoint; starting afresh")
+
+def _mark_interrupted(run_dir: Path, why: str):
+    "Leave the marker that lets the same command continue the run (an empty file needs no free blocks; the reason if it fits)."
+    with contextlib.suppress(OSError):
+        fd = os.open(run_dir / INTERRUPTED, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o666)
+        try: os.write(fd, why.encode() + b"\n")
+        except OSError: pass
+        finally: os.close(fd)
+
 def start_run(cfg: Config,                   # the run's settings
               stack: contextlib.ExitStack,  # holds the run folder's lock until the run ends
              ) -> tuple:                    # (Accelerator, run folder, whether this call created the folder)
@@ -341,12 +368,14 @@ def start_run(cfg: Config,                   # the run's settings
     created = False
     if state.is_main_process:
         stack.enter_context(output_lock(run_dir))  # a second process on this run refuses, naming the first
-        if not cfg.resume and (run_dir / "config.yaml").exists():  # taken by another run while we chose the name
-            raise SurgsegError(f"{run_dir}: run folder exists; pass resume=True to continue it or choose another run_name")
+        again = (run_dir / INTERRUPTED).exists()  # the last run here stopped on a full disk: the same command continues it
+        if not (cfg.resume or again) and (run_dir / "config.yaml").exists():  # taken by another run while we chose the name
+            raise SurgsegError(message("run_exists", path=run_dir))
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_partials(run_dir)  # checkpoint folders half-written by a killed process
-        if cfg.resume and (run_dir / "config.yaml").exists(): _check_resume_config(cfg, run_dir / "config.yaml")
+        if again and not cfg.resume: _continue_interrupted(run_dir)
+        if (cfg.resume or again) and (run_dir / "config.yaml").exists(): _check_resume_config(cfg, run_dir / "config.yaml")
         save_config(cfg, run_dir / "config.yaml")
     trackers = _trackers(cfg.log_with)
     try:
@@ -381,7 +410,7 @@ def _build(cfg: Config, acc: Accelerator, run_dir: Path, on_step) -> SimpleNames
     loss_fn = build_loss(cfg, *pixel_counts(table))  # class weights (if any) from the training frames only
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs * acc.num_processes)
     tr = Trainer(cfg, acc, model, loss_fn, opt, sched, run_dir, on_step)
-    if cfg.resume and (run_dir / LAST / PROGRESS).is_file(): tr.restore(run_dir / LAST)
+    if (cfg.resume or (run_dir / INTERRUPTED).exists()) and (run_dir / LAST / PROGRESS).is_file(): tr.restore(run_dir / LAST)
     return SimpleNamespace(trainer=tr, train_dl=train_dl, val_dl=val_dl, steps=steps, sampler=sampler, run_dir=run_dir)
 
 def setup_run(cfg: Config,   # every setting of the run
@@ -392,8 +421,9 @@ def setup_run(cfg: Config,   # every setting of the run
     try:
         acc, run_dir, created = start_run(cfg, stack)
         try: r = _build(cfg, acc, run_dir, on_step)
-        except BaseException:
+        except BaseException as e:
             if created and acc.is_main_process: shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing
+            elif isinstance(e, DiskFullError) and acc.is_main_process: _mark_interrupted(run_dir, str(e))
             raise
     except BaseException:
         stack.close(); raise
@@ -413,7 +443,11 @@ def fit(cfg: Config,    # every setting of the run
                 t0 = time.perf_counter()
                 tr.train_epoch(r.train_dl, r.steps, r.sampler)
                 tr.end_epoch(r.val_dl, time.perf_counter() - t0)
+        except DiskFullError as e:  # the same command, once space is freed, continues from the last complete checkpoint
+            if tr.acc.is_main_process: _mark_interrupted(r.run_dir, str(e))
+            raise
         finally: tr.acc.end_training()
+        if tr.acc.is_main_process: (r.run_dir / INTERRUPTED).unlink(missing_ok=True)
     return r.run_dir
 
 # %% ../nbs/06_train.ipynb #de30c638
