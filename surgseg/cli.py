@@ -438,9 +438,38 @@ def log_to_stderr():
     finally:
         if not quiet: lg.removeHandler(h); lg.setLevel(level)
 
+def _exhaustion_line(cmd: str, a, e: BaseException) -> str | None:
+    "The one line of a full disk or of memory running out that no library call named (None for any other error)."
+    from surgseg.core import disk_full_message, is_disk_full, is_out_of_memory, oom_error
+    if is_disk_full(e): return disk_full_message(getattr(e, "filename", None) or "the output", f"the output of surgseg {cmd}", e)
+    if not is_out_of_memory(e): return None
+    size, tb = "frame size unknown", e.__traceback__
+    while tb is not None:  # the predictor's frame that ran out: its frames' size and working resolution
+        loc = tb.tb_frame.f_locals
+        if hasattr(loc.get("self"), "scale") and loc.get("images"):
+            h, w = loc["images"][0].shape[:2]; size = f"frames {w}x{h} at resolution {loc['self'].scale}"
+        tb = tb.tb_next
+    return str(oom_error(e, f"running surgseg {cmd}", getattr(a, "batch_size", "?"), size, "oom_predict"))
+
+def _run_command(cmd: str, a) -> int:
+    "Run subcommand `cmd` with its parsed options: its exit code; a SurgsegError, a full disk or exhausted memory is one line."
+    try:
+        with log_to_stderr(): return int(COMMANDS[cmd].run(a) or 0)
+    except SurgsegError as e:
+        print(f"surgseg {cmd}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    except KeyboardInterrupt:
+        print(f"surgseg {cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a full disk or exhausted memory is one line too, even where no writer named it
+        if (line := _exhaustion_line(cmd, a, e)) is None: raise
+        print(f"surgseg {cmd}: error: {line}", file=sys.stderr)
+        return 1
+
 def main(argv: list[str] | None = None,  # arguments (default: sys.argv[1:])
         ) -> int:                         # exit code
     "Entry point of the `surgseg` console script."
+    from surgseg.core import entry_point
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         if not argv or argv[0].startswith("-"):
@@ -449,12 +478,5 @@ def main(argv: list[str] | None = None,  # arguments (default: sys.argv[1:])
         cmd = argv[0]
         if cmd not in COMMANDS: top_parser().error(f"{cmd!r} is not a command; choose from {', '.join(COMMANDS)}")
         a = parser(cmd).parse_args(argv[1:])
-        try:
-            with log_to_stderr(): return int(COMMANDS[cmd].run(a) or 0)
-        except SurgsegError as e:
-            print(f"surgseg {cmd}: error: {e}", file=sys.stderr)
-            return 2 if isinstance(e, UsageError) else 1
-        except KeyboardInterrupt:
-            print(f"surgseg {cmd}: interrupted", file=sys.stderr)
-            return 130
+        with entry_point("cli"): return _run_command(cmd, a)  # messages name options as flags (`--resume`)
     except SystemExit as e: return e.code if isinstance(e.code, int) else int(e.code is not None)

@@ -216,6 +216,7 @@ def _prefetch(items: Iterable, size: int = 8) -> Iterator:
             yield it
     finally:
         stop.set()
+        t.join()  # it ends after its current item: no thread outlives the stream (one left inside torch at exit aborts the process)
 
 def _batches(items: Iterable[tuple[Any, np.ndarray]], batch_size: int) -> Iterator[list]:
     "Group (key, image) pairs into lists of at most `batch_size` consecutive images of the same size."
@@ -308,15 +309,25 @@ def list_images(input: str | Path,  # an image file or a folder of images
         raise SurgsegError(f"{input / dup[0]}: several images share this name (their masks would collide)")
     return files
 
-def _writer(workers: int = 2) -> ThreadPoolExecutor: return ThreadPoolExecutor(max_workers=workers)
+class _Writer(ThreadPoolExecutor):
+    "The background writes of one command: leaving on an error drops the writes not started and waits for the running ones."
+    def __exit__(self, exc_type, *exc):
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)  # no thread outlives the command, none is torn down
+        return False
+
+def _writer(workers: int = 2) -> ThreadPoolExecutor: return _Writer(max_workers=workers)
 
 def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, alpha: float):
     "Blend the mask over the frame and write the overlay PNG."
-    write_png(path, overlay(image, mask, alpha), overwrite=False)
+    write_png(path, overlay(image, mask, alpha), overwrite=False, what="an overlay")
 
 def _drain(futures):
-    "Wait for queued writes and re-raise the first error."
-    for f in futures: f.result()
+    "Wait for queued writes and re-raise the first error (a full disk is `core.writing`'s one line); the rest are cancelled."
+    try:
+        for f in futures: f.result()
+    except BaseException:
+        for f in futures: f.cancel()
+        raise
     futures.clear()
 
 def _submit(futures: list, pool, fn, *args):
@@ -360,6 +371,8 @@ def video_info(path: str | Path) -> dict:
     except Exception as e: raise SurgsegError(f"{path}: unreadable video ({type(e).__name__}: {_first_reason(e)})") from None
 
 # %% ../nbs/08_inference.ipynb #601235b7
+from .core import writing
+
 class VideoWriter:
     "Write RGB frames to an .mp4 with PyAV (H.264 if available, else MPEG-4), odd sizes padded to even."
     def __init__(self, path: str | Path,        # the .mp4 file to write
@@ -368,7 +381,7 @@ class VideoWriter:
                 ):
         import av
         self.path, self.fps, self.preset, self.stream = Path(path), fps, preset, None
-        self.container = av.open(str(self.path), "w")
+        with writing(self.path, "the overlay video"): self.container = av.open(str(self.path), "w")
 
     def _open(self, h, w):
         import av
@@ -383,14 +396,19 @@ class VideoWriter:
         h, w = rgb.shape[:2]
         if self.stream is None: self._open(h, w)
         if h % 2 or w % 2: rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        for pkt in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-            self.container.mux(pkt)
+        with writing(self.path, "the overlay video"):
+            for pkt in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+                self.container.mux(pkt)
 
     def close(self):
-        "Flush the encoder and close the file."
-        if self.stream is not None:
-            for pkt in self.stream.encode(): self.container.mux(pkt)
-        self.container.close()
+        "Flush the encoder and close the file (closed even when the flush fails, e.g. on a full disk)."
+        try:
+            with writing(self.path, "the overlay video"):
+                if self.stream is not None:
+                    for pkt in self.stream.encode(): self.container.mux(pkt)
+                self.container.close()   # writes the trailer
+        finally:
+            with contextlib.suppress(Exception): self.container.close()  # after a failed flush: free the file all the same
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
