@@ -24,8 +24,9 @@ from .models import full_res_masks
 from .runs import load_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'ProbSmoother', 'check_output_dir', 'new_output', 'list_images', 'predict_images',
-           'video_info', 'VideoWriter', 'draw_legend', 'predict_video', 'split_frames', 'predict_split']
+__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'presence_evidence', 'ProbSmoother', 'check_output_dir', 'new_output', 'list_images',
+           'predict_images', 'video_info', 'VideoWriter', 'draw_legend', 'predict_video', 'split_frames',
+           'predict_split']
 
 # %% ../nbs/08_inference.ipynb #dae23a81
 def _first_reason(e: BaseException) -> str:
@@ -113,13 +114,31 @@ def scores(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB fra
     return (logits[:n] + logits[n:].flip(-1)) / 2
 
 # %% ../nbs/08_inference.ipynb #b5f87bfc
+def presence_evidence(logits: torch.Tensor,  # (B, C, h, w) logits at the working resolution
+                     ) -> np.ndarray:        # (B, C) float32: each class's maximum softmax probability over the frame
+    "How strongly the model sees each class somewhere in each frame: its maximum probability over the frame's pixels."
+    with torch.no_grad():  # frame by frame: the same numbers whatever the batch a frame comes in
+        return np.stack([l[None].float().softmax(1).amax((2, 3))[0].cpu().numpy() for l in logits])
+
+@patch
+def decision_bias(self: Predictor, logits: torch.Tensor,  # (B, C, h, w) logits at the working resolution
+                  evidence: list | None = None,           # a list: gets each frame's `presence_evidence` row, in order
+                 ) -> torch.Tensor | None:                # (B, C) added to the upsampled scores before the argmax; None = no rule
+    "The per-frame class biases of the post-processing's decision rule (its `bias(presence)`, e.g. `postprocess.Decisions`)."
+    rule = getattr(self.postprocess, "bias", None)
+    if rule is None and evidence is None: return None
+    pmax = presence_evidence(logits)
+    if evidence is not None: evidence.extend(pmax)
+    return None if rule is None else rule(pmax)
+
 @patch
 @torch.inference_mode()
 def top2(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
           second: bool = False,                         # also return the second most likely class
          ) -> list[tuple]:                             # per frame: (top1 (H,W) uint8, top2 (H,W) uint8 or None)
     "Most likely (and second most likely) class per full-resolution pixel."
-    r = full_res_masks(self.scores(images), images[0].shape[:2], top2=second)  # upsampled one frame at a time
+    logits = self.scores(images)
+    r = full_res_masks(logits, images[0].shape[:2], top2=second, bias=self.decision_bias(logits))  # one frame at a time
     return list(zip(*r)) if second else [(a, None) for a in r]
 
 @patch
@@ -231,19 +250,21 @@ def _logits_of(predictor, batches: Iterable[list]) -> Iterator[tuple]:
     "Stage 2: (batch, (B, C, h, w) logits) for each batch of (key, image) pairs."
     for batch in batches: yield batch, predictor.scores([im for _, im in batch])
 
-def _maps_of(predictor, logit_batches: Iterable[tuple], second: bool, smooth: float, centred: bool) -> Iterator[tuple]:
-    "Stage 3: (key, image, top1, top2 or None) per frame, after optional temporal smoothing of the class probabilities."
+def _maps_of(predictor, logit_batches: Iterable[tuple], second: bool, smooth: float, centred: bool,
+             evidence: list | None = None) -> Iterator[tuple]:
+    "Stage 3: (key, image, top1, top2 or None) per frame, after optional temporal smoothing and the decision rule."
     sm, waiting = ProbSmoother(smooth, centred), collections.deque()  # frames whose smoothed scores need later frames
     def emit(done):
         for key, l in done:
             k, im = waiting.popleft()
-            r = full_res_masks(l[None], im.shape[:2], top2=second)
+            r = full_res_masks(l[None], im.shape[:2], top2=second, bias=predictor.decision_bias(l[None]))
             yield (k, im, r[0][0], r[1][0]) if second else (k, im, r[0], None)
     for batch, logits in logit_batches:
         if sm.alpha == 0:  # no smoothing: the whole batch in one call (measured faster than frame by frame)
-            r = full_res_masks(logits, batch[0][1].shape[:2], top2=second)
+            r = full_res_masks(logits, batch[0][1].shape[:2], top2=second, bias=predictor.decision_bias(logits, evidence))
             yield from ((k, im, r[0][i], r[1][i]) if second else (k, im, r[i], None) for i, (k, im) in enumerate(batch))
             continue
+        if evidence is not None: evidence.extend(presence_evidence(logits))  # of the raw logits, before smoothing
         for (key, im), l in zip(batch, logits):
             waiting.append((key, im))
             yield from emit(sm.push(key, l))
@@ -256,13 +277,14 @@ def stream_top2(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (ke
                  desc: str = "predict",    # progress bar label
                  progress: bool = True,    # show a progress bar (with frames/s)
                  smooth: float | None = None, # temporal smoothing for this stream; None = the predictor's `smooth`
+                 evidence: list | None = None, # a list: gets each frame's `presence_evidence` (raw logits) before the frame is yielded
                 ) -> Iterator[tuple]:      # (key, image, top1, top2 or None), in input order
-    "Raw (not post-processed) top-1/top-2 class maps of a stream of frames: decoding, model and upsampling run as a pipeline."
+    "Top-1/top-2 class maps (decision rule applied, masks not post-processed) of a stream of frames: decoding, model and upsampling run as a pipeline."
     q = 2 * self.batch_size
     smooth = self.smooth if smooth is None else float(smooth)
     frames = _prefetch(items, q)                                                          # 1: decoding
     logits = _prefetch(_logits_of(self, _batches(frames, self.batch_size)), 2)            # 2: batches, the model
-    maps = _prefetch(_maps_of(self, logits, second, smooth, self.smooth_centred), q)      # 3: smoothing, upsampling, argmax
+    maps = _prefetch(_maps_of(self, logits, second, smooth, self.smooth_centred, evidence), q)  # 3: smoothing, upsampling, argmax
     with tqdm(total=total, desc=desc, unit="frame", disable=not progress, leave=False, smoothing=0.1) as bar:
         for r in maps: yield r; bar.update(1)
 
@@ -270,11 +292,22 @@ def stream_top2(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (ke
 def predict_stream(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
                     total: int | None = None, desc: str = "predict", progress: bool = True,
                     smooth: float | None = None,  # temporal smoothing for this stream; None = the predictor's `smooth`
+                    evidence: list | None = None, # a list: gets each frame's `presence_evidence` (see `stream_top2`)
                    ) -> Iterator[tuple]:  # (key, image, mask), in input order
     "Post-processed masks of a stream of (key, frame) pairs, through the pipeline (post-processing in its own thread)."
-    maps = self.stream_top2(items, self.needs_second, total, desc, progress, smooth)
+    maps = self.stream_top2(items, self.needs_second, total, desc, progress, smooth, evidence)
     if self.postprocess is None: yield from ((k, im, a) for k, im, a, _ in maps); return
     yield from _prefetch(((k, im, self.finish(a, b)) for k, im, a, b in maps), 2 * self.batch_size)  # 4: post-processing
+
+@patch
+def stream_logits(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
+                  total: int | None = None, desc: str = "logits", progress: bool = True,
+                 ) -> Iterator[tuple]:  # (key, image, (C, h, w) logits at the working resolution), in input order
+    "The model's raw logits of a stream of frames (decoding and the model as a pipeline, batched as `stream_top2` batches)."
+    frames = _prefetch(items, 2 * self.batch_size)
+    with tqdm(total=total, desc=desc, unit="frame", disable=not progress, leave=False, smoothing=0.1) as bar:
+        for batch, logits in _prefetch(_logits_of(self, _batches(frames, self.batch_size)), 2):
+            for (k, im), l in zip(batch, logits): yield k, im, l; bar.update(1)
 
 # %% ../nbs/08_inference.ipynb #001752e8
 def check_output_dir(out: str | Path):
@@ -515,23 +548,28 @@ def split_frames(videos,  # list of `surgseg.data.Video` (or a dataset root)
             yield (v, f, mp), im
 
 # %% ../nbs/08_inference.ipynb #6a524fc3
-def predict_split(predictor,                 # a `Predictor`, or a run or checkpoint folder (then: no post-processing)
+def predict_split(predictor,                 # a `Predictor`, or a run or checkpoint folder (then `postprocess.load_predictor`'s)
                   data_root,                 # split root holding video_* folders (e.g. ROOT/test), a dataset root, or a list of `Video`
                   out: str | Path,           # prediction folder to create (must be new or empty)
                   progress: bool = True,     # show a progress bar
-                  **kwargs,                  # `Predictor` settings when `predictor` is a folder (tta, batch_size, device, amp)
+                  evidence: list | None = None, # a list: gets one dict per frame, {"video", "frame", "p_1".."p_9"}: max softmax probabilities
+                  **kwargs,                  # `postprocess.load_predictor` settings when `predictor` is a folder (decisions, tta, min_area, batch_size, device)
                  ) -> Path:                  # `out`
     "Predict every annotated frame of a split into `out/video_XX/segmentation/{frame:09d}.png` (official layout)."
     out = Path(out)
     check_output_dir(out)
     videos = _as_videos(data_root)
     if isinstance(predictor, Predictor) and kwargs: raise SurgsegError("predict_split: pass settings to the Predictor, not beside it")
-    p = predictor if isinstance(predictor, Predictor) else Predictor.from_checkpoint(predictor, **kwargs)
+    if not isinstance(predictor, Predictor):
+        from .postprocess import load_predictor  # the chapter above this one: the run's decisions and post-processing
+        predictor = load_predictor(predictor, **kwargs)
+    p, raw = predictor, ([] if evidence is not None else None)
     total = sum(len(v.frames) for v in videos) or None
     with new_output(out) as tmp, _writer() as pool:
         futures = []
-        for (v, f, _), _, mask in p.predict_stream(split_frames(videos), total=total, desc="predict", progress=progress,
-                                              smooth=0):  # annotated frames are a second apart: never smoothed
+        for i, ((v, f, _), _, mask) in enumerate(p.predict_stream(split_frames(videos), total=total, desc="predict",
+                                                                  progress=progress, smooth=0, evidence=raw)):  # never smoothed: frames 1 s apart
             _submit(futures, pool, write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False)
+            if raw is not None: evidence.append({"video": v.name, "frame": int(f), **{f"p_{c}": float(raw[i][c]) for c in range(1, len(raw[i]))}})
         _drain(futures)
     return out

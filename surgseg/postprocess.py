@@ -4,22 +4,29 @@
 
 # %% ../nbs/08a_postprocess.ipynb #a8d99ed3
 from __future__ import annotations
-from dataclasses import dataclass
+import json, time
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, read_mask
+from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, read_mask
 from .data import make_splits, resolve_data_dir
-from .inference import Predictor, _as_videos, split_frames
-from .metrics import ScoreAccumulator, frame_scores
+from .inference import Predictor, _as_videos, presence_evidence, split_frames
+from .metrics import ScoreAccumulator, class_breakdown, edge_points, frame_scores, surface_dice
+from .models import WEIGHTS_FILE, full_res_masks, full_res_scores
+from .runs import BEST, LAST, _sha256, find_checkpoint
 
 # %% auto #0
-__all__ = ['MIN_AREA_CANDIDATES', 'min_area_thresholds', 'remove_small', 'RemoveSmall', 'load_predictor', 'score_split',
-           'MinAreaTuning', 'choose_min_area', 'validation_videos', 'tune_min_area', 'plot_min_area',
-           'compare_settings']
+__all__ = ['MIN_AREA_CANDIDATES', 'OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'DECISIONS_FILE', 'min_area_thresholds',
+           'remove_small', 'RemoveSmall', 'load_predictor', 'score_split', 'MinAreaTuning', 'choose_min_area',
+           'validation_videos', 'tune_min_area', 'plot_min_area', 'compare_settings', 'Decisions', 'as_decisions',
+           'decisions_path', 'read_decisions', 'load_decisions', 'DecisionTuning', 'tune_decisions']
 
 # %% ../nbs/08a_postprocess.ipynb #5223824d
 def min_area_thresholds(min_area: int | str | Sequence[int] | None,  # one threshold, 9 (classes 1..9) or 10 values, "a,b,..", or None
@@ -91,37 +98,51 @@ class RemoveSmall:
 
 def load_predictor(checkpoint,                 # run folder (best/, else last/) or checkpoint folder
                    tta: bool | None = None,    # horizontal-flip TTA; None = the run's config
-                   min_area=None,              # small-component threshold(s); None = the run's config (`cfg.min_area`)
+                   min_area=None,              # small-component threshold(s); None = the decisions', else the run's config
                    fill: str = "background",   # what removed pixels become: "background" or "next"
+                   decisions: bool | str = True, # True: apply RUN/decisions.json if there; False: not; "tune": tune them now and save
+                   progress: bool = True,      # progress bar of `decisions="tune"`
                    **kwargs,                   # more `Predictor` settings (batch_size, device, amp)
                   ) -> Predictor:
-    "A run's `Predictor` with its post-processing: `RemoveSmall` when any threshold is set."
+    "A run's `Predictor` with its post-processing: the run's tuned `Decisions` (if any), else `RemoveSmall` when a threshold is set."
     if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
+    if decisions not in (True, False, "tune"): raise SurgsegError(f"decisions={decisions!r}: choose True, False or 'tune'")
     p = Predictor.from_checkpoint(checkpoint, tta=tta, **kwargs)
+    if decisions == "tune":
+        t = tune_decisions(p, progress=progress, min_area=min_area)
+        t.save()
+        d = t.decisions
+    else: d = load_decisions(checkpoint) if decisions else None
+    if d is not None:
+        p.postprocess = Decisions(d.offset, d.presence, d.min_area if min_area is None else min_area, fill)
+        return p
     thr = min_area_thresholds(getattr(p.cfg, "min_area", 0) if min_area is None else min_area)
     if thr.any(): p.postprocess = RemoveSmall(thr, fill)
     return p
 
 # %% ../nbs/08a_postprocess.ipynb #37a28929
-def score_split(predictor: Predictor,      # the model (its own post-processing is ignored; `min_areas` are scored)
+def score_split(predictor: Predictor,      # the model
                 videos,                    # list of `surgseg.data.Video` with masks, or a dataset root
-                min_areas: Sequence = (0,),# post-processing settings to score (each as for `min_area_thresholds`)
-                fill: str = "background",  # what removed pixels become: "background" or "next"
+                min_areas: Sequence | None = None,  # settings to score: min_area values or `Decisions`; None = the predictor's own post-processing
+                fill: str = "background",  # what removed pixels become for plain min_area settings: "background" or "next"
                 tau: float = 10.0,         # NSD tolerance (official: 10 px)
                 progress: bool = True,     # show a progress bar
                ) -> list[dict]:            # one `ScoreAccumulator.compute()` result per setting
-    "Official scores of several post-processing settings from one pass of the model over the annotated frames."
+    "Official scores of several post-processing settings (decision rules included) from one pass of the model over the annotated frames."
     videos = [v for v in _as_videos(videos) if v.frames]
     if not videos: raise SurgsegError("score_split: no video with ground-truth masks to score against")
-    ths = [min_area_thresholds(m) for m in min_areas]
-    accs = [ScoreAccumulator(tau) for _ in ths]
-    nxt = fill == "next"
-    need2 = nxt and any(t.any() for t in ths)
-    for (v, f, mp), _, a, b in predictor.stream_top2(split_frames(videos), need2, sum(len(v.frames) for v in videos),
-                                                     "score", progress, smooth=0):  # annotated frames are 1 s apart: never smoothed
-        gt, prev = read_mask(mp, a.shape), None
-        for t, acc in zip(ths, accs):
-            m = remove_small(a, t, b if nxt else None)
+    settings = [as_decisions(predictor.postprocess)] if min_areas is None else [as_decisions(m, fill) for m in min_areas]
+    accs = [ScoreAccumulator(tau) for _ in settings]
+    logits_used = any(s.acts_on_logits for s in settings)
+    for (v, f, mp), im, l in predictor.stream_logits(split_frames(videos), sum(len(v.frames) for v in videos), "score", progress):
+        gt, maps, prev = read_mask(mp, im.shape[:2]), {}, None
+        pmax = presence_evidence(l[None]) if logits_used else None
+        for s, acc in zip(settings, accs):
+            b = s.bias(pmax) if logits_used else None
+            key = (None if b is None else b.numpy().tobytes(), s.needs_second)
+            if key not in maps: maps[key] = full_res_masks(l[None], im.shape[:2], top2=s.needs_second, bias=b)
+            a, sec = (maps[key][0][0], maps[key][1][0]) if s.needs_second else (maps[key][0], None)
+            m = s(a, sec)
             if prev is None or not np.array_equal(m, prev[0]): prev = (m, frame_scores(m, gt, tau, with_confusion=True))
             acc.add(v.name, *prev[1], frame=f)
     return [acc.compute() for acc in accs]
@@ -236,3 +257,350 @@ def compare_settings(checkpoint,                 # run folder, checkpoint folder
                 rows.append(dict(tta=bool(tta), postprocessing=name, miou=r["miou"], mnsd=r["mnsd"], score=r["score"]))
     finally: p.tta = tta0
     return pd.DataFrame(rows)
+
+# %% ../nbs/08a_postprocess.ipynb #8676dc71
+OFFSET_CANDIDATES = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # logits added to a class before the argmax
+PRESENCE_CANDIDATES = (0.0, 0.3, 0.5, 0.7, 0.9)                     # a class's maximum probability a frame must show
+
+def _per_class(values, name: str, default: float = 0.0) -> np.ndarray:
+    "One float per class 0..9 from None, one value, 9 values (classes 1..9) or 10; background forced to 0."
+    if values is None: values = default
+    a = np.asarray(values, dtype=np.float64).ravel()
+    if a.size == 1: a = np.r_[0.0, np.full(NUM_CLASSES - 1, a[0])]
+    elif a.size == NUM_CLASSES - 1: a = np.r_[0.0, a]
+    elif a.size != NUM_CLASSES: raise SurgsegError(f"{name}: expected 1, {NUM_CLASSES - 1} or {NUM_CLASSES} values, got {a.size}")
+    if not np.isfinite(a).all(): raise SurgsegError(f"{name}: values must be finite numbers, got {a[1:].tolist()}")
+    a[0] = 0.0
+    return a
+
+class Decisions:
+    "A per-class decision rule: logit offsets and frame-level presence thresholds before the argmax, small components after."
+    def __init__(self, offset=None,           # added to class c's upsampled logit before the argmax (negative: predict c less)
+                 presence=None,               # class c is kept in a frame only if its maximum softmax probability there reaches this
+                 min_area=None,               # pixels: small-component thresholds after the argmax (see `min_area_thresholds`)
+                 fill: str = "background",    # what removed small components become: "background" or "next"
+                ):
+        if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
+        self.offset, self.presence = _per_class(offset, "offset"), _per_class(presence, "presence")
+        if ((self.presence < 0) | (self.presence > 1)).any():
+            raise SurgsegError(f"presence: thresholds are probabilities in [0, 1], got {self.presence[1:].tolist()}")
+        self.min_area, self.fill = min_area_thresholds(min_area), fill
+
+    @property
+    def acts_on_logits(self) -> bool: return bool(self.offset.any() or self.presence.any())
+
+    @property
+    def needs_second(self) -> bool: return self.fill == "next" and bool(self.min_area.any())
+
+    def bias(self, presence: np.ndarray,  # (B, C) each class's maximum probability per frame (`inference.presence_evidence`)
+            ) -> torch.Tensor | None:     # (B, C) float32 added to the upsampled logits; -inf: class not present; None = no rule
+        "The per-frame biases the `Predictor` adds before the full-resolution argmax."
+        if not self.acts_on_logits: return None
+        b = np.tile(self.offset.astype(np.float32), (len(presence), 1))
+        b[np.asarray(presence) < self.presence] = -np.inf
+        return torch.from_numpy(b)
+
+    def __call__(self, top1: np.ndarray, top2: np.ndarray | None = None) -> np.ndarray:
+        "Remove small components of the (decided) argmax mask."
+        return remove_small(top1, self.min_area, top2 if self.fill == "next" else None)
+
+    def to_dict(self) -> dict:
+        return dict(offset=self.offset[1:].tolist(), presence=self.presence[1:].tolist(),
+                    min_area=self.min_area[1:].tolist(), fill=self.fill)
+
+    def __eq__(self, other): return isinstance(other, Decisions) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return (f"Decisions(offset={np.round(self.offset[1:], 3).tolist()}, presence={self.presence[1:].tolist()}, "
+                f"min_area={self.min_area[1:].tolist()}, fill={self.fill})")
+
+def as_decisions(post,               # None, a min_area setting, a `RemoveSmall` or a `Decisions`
+                 fill: str = "background",  # fill of a plain min_area setting
+                ) -> Decisions:
+    "Any post-processing setting of this chapter as a `Decisions`."
+    if isinstance(post, Decisions): return post
+    if isinstance(post, RemoveSmall): return Decisions(min_area=post.min_area, fill=post.fill)
+    if callable(post): raise SurgsegError(f"{post!r}: not a post-processing of this chapter (RemoveSmall, Decisions)")
+    return Decisions(min_area=post, fill=fill)
+
+# %% ../nbs/08a_postprocess.ipynb #db9ddbea
+DECISIONS_FILE = "decisions.json"  # in the run folder, beside best/ and last/
+
+def _checkpoint_id(ckpt: Path) -> dict:
+    "What a decision rule was tuned on: the checkpoint folder's name and its weights' SHA-256."
+    w = Path(ckpt) / WEIGHTS_FILE
+    return dict(checkpoint=Path(ckpt).name, weights_sha256=_sha256(w) if w.is_file() else None)
+
+def decisions_path(checkpoint) -> Path:
+    "Where a run keeps its tuned decisions: RUN/decisions.json (a checkpoint folder outside a run: inside it)."
+    ck = find_checkpoint(checkpoint)
+    return (ck.parent if ck.name in (BEST, LAST) else ck) / DECISIONS_FILE
+
+def read_decisions(path: str | Path,  # a decisions.json
+                  ) -> tuple[Decisions, dict]:  # the rule and the whole record
+    "Read a decisions file; any problem is one line naming the file."
+    path = Path(path)
+    try: rec = json.loads(path.read_text())
+    except OSError as e: raise SurgsegError(f"{path}: unreadable ({e.strerror or type(e).__name__})") from None
+    except ValueError as e: raise SurgsegError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rec, dict): raise SurgsegError(f"{path}: expected a JSON object with offset, presence, min_area")
+    for k in ("offset", "presence", "min_area"):
+        if k not in rec: raise SurgsegError(f"{path}: no {k!r} (a decisions file holds offset, presence, min_area)")
+        v = rec[k]
+        if not isinstance(v, list) or len(v) != NUM_CLASSES - 1 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise SurgsegError(f"{path}: {k!r} must be a list of {NUM_CLASSES - 1} numbers (classes 1..9)")
+    try: return Decisions(rec["offset"], rec["presence"], rec["min_area"], rec.get("fill", "background")), rec
+    except SurgsegError as e: raise SurgsegError(f"{path}: {e}") from None
+
+def load_decisions(checkpoint,  # run folder or checkpoint folder
+                  ) -> Decisions | None:  # None when the run has no decisions file
+    "The run's tuned decisions, checked to belong to the checkpoint that `checkpoint` loads."
+    path = decisions_path(checkpoint)
+    if not path.is_file(): return None
+    d, rec = read_decisions(path)
+    ck, want = find_checkpoint(checkpoint), rec.get("tuned_on") or {}
+    have = _checkpoint_id(ck)
+    if want.get("weights_sha256") != have["weights_sha256"]:
+        raise SurgsegError(f"{path}: tuned for {want.get('checkpoint', '?')}/ of another training state than {ck} holds now; "
+                           "retune (`--decisions tune`, `tune_decisions`) or turn them off (`--decisions off`)")
+    return d
+
+# %% ../nbs/08a_postprocess.ipynb #956f7998
+_EPS = 1e-3  # logits: slack on the bounds that decide which pixels a candidate can change (float rounding)
+
+@dataclass
+class _Frame:
+    "One validation frame as the decision search sees it."
+    video: int            # index of its video
+    name: tuple           # (video name, frame number)
+    gt: np.ndarray        # (H, W) uint8 ground truth
+    pmax: np.ndarray      # (C,) float32 presence evidence of the raw logits
+    A: np.ndarray         # (H, W) uint8 argmax under the current offsets and presence gates
+    P: np.ndarray         # (N,) flat indices of the only pixels any candidate can change
+    S: np.ndarray         # (N, C) float32 upsampled logits there
+    sub: list             # sub[c]: positions in P where class c can be the argmax under some candidate
+    gt_edges: list        # gt_edges[c]: edge points of ground-truth class c
+    gt_n: np.ndarray      # (C,) ground-truth pixels per class
+
+def _cache_frame(l: torch.Tensor, gt: np.ndarray, video: int, name: tuple, lo: float, hi: float, tmax: float) -> _Frame:
+    "What the search needs of one frame: its argmax, and the logits of the pixels that offsets in [lo, hi] or a gate can flip."
+    C = l.shape[0]
+    pmax = presence_evidence(l[None])[0]
+    with torch.inference_mode():
+        s = full_res_scores(l[None], gt.shape)
+        a = s.argmax(-1)
+        margin = (s.gather(-1, a[..., None])[..., 0] - s.scatter(-1, a[..., None], float("-inf")).amax(-1)).numpy()
+    A = a.to(torch.uint8).numpy()
+    gateable = np.r_[False, pmax[1:] < tmax]
+    P = np.flatnonzero((margin <= hi - lo + _EPS).ravel() | gateable[A.ravel()])
+    S = s.numpy().reshape(-1, C)[P]
+    R = S + np.r_[0.0, np.full(C - 1, lo)].astype(np.float32)  # every class at its lowest offset; gateable ones gone
+    R[:, gateable] = -np.inf
+    top, rows = R.argmax(1), np.arange(len(P))
+    m1 = R[rows, top]; R[rows, top] = -np.inf; m2 = R.max(1)
+    sub = [None] + [np.flatnonzero(S[:, c] + np.float32(hi + _EPS) >= np.where(top == c, m2, m1)) for c in range(1, C)]
+    return _Frame(video, name, gt, pmax, A, P, S, sub, [None] + [edge_points(gt, c) for c in range(1, C)],
+                  np.bincount(gt.ravel(), minlength=C))
+
+def _class_score(fr: _Frame, k: int, min_area: int, tau: float) -> tuple[float, float]:
+    "Official IoU and NSD of class k in the frame's current argmax after removing its components below `min_area`."
+    m = fr.A == k
+    if min_area:
+        thr = np.zeros(NUM_CLASSES, np.int64); thr[1] = min_area
+        for _, rows, cols, sel in _small_components(m.view(np.uint8), thr): m[rows, cols][sel] = False
+    npred, ngt = int(np.count_nonzero(m)), int(fr.gt_n[k])
+    if npred == 0 or ngt == 0: return (1.0, 1.0) if npred == ngt else (0.0, 0.0)
+    inter = int(np.count_nonzero(m & (fr.gt == k)))
+    return inter / (npred + ngt - inter), surface_dice(edge_points(m.view(np.uint8), 1), fr.gt_edges[k], tau)
+
+# %% ../nbs/08a_postprocess.ipynb #80375ff7
+def _official(iou: np.ndarray, nsd: np.ndarray, w: np.ndarray) -> float:
+    "The official score from per-frame class scores (F, 9) and frame weights 1 / (videos x frames of its video)."
+    return float(np.sqrt((w @ iou).mean() * (w @ nsd).mean()))
+
+class _Search:
+    "Coordinate ascent over per-class offsets, presence thresholds and small-component thresholds, scored exactly."
+    def __init__(self, frames: list[_Frame], n_videos: int, start: Decisions, tau: float):
+        self.frames, self.tau, self.d = frames, tau, Decisions(start.offset, start.presence, start.min_area)
+        counts = np.bincount([fr.video for fr in frames], minlength=n_videos)
+        self.w = np.array([1.0 / (n_videos * counts[fr.video]) for fr in frames])
+        self.iou, self.nsd = np.zeros((len(frames), NUM_CLASSES - 1)), np.zeros((len(frames), NUM_CLASSES - 1))
+        for i, fr in enumerate(frames):
+            self._retarget(fr)
+            for k in range(1, NUM_CLASSES): self.iou[i, k - 1], self.nsd[i, k - 1] = _class_score(fr, k, self.d.min_area[k], tau)
+        self.score = _official(self.iou, self.nsd, self.w)
+
+    def bias(self, fr: _Frame) -> np.ndarray:
+        "This frame's current (C,) float32 bias, as `Decisions.bias` gives it."
+        return self.d.bias(fr.pmax[None])[0].numpy() if self.d.acts_on_logits else np.zeros(NUM_CLASSES, np.float32)
+
+    def _retarget(self, fr: _Frame):
+        "Recompute the frame's argmax on its changeable pixels under the current decisions (the rest never changes)."
+        fr.A.flat[fr.P] = (fr.S + self.bias(fr)).argmax(1)
+
+    def _trial(self, c: int, new_bias_c) -> dict:
+        "Per changed frame: (positions, new labels, class scores) when class c's bias becomes new_bias_c(frame) (None: unchanged)."
+        out = {}
+        for i, fr in enumerate(self.frames):
+            x = new_bias_c(fr)
+            if x is None or not len(fr.sub[c]): continue
+            b = self.bias(fr)
+            V = fr.S[fr.sub[c]] + b
+            V[:, c] = -np.inf
+            ro = V.argmax(1); mo = V[np.arange(len(ro)), ro]
+            vc = fr.S[fr.sub[c], c] + np.float32(x)
+            new = np.where((vc > mo) | ((vc == mo) & (c < ro)), c, ro).astype(np.uint8)
+            pos = fr.P[fr.sub[c]]
+            old = fr.A.flat[pos]
+            ch = new != old
+            if not ch.any(): continue
+            pos, new, old = pos[ch], new[ch], old[ch]
+            out[i] = (pos, new, self._rescore(fr, pos, new, old))
+        return out
+
+    def _rescore(self, fr: _Frame, pos, new, old, min_area=None) -> dict:
+        "Class scores of the classes that the change touches (the frame is left as it was)."
+        fr.A.flat[pos] = new
+        try:
+            ks = set(np.unique(np.r_[new, old]).tolist()) - {0}
+            ma = self.d.min_area if min_area is None else min_area
+            return {k: _class_score(fr, k, ma[k], self.tau) for k in ks}
+        finally: fr.A.flat[pos] = old
+
+    def _value(self, changes: dict) -> float:
+        "The official score if `changes` (frame -> (.., .., class scores)) were applied."
+        if not changes: return self.score
+        iou, nsd = self.iou.copy(), self.nsd.copy()
+        for i, (_, _, sc) in changes.items():
+            for k, (a, b) in sc.items(): iou[i, k - 1], nsd[i, k - 1] = a, b
+        return _official(iou, nsd, self.w)
+
+    def _commit(self, changes: dict):
+        for i, (pos, new, sc) in changes.items():
+            if pos is not None: self.frames[i].A.flat[pos] = new
+            for k, (a, b) in sc.items(): self.iou[i, k - 1], self.nsd[i, k - 1] = a, b
+        self.score = _official(self.iou, self.nsd, self.w)
+
+    def step(self, c: int, what: str, candidates) -> bool:
+        "Try every candidate value of one parameter of class c; keep the best if it raises the score. True if it moved."
+        cur = getattr(self.d, what)[c]
+        best, best_changes, best_score, has = cur, {}, self.score, None
+        for x in candidates:
+            if x == cur: continue
+            if what == "offset":
+                ch = self._trial(c, lambda fr: None if fr.pmax[c] < self.d.presence[c] else x)
+            elif what == "presence":
+                ch = self._trial(c, lambda fr: None if (fr.pmax[c] < x) == (fr.pmax[c] < cur) else
+                                 (-np.inf if fr.pmax[c] < x else self.d.offset[c]))
+            else:
+                if has is None: has = [i for i, fr in enumerate(self.frames) if (fr.A == c).any()]
+                ch = {i: (None, None, {c: _class_score(self.frames[i], c, x, self.tau)}) for i in has}
+            v = self._value(ch)
+            if v > best_score + 1e-12: best, best_changes, best_score = x, ch, v
+        if best == cur: return False
+        getattr(self.d, what)[c] = best
+        self._commit(best_changes)
+        return True
+
+# %% ../nbs/08a_postprocess.ipynb #120e445b
+@dataclass
+class DecisionTuning:
+    "The result of `tune_decisions`: the chosen rule and what it did on the validation frames."
+    decisions: Decisions            # the chosen rule
+    before: dict                    # official miou, mnsd, score on validation with the run's plain post-processing
+    after: dict                     # the same with `decisions`
+    per_class: pd.DataFrame         # per class: the rule, and IoU, NSD, false-alarm and miss frames before -> after
+    breakdown_before: pd.DataFrame  # `metrics.class_breakdown` before
+    breakdown_after: pd.DataFrame   # `metrics.class_breakdown` after
+    videos: list                    # the validation videos
+    frames: int                     # validation frames scored
+    seconds: float                  # wall time of the tuning (model pass included)
+    moves: list                     # accepted steps: (class, parameter, old, new, score)
+    checkpoint: Path | None = None  # the checkpoint folder tuned
+    tta: bool = False               # TTA setting of the predictor tuned
+
+    def __repr__(self):
+        b, a = self.before, self.after
+        return (f"DecisionTuning({self.decisions!r}, score {b['score']:.4f} -> {a['score']:.4f}, mIoU {b['miou']:.4f} -> "
+                f"{a['miou']:.4f}, mNSD {b['mnsd']:.4f} -> {a['mnsd']:.4f}, {self.frames} frames, {self.seconds:.1f} s)")
+
+    def record(self) -> dict:
+        "What `save` writes: the rule, what it was tuned on, and its validation effect."
+        return {**self.decisions.to_dict(), "version": 1,
+                "tuned_on": _checkpoint_id(self.checkpoint) if self.checkpoint else None, "tta": self.tta,
+                "validation": {"videos": self.videos, "frames": self.frames, "before": self.before, "after": self.after,
+                               "seconds": round(self.seconds, 2),
+                               "per_class": json.loads(self.per_class.to_json(orient="records"))}}
+
+    def save(self, run_dir: str | Path | None = None,  # run folder; None = the run of the checkpoint tuned
+            ) -> Path:                                  # the decisions file written
+        "Write RUN/decisions.json atomically (`load_predictor` applies it from then on)."
+        if run_dir is None and self.checkpoint is None: raise SurgsegError("DecisionTuning.save: tuned on a model in memory; name the run folder")
+        path = decisions_path(self.checkpoint) if run_dir is None else Path(run_dir) / DECISIONS_FILE
+        with atomic_write(path) as tmp: Path(tmp).write_text(json.dumps(self.record(), indent=1))
+        return path
+
+def _per_class_table(d: Decisions, bb: pd.DataFrame, ba: pd.DataFrame) -> pd.DataFrame:
+    "One row per class: the rule, and the validation IoU, NSD, false-alarm and miss frames before and after."
+    t = pd.DataFrame({"class": bb["class"], "offset": d.offset[1:], "presence": d.presence[1:], "min_area": d.min_area[1:],
+                      "frames_present": bb.frames_present}, index=bb.index)
+    for k, col in (("iou", "iou"), ("nsd", "nsd"), ("false_alarms", "frames_false_alarm"), ("misses", "frames_miss")):
+        t[f"{k}_before"], t[f"{k}_after"] = bb[col].to_numpy(), ba[col].to_numpy()
+    return t
+
+def _accumulate(frames: list[_Frame], masks: list[np.ndarray], tau: float) -> ScoreAccumulator:
+    "The official accumulator of the given masks of the search's frames."
+    acc = ScoreAccumulator(tau)
+    for fr, m in zip(frames, masks): acc.add(fr.name[0], *frame_scores(m, fr.gt, tau, with_confusion=True), frame=fr.name[1])
+    return acc
+
+def tune_decisions(checkpoint,                   # run folder, checkpoint folder, or a `Predictor`
+                   videos=None,                  # validation videos or a root; None = the run's own validation split
+                   progress: bool = True,        # show progress bars
+                   offsets: Sequence[float] = OFFSET_CANDIDATES,     # logit offsets to try per class
+                   presences: Sequence[float] = PRESENCE_CANDIDATES, # presence thresholds to try per class
+                   min_areas: Sequence[int] = MIN_AREA_CANDIDATES,   # small-component thresholds to try per class
+                   min_area=None,                # where the search starts; None = the run's config (`cfg.min_area`)
+                   rounds: int = 3,              # passes of the coordinate ascent over the classes (it stops early when nothing moves)
+                   max_frames: int = 400,        # at most this many frames (spread evenly over each video) are cached
+                   tau: float = 10.0,            # NSD tolerance (official: 10 px)
+                   **kwargs,                     # `Predictor` settings when `checkpoint` is a folder (tta, batch_size, device)
+                  ) -> DecisionTuning:
+    "Choose per-class logit offsets, presence thresholds and min_area that maximise the official score on validation frames."
+    t0 = time.perf_counter()
+    if isinstance(checkpoint, Predictor) and kwargs: raise SurgsegError("tune_decisions: pass settings to the Predictor, not beside it")
+    p = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, **kwargs)
+    vids = [v for v in _as_videos(validation_videos(p.cfg) if videos is None else videos) if v.frames]
+    if not vids: raise SurgsegError("tune_decisions: no validation video with ground-truth masks")
+    per_video = max(1, max_frames // len(vids))
+    vids = [v if len(v.frames) <= per_video else
+            replace(v, frames=[v.frames[i] for i in np.linspace(0, len(v.frames) - 1, per_video).round().astype(int)],
+                    mask_paths=[v.mask_paths[i] for i in np.linspace(0, len(v.frames) - 1, per_video).round().astype(int)])
+            for v in vids]
+    offsets, presences = sorted({0.0, *map(float, offsets)}), sorted({0.0, *map(float, presences)})
+    min_areas = sorted({0, *map(int, min_areas)})
+    start = Decisions(min_area=getattr(p.cfg, "min_area", 0) if min_area is None else min_area)
+    names, frames = [v.name for v in vids], []
+    for (v, f, mp), im, l in p.stream_logits(split_frames(vids), sum(len(v.frames) for v in vids), "validation", progress):
+        frames.append(_cache_frame(l, read_mask(mp, im.shape[:2]), names.index(v.name), (v.name, f),
+                                   offsets[0], offsets[-1], presences[-1]))
+    before = _accumulate(frames, [remove_small(fr.A, start.min_area) for fr in frames], tau).compute()
+    search, moves = _Search(frames, len(vids), start, tau), []
+    grids = dict(presence=presences, offset=offsets, min_area=min_areas)
+    with tqdm(total=rounds * (NUM_CLASSES - 1) * 3, desc="decisions", disable=not progress, leave=False) as bar:
+        for _ in range(rounds):
+            moved = False
+            for c in range(1, NUM_CLASSES):
+                for what, grid in grids.items():
+                    old = getattr(search.d, what)[c]
+                    if search.step(c, what, grid):
+                        moved = True
+                        moves.append((c, what, float(old), float(getattr(search.d, what)[c]), search.score))
+                    bar.update(1)
+            if not moved: break
+    d = search.d
+    after = _accumulate(frames, [d(fr.A) for fr in frames], tau).compute()
+    bb, ba = class_breakdown(before), class_breakdown(after)
+    pick = lambda r: {k: float(r[k]) for k in ("miou", "mnsd", "score")}
+    return DecisionTuning(d, pick(before), pick(after), _per_class_table(d, bb, ba), bb, ba, names, len(frames),
+                          time.perf_counter() - t0, moves, p.checkpoint, p.tta)
