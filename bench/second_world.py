@@ -8,7 +8,7 @@ instruments with per-video colours entering from the border (shaft/wrist/clasper
 a thread curve, and seldom-present classes (suction, needle holder, catheter) in a few videos only.
 Steps: generate (skipped when complete) -> surgseg validate -> surgseg train (default recipe) -> predict -> evaluate;
 prints the official score, mIoU, mNSD, each present class's pooled IoU, miss and false-alarm rates, and step
-times; writes the same to ROOT/summary.json (and ROOT/summary_<tag>.json for a tagged run).
+times; writes the same to ROOT/summary.json (the latest run) and ROOT/summary_<tag>.json (kept per variant).
 """
 import argparse
 import json
@@ -324,7 +324,7 @@ def main():
     print("times (s):", ", ".join(f"{k} {v}" for k, v in times.items()))
     text = json.dumps(summary, indent=1, default=float)
     (root / "summary.json").write_text(text)
-    if a.tag or a.predict_args: (root / f"summary_{tag}.json").write_text(text)
+    (root / f"summary_{tag}.json").write_text(text)  # kept per variant; summary.json is the latest
 
 
 if __name__ == "__main__":
