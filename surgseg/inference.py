@@ -548,12 +548,12 @@ def split_frames(videos,  # list of `surgseg.data.Video` (or a dataset root)
             yield (v, f, mp), im
 
 # %% ../nbs/08_inference.ipynb #6a524fc3
-def predict_split(predictor,                 # a `Predictor`, or a run or checkpoint folder (then `postprocess.load_predictor`'s)
+def predict_split(predictor,                 # a `Predictor`, or a run or checkpoint folder (then: its raw model)
                   data_root,                 # split root holding video_* folders (e.g. ROOT/test), a dataset root, or a list of `Video`
                   out: str | Path,           # prediction folder to create (must be new or empty)
                   progress: bool = True,     # show a progress bar
                   evidence: list | None = None, # a list: gets one dict per frame, {"video", "frame", "p_1".."p_9"}: max softmax probabilities
-                  **kwargs,                  # `postprocess.load_predictor` settings when `predictor` is a folder (decisions, tta, min_area, batch_size, device)
+                  **kwargs,                  # `Predictor` settings when `predictor` is a folder (tta, batch_size, device, amp)
                  ) -> Path:                  # `out`
     "Predict every annotated frame of a split into `out/video_XX/segmentation/{frame:09d}.png` (official layout)."
     out = Path(out)
@@ -561,8 +561,7 @@ def predict_split(predictor,                 # a `Predictor`, or a run or checkp
     videos = _as_videos(data_root)
     if isinstance(predictor, Predictor) and kwargs: raise SurgsegError("predict_split: pass settings to the Predictor, not beside it")
     if not isinstance(predictor, Predictor):
-        from .postprocess import load_predictor  # the chapter above this one: the run's decisions and post-processing
-        predictor = load_predictor(predictor, **kwargs)
+        predictor = Predictor.from_checkpoint(predictor, **kwargs)  # the raw model: `postprocess.load_predictor` adds decisions
     p, raw = predictor, ([] if evidence is not None else None)
     total = sum(len(v.frames) for v in videos) or None
     with new_output(out) as tmp, _writer() as pool:
