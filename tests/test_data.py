@@ -371,7 +371,7 @@ def test_read_only_output_folder(good, copy, tmp_path):
 
 # a real `surgseg` process that SIGKILLs itself in the middle of its K-th file write (after writing part of it)
 KILLED = r"""
-import os, signal, sys, shutil, cv2
+import os, pathlib, signal, sys, shutil, cv2
 k, n = int(sys.argv[1]), [0]
 def die_in_the_middle(write_part):
     n[0] += 1
@@ -383,7 +383,11 @@ def copyfileobj(src, dst, length=0):
 def write_png(path, img, params=()):
     die_in_the_middle(lambda: open(path, "wb").write(cv2.imencode(".png", img, params)[1].tobytes()[:200]))
     return imwrite(path, img, params)
-shutil.copyfileobj, cv2.imwrite = copyfileobj, write_png
+write_bytes = pathlib.Path.write_bytes
+def write_bytes_then_die(self, data):  # extraction encodes in memory, then writes the bytes
+    die_in_the_middle(lambda: open(self, "wb").write(bytes(data)[:200]))
+    return write_bytes(self, data)
+shutil.copyfileobj, cv2.imwrite, pathlib.Path.write_bytes = copyfileobj, write_png, write_bytes_then_die
 from surgseg.cli import main
 sys.exit(main(sys.argv[2:]))
 """
