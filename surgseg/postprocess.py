@@ -23,9 +23,9 @@ from .models import WEIGHTS_FILE, full_res_masks, full_res_scores
 from .runs import BEST, LAST, _sha256, find_checkpoint
 
 # %% auto #0
-__all__ = ['MIN_AREA_CANDIDATES', 'OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'DECISIONS_FILE', 'min_area_thresholds',
-           'remove_small', 'RemoveSmall', 'load_predictor', 'score_split', 'MinAreaTuning', 'choose_min_area',
-           'validation_videos', 'tune_min_area', 'plot_min_area', 'compare_settings', 'Decisions', 'as_decisions',
+__all__ = ['OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'MIN_AREA_CANDIDATES', 'DECISIONS_FILE', 'min_area_thresholds',
+           'remove_small', 'RemoveSmall', 'load_predictor', 'Decisions', 'as_decisions', 'score_split', 'MinAreaTuning',
+           'choose_min_area', 'validation_videos', 'tune_min_area', 'plot_min_area', 'compare_settings',
            'decisions_path', 'read_decisions', 'load_decisions', 'DecisionTuning', 'tune_decisions']
 
 # %% ../nbs/08a_postprocess.ipynb #5223824d
@@ -119,6 +119,71 @@ def load_predictor(checkpoint,                 # run folder (best/, else last/) 
     thr = min_area_thresholds(getattr(p.cfg, "min_area", 0) if min_area is None else min_area)
     if thr.any(): p.postprocess = RemoveSmall(thr, fill)
     return p
+
+# %% ../nbs/08a_postprocess.ipynb #8676dc71
+OFFSET_CANDIDATES = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # logits added to a class before the argmax
+PRESENCE_CANDIDATES = (0.0, 0.3, 0.5, 0.7, 0.9)                     # a class's maximum probability a frame must show
+
+def _per_class(values, name: str, default: float = 0.0) -> np.ndarray:
+    "One float per class 0..9 from None, one value, 9 values (classes 1..9) or 10; background forced to 0."
+    if values is None: values = default
+    a = np.asarray(values, dtype=np.float64).ravel()
+    if a.size == 1: a = np.r_[0.0, np.full(NUM_CLASSES - 1, a[0])]
+    elif a.size == NUM_CLASSES - 1: a = np.r_[0.0, a]
+    elif a.size != NUM_CLASSES: raise SurgsegError(f"{name}: expected 1, {NUM_CLASSES - 1} or {NUM_CLASSES} values, got {a.size}")
+    if not np.isfinite(a).all(): raise SurgsegError(f"{name}: values must be finite numbers, got {a[1:].tolist()}")
+    a[0] = 0.0
+    return a
+
+class Decisions:
+    "A per-class decision rule: logit offsets and frame-level presence thresholds before the argmax, small components after."
+    def __init__(self, offset=None,           # added to class c's upsampled logit before the argmax (negative: predict c less)
+                 presence=None,               # class c is kept in a frame only if its maximum softmax probability there reaches this
+                 min_area=None,               # pixels: small-component thresholds after the argmax (see `min_area_thresholds`)
+                 fill: str = "background",    # what removed small components become: "background" or "next"
+                ):
+        if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
+        self.offset, self.presence = _per_class(offset, "offset"), _per_class(presence, "presence")
+        if ((self.presence < 0) | (self.presence > 1)).any():
+            raise SurgsegError(f"presence: thresholds are probabilities in [0, 1], got {self.presence[1:].tolist()}")
+        self.min_area, self.fill = min_area_thresholds(min_area), fill
+
+    @property
+    def acts_on_logits(self) -> bool: return bool(self.offset.any() or self.presence.any())
+
+    @property
+    def needs_second(self) -> bool: return self.fill == "next" and bool(self.min_area.any())
+
+    def bias(self, presence: np.ndarray,  # (B, C) each class's maximum probability per frame (`inference.presence_evidence`)
+            ) -> torch.Tensor | None:     # (B, C) float32 added to the upsampled logits; -inf: class not present; None = no rule
+        "The per-frame biases the `Predictor` adds before the full-resolution argmax."
+        if not self.acts_on_logits: return None
+        b = np.tile(self.offset.astype(np.float32), (len(presence), 1))
+        b[np.asarray(presence) < self.presence] = -np.inf
+        return torch.from_numpy(b)
+
+    def __call__(self, top1: np.ndarray, top2: np.ndarray | None = None) -> np.ndarray:
+        "Remove small components of the (decided) argmax mask."
+        return remove_small(top1, self.min_area, top2 if self.fill == "next" else None)
+
+    def to_dict(self) -> dict:
+        return dict(offset=self.offset[1:].tolist(), presence=self.presence[1:].tolist(),
+                    min_area=self.min_area[1:].tolist(), fill=self.fill)
+
+    def __eq__(self, other): return isinstance(other, Decisions) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return (f"Decisions(offset={np.round(self.offset[1:], 3).tolist()}, presence={self.presence[1:].tolist()}, "
+                f"min_area={self.min_area[1:].tolist()}, fill={self.fill})")
+
+def as_decisions(post,               # None, a min_area setting, a `RemoveSmall` or a `Decisions`
+                 fill: str = "background",  # fill of a plain min_area setting
+                ) -> Decisions:
+    "Any post-processing setting of this chapter as a `Decisions`."
+    if isinstance(post, Decisions): return post
+    if isinstance(post, RemoveSmall): return Decisions(min_area=post.min_area, fill=post.fill)
+    if callable(post): raise SurgsegError(f"{post!r}: not a post-processing of this chapter (RemoveSmall, Decisions)")
+    return Decisions(min_area=post, fill=fill)
 
 # %% ../nbs/08a_postprocess.ipynb #37a28929
 def score_split(predictor: Predictor,      # the model
@@ -257,71 +322,6 @@ def compare_settings(checkpoint,                 # run folder, checkpoint folder
                 rows.append(dict(tta=bool(tta), postprocessing=name, miou=r["miou"], mnsd=r["mnsd"], score=r["score"]))
     finally: p.tta = tta0
     return pd.DataFrame(rows)
-
-# %% ../nbs/08a_postprocess.ipynb #8676dc71
-OFFSET_CANDIDATES = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # logits added to a class before the argmax
-PRESENCE_CANDIDATES = (0.0, 0.3, 0.5, 0.7, 0.9)                     # a class's maximum probability a frame must show
-
-def _per_class(values, name: str, default: float = 0.0) -> np.ndarray:
-    "One float per class 0..9 from None, one value, 9 values (classes 1..9) or 10; background forced to 0."
-    if values is None: values = default
-    a = np.asarray(values, dtype=np.float64).ravel()
-    if a.size == 1: a = np.r_[0.0, np.full(NUM_CLASSES - 1, a[0])]
-    elif a.size == NUM_CLASSES - 1: a = np.r_[0.0, a]
-    elif a.size != NUM_CLASSES: raise SurgsegError(f"{name}: expected 1, {NUM_CLASSES - 1} or {NUM_CLASSES} values, got {a.size}")
-    if not np.isfinite(a).all(): raise SurgsegError(f"{name}: values must be finite numbers, got {a[1:].tolist()}")
-    a[0] = 0.0
-    return a
-
-class Decisions:
-    "A per-class decision rule: logit offsets and frame-level presence thresholds before the argmax, small components after."
-    def __init__(self, offset=None,           # added to class c's upsampled logit before the argmax (negative: predict c less)
-                 presence=None,               # class c is kept in a frame only if its maximum softmax probability there reaches this
-                 min_area=None,               # pixels: small-component thresholds after the argmax (see `min_area_thresholds`)
-                 fill: str = "background",    # what removed small components become: "background" or "next"
-                ):
-        if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
-        self.offset, self.presence = _per_class(offset, "offset"), _per_class(presence, "presence")
-        if ((self.presence < 0) | (self.presence > 1)).any():
-            raise SurgsegError(f"presence: thresholds are probabilities in [0, 1], got {self.presence[1:].tolist()}")
-        self.min_area, self.fill = min_area_thresholds(min_area), fill
-
-    @property
-    def acts_on_logits(self) -> bool: return bool(self.offset.any() or self.presence.any())
-
-    @property
-    def needs_second(self) -> bool: return self.fill == "next" and bool(self.min_area.any())
-
-    def bias(self, presence: np.ndarray,  # (B, C) each class's maximum probability per frame (`inference.presence_evidence`)
-            ) -> torch.Tensor | None:     # (B, C) float32 added to the upsampled logits; -inf: class not present; None = no rule
-        "The per-frame biases the `Predictor` adds before the full-resolution argmax."
-        if not self.acts_on_logits: return None
-        b = np.tile(self.offset.astype(np.float32), (len(presence), 1))
-        b[np.asarray(presence) < self.presence] = -np.inf
-        return torch.from_numpy(b)
-
-    def __call__(self, top1: np.ndarray, top2: np.ndarray | None = None) -> np.ndarray:
-        "Remove small components of the (decided) argmax mask."
-        return remove_small(top1, self.min_area, top2 if self.fill == "next" else None)
-
-    def to_dict(self) -> dict:
-        return dict(offset=self.offset[1:].tolist(), presence=self.presence[1:].tolist(),
-                    min_area=self.min_area[1:].tolist(), fill=self.fill)
-
-    def __eq__(self, other): return isinstance(other, Decisions) and self.to_dict() == other.to_dict()
-
-    def __repr__(self):
-        return (f"Decisions(offset={np.round(self.offset[1:], 3).tolist()}, presence={self.presence[1:].tolist()}, "
-                f"min_area={self.min_area[1:].tolist()}, fill={self.fill})")
-
-def as_decisions(post,               # None, a min_area setting, a `RemoveSmall` or a `Decisions`
-                 fill: str = "background",  # fill of a plain min_area setting
-                ) -> Decisions:
-    "Any post-processing setting of this chapter as a `Decisions`."
-    if isinstance(post, Decisions): return post
-    if isinstance(post, RemoveSmall): return Decisions(min_area=post.min_area, fill=post.fill)
-    if callable(post): raise SurgsegError(f"{post!r}: not a post-processing of this chapter (RemoveSmall, Decisions)")
-    return Decisions(min_area=post, fill=fill)
 
 # %% ../nbs/08a_postprocess.ipynb #db9ddbea
 DECISIONS_FILE = "decisions.json"  # in the run folder, beside best/ and last/
