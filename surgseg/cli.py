@@ -297,6 +297,9 @@ def predictor_args(p, tune: bool = False):
         (' or "tune" (chosen on the run\'s validation split)' if tune else "") + " (default: the run's config)")
     add(p, "fill", "what removed pixels become: background or next (the second most likely class)", "background",
         choices=["background", "next"])
+    add(p, "decisions", "per-class decisions tuned on validation (chapter 08a): run (apply RUN/decisions.json if "
+        "there), off, or tune (tune on the run's validation split, save, apply); torch backend only", "run",
+        choices=["run", "off", "tune"])
     add(p, "batch_size", "frames per forward pass", 4, type=int)
     add(p, "device", "cpu, cuda, cuda:1, mps (default: the best available; onnxruntime: cpu)")
 
@@ -313,10 +316,12 @@ def predictor(a,          # parsed options of `predictor_args`
     if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
     opts = dict(tta=a.tta, min_area=None if a.min_area in (None, "", "tune") else a.min_area, fill=a.fill,
                 batch_size=a.batch_size, device=a.device, **kwargs)
+    if a.backend == "onnxruntime" and a.decisions == "tune":
+        raise UsageError("--decisions tune: only with --backend torch (the ONNX backend applies no decisions)")
     if a.backend == "onnxruntime":
         from surgseg.export import onnx_predictor
         p = onnx_predictor(a.checkpoint, threads=a.threads, **opts)
-    else: p = load_predictor(a.checkpoint, **opts)
+    else: p = load_predictor(a.checkpoint, decisions={"run": True, "off": False, "tune": "tune"}[a.decisions], **opts)
     if a.min_area == "tune":
         t = tune_min_area(p, fill=a.fill)
         p.postprocess = RemoveSmall(t.min_area, a.fill)
@@ -480,3 +485,6 @@ def main(argv: list[str] | None = None,  # arguments (default: sys.argv[1:])
         a = parser(cmd).parse_args(argv[1:])
         with entry_point("cli"): return _run_command(cmd, a)  # messages name options as flags (`--resume`)
     except SystemExit as e: return e.code if isinstance(e.code, int) else int(e.code is not None)
+
+# %% ../nbs/10_cli.ipynb #c3181e15
+if __name__ == "__main__": sys.exit(main())

@@ -432,3 +432,29 @@ def test_export_then_onnxruntime_predictions(tiny_run, tmp_path):
     rc, out, err = run("predict-image", rgb, "--checkpoint", r, "--out", tmp_path / "t", "--threads", 2)
     one_line_error(rc, err, "predict-image", "--threads", "onnxruntime")
     assert rc == 2
+
+
+def test_predict_decisions_flag(tiny_run, tmp_path):
+    "--decisions run applies RUN/decisions.json (a bad one is one line naming it); off ignores it; hashes show they differ."
+    import hashlib
+    d, r = tiny_run
+    dec = r / "decisions.json"
+    assert not dec.exists()
+    def masks(out):
+        return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.png"))}
+    try:
+        dec.write_text("{not json")
+        rc, out, err = run("predict", "--data", d / "data" / "test", "--out", tmp_path / "bad", "--checkpoint", r)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and "decisions.json" in err, (rc, err)
+        assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+        rc, out, err = run("predict", "--data", d / "data" / "test", "--out", tmp_path / "off", "--checkpoint", r,
+                           "--decisions", "off")
+        assert rc == 0, err
+        dec.unlink()
+        rc, out, err = run("predict", "--data", d / "data" / "test", "--out", tmp_path / "none", "--checkpoint", r)
+        assert rc == 0, err
+        assert masks(tmp_path / "off") == masks(tmp_path / "none")   # off: exactly the raw model
+        rc, out, err = run("predict", "--data", "x", "--out", "y", "--checkpoint", r, "--decisions", "sometimes")
+        one_line_error(rc, err, "predict", "--decisions", "'off'")
+    finally:
+        if dec.exists(): dec.unlink()
