@@ -487,4 +487,5 @@ def main(argv: list[str] | None = None,  # arguments (default: sys.argv[1:])
     except SystemExit as e: return e.code if isinstance(e.code, int) else int(e.code is not None)
 
 # %% ../nbs/10_cli.ipynb #c3181e15
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__" and "IPython" not in sys.modules:  # run as a module, not in this notebook
+    sys.exit(main())
