@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_postprocess.ipynb #a8d99ed3
 from __future__ import annotations
-import json, time
+import hashlib, json, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -379,8 +379,16 @@ class _Frame:
     P: np.ndarray         # (N,) flat indices of the only pixels any candidate can change
     S: np.ndarray         # (N, C) float32 upsampled logits there
     sub: list             # sub[c]: positions in P where class c can be the argmax under some candidate
-    gt_edges: list        # gt_edges[c]: edge points of ground-truth class c
+    box: list             # box[c]: (rows, cols) slices holding every pixel class c can ever cover, or its ground truth
+    gt_edges: list        # gt_edges[c]: edge points of ground-truth class c, in box[c]'s coordinates
     gt_n: np.ndarray      # (C,) ground-truth pixels per class
+
+def _box(*flat_sets, shape) -> tuple | None:
+    "The bounding box (row slice, col slice) of the union of flat pixel indices; None if all are empty."
+    idx = np.concatenate(flat_sets)
+    if not len(idx): return None
+    r, c = np.divmod(idx, shape[1])
+    return slice(int(r.min()), int(r.max()) + 1), slice(int(c.min()), int(c.max()) + 1)
 
 def _cache_frame(l: torch.Tensor, gt: np.ndarray, video: int, name: tuple, lo: float, hi: float, tmax: float) -> _Frame:
     "What the search needs of one frame: its argmax, and the logits of the pixels that offsets in [lo, hi] or a gate can flip."
@@ -388,8 +396,8 @@ def _cache_frame(l: torch.Tensor, gt: np.ndarray, video: int, name: tuple, lo: f
     pmax = presence_evidence(l[None])[0]
     with torch.inference_mode():
         s = full_res_scores(l[None], gt.shape)
-        a = s.argmax(-1)
-        margin = (s.gather(-1, a[..., None])[..., 0] - s.scatter(-1, a[..., None], float("-inf")).amax(-1)).numpy()
+        a, top = s.argmax(-1), s.topk(2, dim=-1).values
+        margin = (top[..., 0] - top[..., 1]).numpy()  # to the runner-up (ties: 0, whichever index topk puts first)
     A = a.to(torch.uint8).numpy()
     gateable = np.r_[False, pmax[1:] < tmax]
     P = np.flatnonzero((margin <= hi - lo + _EPS).ravel() | gateable[A.ravel()])
@@ -397,21 +405,56 @@ def _cache_frame(l: torch.Tensor, gt: np.ndarray, video: int, name: tuple, lo: f
     R = S + np.r_[0.0, np.full(C - 1, lo)].astype(np.float32)  # every class at its lowest offset; gateable ones gone
     R[:, gateable] = -np.inf
     top, rows = R.argmax(1), np.arange(len(P))
-    m1 = R[rows, top]; R[rows, top] = -np.inf; m2 = R.max(1)
+    m1 = R[rows, top]
+    R[rows, top] = -np.inf
+    m2 = R.max(1)
     sub = [None] + [np.flatnonzero(S[:, c] + np.float32(hi + _EPS) >= np.where(top == c, m2, m1)) for c in range(1, C)]
-    return _Frame(video, name, gt, pmax, A, P, S, sub, [None] + [edge_points(gt, c) for c in range(1, C)],
-                  np.bincount(gt.ravel(), minlength=C))
+    fixed = np.ones(A.size, bool)
+    fixed[P] = False
+    a_flat, g_flat = A.ravel(), gt.ravel()
+    box = [None] + [_box(np.flatnonzero(fixed & (a_flat == c)), P[sub[c]], np.flatnonzero(g_flat == c), shape=A.shape)
+                    for c in range(1, C)]
+    gt_edges = [None] + [edge_points(gt[b], c) if b else None for c, b in enumerate(box[1:], 1)]
+    return _Frame(video, name, gt, pmax, A, P, S, sub, box, gt_edges, np.bincount(g_flat, minlength=C))
 
-def _class_score(fr: _Frame, k: int, min_area: int, tau: float) -> tuple[float, float]:
-    "Official IoU and NSD of class k in the frame's current argmax after removing its components below `min_area`."
-    m = fr.A == k
-    if min_area:
-        thr = np.zeros(NUM_CLASSES, np.int64); thr[1] = min_area
-        for _, rows, cols, sel in _small_components(m.view(np.uint8), thr): m[rows, cols][sel] = False
-    npred, ngt = int(np.count_nonzero(m)), int(fr.gt_n[k])
+# %% ../nbs/08a_postprocess.ipynb #9ed3d45d
+def _components(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "8-connected components of a binary patch: their areas sorted ascending, and labels renumbered in that order."
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
+    order = np.argsort(stats[1:, cv2.CC_STAT_AREA], kind="stable")
+    rank = np.zeros(n, np.int32)
+    rank[order + 1] = np.arange(1, n, dtype=np.int32)
+    return stats[1:, cv2.CC_STAT_AREA][order], rank[lab]
+
+def _patch_score(m: np.ndarray, gt: np.ndarray, gt_edges: np.ndarray, tau: float) -> tuple[float, float]:
+    "Official IoU and NSD of a binary prediction patch against the ground-truth patch of the same class."
+    npred, ngt = int(np.count_nonzero(m)), int(np.count_nonzero(gt))
     if npred == 0 or ngt == 0: return (1.0, 1.0) if npred == ngt else (0.0, 0.0)
-    inter = int(np.count_nonzero(m & (fr.gt == k)))
-    return inter / (npred + ngt - inter), surface_dice(edge_points(m.view(np.uint8), 1), fr.gt_edges[k], tau)
+    inter = int(np.count_nonzero(m & gt))
+    return inter / (npred + ngt - inter), surface_dice(edge_points(m.view(np.uint8), 1), gt_edges, tau)
+
+class _ClassScores:
+    "Official IoU and NSD of class k in a frame's current argmax after `min_area`, computed in the class's box and memoised."
+    def __init__(self, tau: float):
+        self.tau, self.scores, self.parts = tau, {}, {}
+
+    def __call__(self, i: int, fr: _Frame, k: int, min_area: int) -> tuple[float, float]:
+        b = fr.box[k]
+        if b is None: return 1.0, 1.0   # never predicted, never in the ground truth
+        m = fr.A[b] == k
+        key = (i, k, hashlib.blake2b(np.packbits(m).tobytes(), digest_size=16).digest())
+        if not min_area or not m.any(): return self._score(key + (0,), m, fr, k)
+        if key not in self.parts: self.parts[key] = _components(m)
+        areas, lab = self.parts[key]
+        n_small = int(np.searchsorted(areas, min_area, side="left"))  # components below min_area: the smallest n_small
+        if n_small == 0: return self._score(key + (0,), m, fr, k)
+        return self._score(key + (n_small,), m & (lab > n_small), fr, k)
+
+    def _score(self, key: tuple, m: np.ndarray, fr: _Frame, k: int) -> tuple[float, float]:
+        if key not in self.scores: self.scores[key] = _patch_score(m, fr.gt[fr.box[k]] == k, fr.gt_edges[k], self.tau)
+        return self.scores[key]
+
+    def forget_parts(self): self.parts.clear()  # component labels are large: kept only within one search step
 
 # %% ../nbs/08a_postprocess.ipynb #80375ff7
 def _official(iou: np.ndarray, nsd: np.ndarray, w: np.ndarray) -> float:
@@ -421,13 +464,15 @@ def _official(iou: np.ndarray, nsd: np.ndarray, w: np.ndarray) -> float:
 class _Search:
     "Coordinate ascent over per-class offsets, presence thresholds and small-component thresholds, scored exactly."
     def __init__(self, frames: list[_Frame], n_videos: int, start: Decisions, tau: float):
-        self.frames, self.tau, self.d = frames, tau, Decisions(start.offset, start.presence, start.min_area)
+        self.frames, self.d = frames, Decisions(start.offset, start.presence, start.min_area)
+        self.class_score = _ClassScores(tau)
         counts = np.bincount([fr.video for fr in frames], minlength=n_videos)
         self.w = np.array([1.0 / (n_videos * counts[fr.video]) for fr in frames])
         self.iou, self.nsd = np.zeros((len(frames), NUM_CLASSES - 1)), np.zeros((len(frames), NUM_CLASSES - 1))
         for i, fr in enumerate(frames):
             self._retarget(fr)
-            for k in range(1, NUM_CLASSES): self.iou[i, k - 1], self.nsd[i, k - 1] = _class_score(fr, k, self.d.min_area[k], tau)
+            for k in range(1, NUM_CLASSES):
+                self.iou[i, k - 1], self.nsd[i, k - 1] = self.class_score(i, fr, k, self.d.min_area[k])
         self.score = _official(self.iou, self.nsd, self.w)
 
     def bias(self, fr: _Frame) -> np.ndarray:
@@ -438,33 +483,37 @@ class _Search:
         "Recompute the frame's argmax on its changeable pixels under the current decisions (the rest never changes)."
         fr.A.flat[fr.P] = (fr.S + self.bias(fr)).argmax(1)
 
-    def _trial(self, c: int, new_bias_c) -> dict:
+    def _rivals(self, c: int) -> list:
+        "Per frame where class c can win a pixel: (frame, positions, c's logits there, best rival class and its biased logit)."
+        out = []
+        for i, fr in enumerate(self.frames):
+            if not len(fr.sub[c]): continue
+            V = fr.S[fr.sub[c]] + self.bias(fr)
+            V[:, c] = -np.inf
+            ro = V.argmax(1)
+            out.append((i, fr.P[fr.sub[c]], fr.S[fr.sub[c], c], ro, V[np.arange(len(ro)), ro]))
+        return out
+
+    def _trial(self, c: int, rivals: list, new_bias_c) -> dict:
         "Per changed frame: (positions, new labels, class scores) when class c's bias becomes new_bias_c(frame) (None: unchanged)."
         out = {}
-        for i, fr in enumerate(self.frames):
+        for i, pos, sc, ro, mo in rivals:
+            fr = self.frames[i]
             x = new_bias_c(fr)
-            if x is None or not len(fr.sub[c]): continue
-            b = self.bias(fr)
-            V = fr.S[fr.sub[c]] + b
-            V[:, c] = -np.inf
-            ro = V.argmax(1); mo = V[np.arange(len(ro)), ro]
-            vc = fr.S[fr.sub[c], c] + np.float32(x)
+            if x is None: continue
+            vc = sc + np.float32(x)
             new = np.where((vc > mo) | ((vc == mo) & (c < ro)), c, ro).astype(np.uint8)
-            pos = fr.P[fr.sub[c]]
             old = fr.A.flat[pos]
             ch = new != old
             if not ch.any(): continue
-            pos, new, old = pos[ch], new[ch], old[ch]
-            out[i] = (pos, new, self._rescore(fr, pos, new, old))
+            out[i] = (pos[ch], new[ch], self._rescore(i, pos[ch], new[ch], old[ch]))
         return out
 
-    def _rescore(self, fr: _Frame, pos, new, old, min_area=None) -> dict:
+    def _rescore(self, i: int, pos, new, old) -> dict:
         "Class scores of the classes that the change touches (the frame is left as it was)."
+        fr = self.frames[i]
         fr.A.flat[pos] = new
-        try:
-            ks = set(np.unique(np.r_[new, old]).tolist()) - {0}
-            ma = self.d.min_area if min_area is None else min_area
-            return {k: _class_score(fr, k, ma[k], self.tau) for k in ks}
+        try: return {k: self.class_score(i, fr, k, self.d.min_area[k]) for k in set(np.unique(np.r_[new, old]).tolist()) - {0}}
         finally: fr.A.flat[pos] = old
 
     def _value(self, changes: dict) -> float:
@@ -481,22 +530,26 @@ class _Search:
             for k, (a, b) in sc.items(): self.iou[i, k - 1], self.nsd[i, k - 1] = a, b
         self.score = _official(self.iou, self.nsd, self.w)
 
+    def _candidate(self, c: int, what: str, x, cur, rivals: list) -> dict:
+        "The changes one candidate value `x` of class c's parameter `what` makes (frame -> positions, labels, scores)."
+        if what == "offset": return self._trial(c, rivals, lambda fr: None if fr.pmax[c] < self.d.presence[c] else x)
+        if what == "presence":
+            return self._trial(c, rivals, lambda fr: None if (fr.pmax[c] < x) == (fr.pmax[c] < cur) else
+                               (-np.inf if fr.pmax[c] < x else self.d.offset[c]))
+        return {i: (None, None, {c: self.class_score(i, fr, c, x)}) for i, fr in enumerate(self.frames)
+                if fr.box[c] is not None and (fr.A[fr.box[c]] == c).any()}
+
     def step(self, c: int, what: str, candidates) -> bool:
         "Try every candidate value of one parameter of class c; keep the best if it raises the score. True if it moved."
         cur = getattr(self.d, what)[c]
-        best, best_changes, best_score, has = cur, {}, self.score, None
+        best, best_changes, best_score = cur, {}, self.score
+        rivals = self._rivals(c) if what != "min_area" else None
         for x in candidates:
             if x == cur: continue
-            if what == "offset":
-                ch = self._trial(c, lambda fr: None if fr.pmax[c] < self.d.presence[c] else x)
-            elif what == "presence":
-                ch = self._trial(c, lambda fr: None if (fr.pmax[c] < x) == (fr.pmax[c] < cur) else
-                                 (-np.inf if fr.pmax[c] < x else self.d.offset[c]))
-            else:
-                if has is None: has = [i for i, fr in enumerate(self.frames) if (fr.A == c).any()]
-                ch = {i: (None, None, {c: _class_score(self.frames[i], c, x, self.tau)}) for i in has}
+            ch = self._candidate(c, what, x, cur, rivals)
             v = self._value(ch)
             if v > best_score + 1e-12: best, best_changes, best_score = x, ch, v
+        self.class_score.forget_parts()
         if best == cur: return False
         getattr(self.d, what)[c] = best
         self._commit(best_changes)
