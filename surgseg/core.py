@@ -529,6 +529,7 @@ class Config:
     # evaluation
     tta: bool = False                # horizontal-flip test-time augmentation
     min_area: int | list = 0         # post-processing: drop connected components smaller than this (pixels, full res): one value, or nine (classes 1..9)
+    decisions: bool = True           # after training, tune per-class decisions (logit offsets, presence thresholds, min_area) to the official score on the validation videos; predict and evaluate apply them
 
     def __post_init__(self):
         "Coerce every field to its type and check its range: a wrong value fails here, whichever way it came in."
@@ -701,7 +702,7 @@ CONFIG_SECTIONS = {
               "head", "head_layers", "grad_checkpointing", "pos_embed_rescale"],
     "optimisation": ["epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "warmup", "grad_accum", "grad_clip", "precision",
                      "max_steps", "save_every", "patience", "seed", "resume", "log_with"],
-    "evaluation": ["tta", "min_area"],
+    "evaluation": ["tta", "min_area", "decisions"],
 }  # section -> its Config fields, in field order
 
 # %% ../nbs/00_core.ipynb #bc8c8de3

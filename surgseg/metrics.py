@@ -13,10 +13,10 @@ from .core import NUM_CLASSES, CLASS_NAMES
 
 # %% auto #0
 __all__ = ['BREAKDOWN_COLUMNS', 'BREAKDOWN_COLORS', 'POPULATIONS', 'PAIRED_COLUMNS', 'COVERAGE_REGIMES', 'DETECTION_COLUMNS',
-           'check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points', 'surface_dice', 'frame_scores',
-           'ScoreAccumulator', 'class_breakdown', 'plot_breakdown', 'crossed_interval', 'score_pseudo_values',
-           'paired_differences', 'holm', 'adjust', 'detectable_effect', 'seeds_needed', 'simulate_coverage',
-           'presence_auroc', 'detection_table']
+           'check_pair', 'confusion', 'iou_from_confusion', 'mask_edges', 'edge_points', 'near_edges', 'surface_dice',
+           'frame_scores', 'ScoreAccumulator', 'class_breakdown', 'plot_breakdown', 'crossed_interval',
+           'score_pseudo_values', 'paired_differences', 'holm', 'adjust', 'detectable_effect', 'seeds_needed',
+           'simulate_coverage', 'presence_auroc', 'detection_table']
 
 # %% ../nbs/07_evaluation.ipynb #b29c9ed9
 def check_pair(pred: np.ndarray,  # (H, W) predicted class ids 0..9
@@ -71,18 +71,29 @@ def edge_points(labels: np.ndarray,  # (H, W) uint8 class ids
     return pts.reshape(-1, 2) + np.array([x, y], np.int32)
 
 # %% ../nbs/07_evaluation.ipynb #94f89ffe
+def near_edges(edges: np.ndarray,   # (M, 2) edge pixel coordinates (x, y)
+               shape: tuple,        # (H, W) of the image they lie in
+               tau: float = 10.0,   # tolerance in pixels
+              ) -> np.ndarray:      # (H, W) bool: pixels within `tau` of an edge pixel (distance equal to tau included)
+    "The tolerance region of an edge set, from an exact Euclidean distance transform (for scoring many predictions against one)."
+    src = np.ones(shape, np.uint8)
+    src[edges[:, 1], edges[:, 0]] = 0
+    return cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= tau
+
 def surface_dice(pred_edges: np.ndarray,  # (N, 2) edge pixel coordinates of the prediction
                  gt_edges: np.ndarray,    # (M, 2) edge pixel coordinates of the ground truth
                  tau: float = 10.0,       # tolerance in pixels (a distance equal to tau counts as correct)
+                 near_gt: np.ndarray | None = None,  # `near_edges(gt_edges, shape, tau)`, when one ground truth meets many predictions
                 ) -> float:               # NSD in [0, 1]
     "NSD of two edge point sets: share of edge pixels within `tau` of the other set; both empty -> 1, one empty -> 0."
     n, m = len(pred_edges), len(gt_edges)
     if n == 0 and m == 0: return 1.0
     if n == 0 or m == 0: return 0.0
     bound = tau + 1.0  # prunes the search; the exact test is d <= tau below
-    d_pred, _ = cKDTree(gt_edges).query(pred_edges, distance_upper_bound=bound)
+    if near_gt is None: ok_pred = np.count_nonzero(cKDTree(gt_edges).query(pred_edges, distance_upper_bound=bound)[0] <= tau)
+    else: ok_pred = np.count_nonzero(near_gt[pred_edges[:, 1], pred_edges[:, 0]])
     d_gt, _ = cKDTree(pred_edges).query(gt_edges, distance_upper_bound=bound)
-    return float((np.count_nonzero(d_pred <= tau) + np.count_nonzero(d_gt <= tau)) / (n + m))
+    return float((ok_pred + np.count_nonzero(d_gt <= tau)) / (n + m))
 
 # %% ../nbs/07_evaluation.ipynb #f142ac07
 def frame_scores(pred: np.ndarray,            # (H, W) predicted class ids 0..9

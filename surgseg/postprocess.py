@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, read_mask
 from .data import make_splits, resolve_data_dir
 from .inference import Predictor, _as_videos, presence_evidence, split_frames
-from .metrics import ScoreAccumulator, class_breakdown, edge_points, frame_scores, surface_dice
+from .metrics import ScoreAccumulator, class_breakdown, edge_points, frame_scores, near_edges, surface_dice
 from .models import WEIGHTS_FILE, full_res_masks, full_res_scores
 from .runs import BEST, LAST, _sha256, find_checkpoint
 
@@ -426,17 +426,18 @@ def _components(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rank[order + 1] = np.arange(1, n, dtype=np.int32)
     return stats[1:, cv2.CC_STAT_AREA][order], rank[lab]
 
-def _patch_score(m: np.ndarray, gt: np.ndarray, gt_edges: np.ndarray, tau: float) -> tuple[float, float]:
-    "Official IoU and NSD of a binary prediction patch against the ground-truth patch of the same class."
-    npred, ngt = int(np.count_nonzero(m)), int(np.count_nonzero(gt))
+def _patch_score(m: np.ndarray, gt: np.ndarray, ngt: int, gt_edges: np.ndarray, near_gt: np.ndarray, tau: float
+                ) -> tuple[float, float]:
+    "Official IoU and NSD of a binary prediction patch against the ground-truth patch of the same class (ngt pixels)."
+    npred = int(np.count_nonzero(m))
     if npred == 0 or ngt == 0: return (1.0, 1.0) if npred == ngt else (0.0, 0.0)
     inter = int(np.count_nonzero(m & gt))
-    return inter / (npred + ngt - inter), surface_dice(edge_points(m.view(np.uint8), 1), gt_edges, tau)
+    return inter / (npred + ngt - inter), surface_dice(edge_points(m.view(np.uint8), 1), gt_edges, tau, near_gt)
 
 class _ClassScores:
     "Official IoU and NSD of class k in a frame's current argmax after `min_area`, computed in the class's box and memoised."
     def __init__(self, tau: float):
-        self.tau, self.scores, self.parts = tau, {}, {}
+        self.tau, self.scores, self.parts, self.truth = tau, {}, {}, {}
 
     def __call__(self, i: int, fr: _Frame, k: int, min_area: int) -> tuple[float, float]:
         b = fr.box[k]
@@ -451,7 +452,13 @@ class _ClassScores:
         return self._score(key + (n_small,), m & (lab > n_small), fr, k)
 
     def _score(self, key: tuple, m: np.ndarray, fr: _Frame, k: int) -> tuple[float, float]:
-        if key not in self.scores: self.scores[key] = _patch_score(m, fr.gt[fr.box[k]] == k, fr.gt_edges[k], self.tau)
+        if key not in self.scores:
+            i = key[:2]
+            if i not in self.truth:  # the ground truth's patch and tolerance region, once per frame and class
+                g = fr.gt[fr.box[k]] == k
+                self.truth[i] = g, near_edges(fr.gt_edges[k], g.shape, self.tau) if fr.gt_n[k] else None
+            g, near = self.truth[i]
+            self.scores[key] = _patch_score(m, g, int(fr.gt_n[k]), fr.gt_edges[k], near, self.tau)
         return self.scores[key]
 
     def forget_parts(self): self.parts.clear()  # component labels are large: kept only within one search step
@@ -607,6 +614,11 @@ def _accumulate(frames: list[_Frame], masks: list[np.ndarray], tau: float) -> Sc
     for fr, m in zip(frames, masks): acc.add(fr.name[0], *frame_scores(m, fr.gt, tau, with_confusion=True), frame=fr.name[1])
     return acc
 
+def _neighbours(grid: list, value) -> list:
+    "The grid values next to `value` (itself included): later rounds of the search only refine the first round's choice."
+    i = int(np.searchsorted(grid, value))
+    return grid[max(0, i - 1):i + 2]
+
 def tune_decisions(checkpoint,                   # run folder, checkpoint folder, or a `Predictor`
                    videos=None,                  # validation videos or a root; None = the run's own validation split
                    progress: bool = True,        # show progress bars
@@ -614,7 +626,7 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
                    presences: Sequence[float] = PRESENCE_CANDIDATES, # presence thresholds to try per class
                    min_areas: Sequence[int] = MIN_AREA_CANDIDATES,   # small-component thresholds to try per class
                    min_area=None,                # where the search starts; None = the run's config (`cfg.min_area`)
-                   rounds: int = 3,              # passes of the coordinate ascent over the classes (it stops early when nothing moves)
+                   rounds: int = 3,              # passes of offsets and presence over the classes: the first tries every candidate, later ones the neighbours (stops when nothing moves)
                    max_frames: int = 400,        # at most this many frames (spread evenly over each video) are cached
                    tau: float = 10.0,            # NSD tolerance (official: 10 px)
                    **kwargs,                     # `Predictor` settings when `checkpoint` is a folder (tta, batch_size, device)
@@ -639,18 +651,22 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
                                    offsets[0], offsets[-1], presences[-1]))
     before = _accumulate(frames, [remove_small(fr.A, start.min_area) for fr in frames], tau).compute()
     search, moves = _Search(frames, len(vids), start, tau), []
-    grids = dict(presence=presences, offset=offsets, min_area=min_areas)
-    with tqdm(total=rounds * (NUM_CLASSES - 1) * 3, desc="decisions", disable=not progress, leave=False) as bar:
-        for _ in range(rounds):
+    def step(c: int, what: str, grid) -> bool:
+        old = getattr(search.d, what)[c]
+        if not search.step(c, what, grid): return False
+        moves.append((c, what, float(old), float(getattr(search.d, what)[c]), search.score))
+        return True
+    with tqdm(total=(rounds * 2 + 1) * (NUM_CLASSES - 1), desc="decisions", disable=not progress, leave=False) as bar:
+        for rnd in range(rounds):  # 1: offsets and presence thresholds, by coordinate ascent (small components as they start)
             moved = False
             for c in range(1, NUM_CLASSES):
-                for what, grid in grids.items():
-                    old = getattr(search.d, what)[c]
-                    if search.step(c, what, grid):
-                        moved = True
-                        moves.append((c, what, float(old), float(getattr(search.d, what)[c]), search.score))
+                for what, grid in (("presence", presences), ("offset", offsets)):
+                    moved |= step(c, what, grid if rnd == 0 else _neighbours(grid, getattr(search.d, what)[c]))
                     bar.update(1)
             if not moved: break
+        for c in range(1, NUM_CLASSES):  # 2: min_area; with background fill a class's threshold changes only its own score
+            step(c, "min_area", min_areas)
+            bar.update(1)
     d = search.d
     after = _accumulate(frames, [d(fr.A) for fr in frames], tau).compute()
     bb, ba = class_breakdown(before), class_breakdown(after)

@@ -77,6 +77,9 @@ def test_index_lists_every_chapter():
     text = "\n".join(c.source for c in index.cells if c.cell_type == "markdown")
     missing = [p.name for p in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")) if f"({p.name})" not in text]
     assert not missing, f"the index's chapter table does not link {missing}"
+    rows = [l.split("](")[1].split(")")[0] for l in text.splitlines() if l.startswith("| [")]
+    twice = sorted({r for r in rows if rows.count(r) > 1})
+    assert not twice, f"the index's chapter table lists {twice} more than once"
 
 
 def test_every_notebook_has_a_page(site):
