@@ -262,9 +262,10 @@ COMMANDS["train"] = Command("train a model (Config fields as flags, --config YAM
 
 # %% ../nbs/10_cli.ipynb #bda6b10a
 def evaluate_args(p):
-    "Options of `evaluate.evaluate`; with --checkpoint, those of the `Predictor` that first predicts the reference's videos."
+    "Options of `evaluate.evaluate`; with --checkpoint, those of the `Predictor` that first predicts REF's videos."
     p.add_argument("ref", help="reference root: video_*/segmentation/*.png (or a root holding test/)")
-    p.add_argument("pred", help="prediction root in the same layout; with --checkpoint: the folder to predict into (new or empty)")
+    p.add_argument("pred", help="prediction root in the same layout; with --checkpoint: the folder to predict into "
+                   "(new or empty)")
     add(p, "out", "folder for the CSV files (default: the prediction folder)")
     add(p, "workers", "scoring processes (default: all usable cores)", type=int)
     add(p, "tau", "NSD tolerance in pixels (official: 10)", 10.0, type=float)
@@ -294,9 +295,10 @@ COMMANDS["evaluate"] = Command("official SAR-RARP50 score of a prediction folder
 
 # %% ../nbs/10_cli.ipynb #aa1f3ef5
 def predictor_args(p, tune: bool = False, required: bool = True):
-    "The options of a `Predictor`, shared by the predict commands (`tune`: `--min_area tune` is offered; `required`: --checkpoint)."
-    add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; several: an ensemble, their softmax "
-        "probabilities averaged; with --backend onnxruntime also an .onnx file (a run folder uses RUN/export/model.onnx)",
+    "The options of a `Predictor`, shared by the predict commands (`tune`: `--min_area tune` is offered)."
+    add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; several: an ensemble, their "
+        "softmax probabilities averaged; with --backend onnxruntime also an .onnx file (a run folder uses "
+        "RUN/export/model.onnx)",
         required=required, nargs="+", metavar="RUN")
     add(p, "backend", "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
         "torch", choices=["torch", "onnxruntime"])
@@ -307,7 +309,8 @@ def predictor_args(p, tune: bool = False, required: bool = True):
     add(p, "fill", "what removed pixels become: background or next (the second most likely class)", "background",
         choices=["background", "next"])
     add(p, "decisions", "per-class decisions tuned on validation (chapter 08a): run (apply RUN/decisions.json if "
-        "there; an ensemble has none), off, or tune (tune on the run's validation split, save, apply); torch backend only", "run",
+        "there; an ensemble has none), off, or tune (tune on the run's validation split, save, apply); torch backend "
+        "only", "run",
         choices=["run", "off", "tune"])
     add(p, "batch_size", "frames per forward pass", 4, type=int)
     add(p, "device", "cpu, cuda, cuda:1, mps (default: the best available; onnxruntime: cpu)")
@@ -324,9 +327,11 @@ def predictor(a,          # parsed options of `predictor_args`
     if a.threads is not None and a.threads < 1: raise UsageError(f"--threads {a.threads}: must be >= 1")
     if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
     ckpts = a.checkpoint if isinstance(a.checkpoint, list) else [a.checkpoint]
-    if len(ckpts) > 1 and a.backend == "onnxruntime": raise UsageError("--checkpoint: an ensemble (several) needs --backend torch")
-    if len(ckpts) > 1 and "tune" in (a.decisions, a.min_area):  # every validation video was trained on by some fold model
-        raise UsageError("--decisions tune, --min_area tune: not for an ensemble (no validation split is held out from every member)")
+    if len(ckpts) > 1 and a.backend == "onnxruntime":
+        raise UsageError("--checkpoint: an ensemble (several) needs --backend torch")
+    if len(ckpts) > 1 and "tune" in (a.decisions, a.min_area):  # each validation video was seen by some member
+        raise UsageError("--decisions tune, --min_area tune: not for an ensemble (no validation split is held out "
+                         "from every member)")
     one = ckpts[0] if len(ckpts) == 1 else ckpts
     opts = dict(tta=a.tta, min_area=None if a.min_area in (None, "", "tune") else a.min_area, fill=a.fill,
                 batch_size=a.batch_size, device=a.device, **kwargs)

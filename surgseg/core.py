@@ -476,8 +476,8 @@ class Config:
     resolution: float = 0.5          # working resolution as a fraction of the full frame (0.5 = 960x540 on real data)
     low_res: bool = False            # halve `resolution` again for fast iterations
     val_fraction: float = 0.2        # share of training operations held out for validation (split by operation)
-    folds: int = 0                   # k-fold cross-validation: split the training operations into this many folds; 0 = off (`val_fraction` holds out instead)
-    fold: int = 0                    # with folds: the fold whose operations are this run's validation split (0 .. folds-1)
+    folds: int = 0                   # k-fold cross-validation: this many folds of the training operations; 0 = off
+    fold: int = 0                    # with folds: the fold held out as this run's validation split (0 .. folds-1)
     augment: bool = True             # spatial + colour augmentation of training images
     num_workers: int = 0             # data-loader worker processes
     # sampling
@@ -521,7 +521,7 @@ class Config:
     warmup: float = 0.1              # share of steps spent warming up before the cosine decay
     grad_accum: int = 1              # gradient accumulation steps
     grad_clip: float = 1.0           # clip gradient norm; 0 = off
-    ema: float = 0.0                 # decay of an exponential moving average of the weights, updated every optimiser step (validated and saved); 0 = off
+    ema: float = 0.0                 # decay of an EMA of the weights per optimiser step (validated, saved); 0 = off
     precision: str = "no"            # mixed precision: no, bf16, fp16
     max_steps: int = 0               # stop each epoch after this many steps; 0 = full epoch (epoch slices)
     save_every: int = 0              # also checkpoint last/ every this many optimizer steps within an epoch; 0 = at epoch ends only
@@ -634,14 +634,16 @@ def _check(key: str, value):
 
 # %% ../nbs/00_core.ipynb #e6a4768f
 _TOGETHER = [  # (key, test of the whole Config, what a valid value is): rules that involve another key
-    ("fold", lambda c: c.folds == 0 or c.fold < c.folds, lambda c: f"< folds ({c.folds}): folds are numbered 0 .. {c.folds - 1}"),
+    ("fold", lambda c: c.folds == 0 or c.fold < c.folds,
+     lambda c: f"< folds ({c.folds}): folds are numbered 0 .. {c.folds - 1}"),
     ("fold", lambda c: c.folds > 0 or c.fold == 0, lambda c: "0 while folds is 0 (no k-fold split; set folds >= 2)"),
 ]
 
 def _check_together(cfg) -> None:
     "Check the rules that involve two keys, after each key is valid alone; a one-line SurgsegError naming the key."
     for key, ok, what in _TOGETHER:
-        if not ok(cfg): raise SurgsegError(f"config key {key!r}: {getattr(cfg, key)!r} is out of range; must be {what(cfg)}")
+        if ok(cfg): continue
+        raise SurgsegError(f"config key {key!r}: {getattr(cfg, key)!r} is out of range; must be {what(cfg)}")
 
 # %% ../nbs/00_core.ipynb #5a1e0b02
 ENTRY_POINTS = ("python", "cli", "papermill")  # the doors a user comes in by

@@ -37,14 +37,14 @@ def _first_reason(e: BaseException) -> str:
 # %% ../nbs/08_inference.ipynb #bbddefd5
 class Predictor:
     "A segmentation model ready to turn full-resolution RGB frames into class masks."
-    def __init__(self, model: torch.nn.Module | list,  # forward(float (B,3,h,w) in [0,1]) -> logits (B,10,h,w); a list: an ensemble
+    def __init__(self, model: torch.nn.Module | list,  # images (B,3,h,w) in [0,1] -> logits (B,10,h,w); list: ensemble
                  cfg: Config,                   # the run's config (working resolution `cfg.scale`, default for tta)
                  device: str | None = None,     # torch device; None = `core.get_device()`
                  tta: bool | None = None,       # horizontal-flip TTA; None = cfg.tta
                  postprocess: Callable | None = None,  # mask = postprocess(top1, top2 or None); None = the raw argmax
                  batch_size: int = 4,           # frames per forward pass
                  amp: bool = True,              # autocast on a GPU (bf16 where supported, else fp16)
-                 checkpoint: Path | list | None = None,# where the model (or each ensemble member) came from (for messages)
+                 checkpoint: Path | list | None = None,# where the model (each member) came from (for messages)
                  smooth: float = 0.0,           # temporal smoothing of class probabilities over consecutive frames of a stream: weight of the past in [0, 1); 0 = off
                  smooth_centred: bool = False,  # smooth over a centred window (offline: needs later frames) instead of causally (live)
                 ):
@@ -59,9 +59,9 @@ class Predictor:
         self._resizers = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | list,  # run folder (best/ preferred, else last/) or checkpoint folder; a list: an ensemble
+    def from_checkpoint(cls, path: str | Path | list,  # run folder (best/, else last/) or checkpoint; list: ensemble
                         **kwargs) -> "Predictor":
-        "Load a run's model and config (several: an ensemble, by `load_ensemble`); keyword arguments as for `Predictor`."
+        "Load a run's model and config (several: an ensemble, `load_ensemble`); keyword arguments as for `Predictor`."
         model, cfg, ckpt = load_ensemble(path) if isinstance(path, (list, tuple)) else load_checkpoint(path)
         return cls(model, cfg, checkpoint=ckpt, **kwargs)
 
@@ -104,7 +104,7 @@ def _to_batch(images: list[np.ndarray], device) -> torch.Tensor:
 @patch
 @torch.inference_mode()
 def scores(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
-           ) -> torch.Tensor:  # (B, 10, h, w) float32 logits at the working resolution (TTA: mean of two views; ensemble: log mean probability)
+           ) -> torch.Tensor:  # (B, 10, h, w) float32 logits, working resolution (with TTA or an ensemble: see above)
     "Logits of a batch of frames at the working resolution (an ensemble's: `average_probabilities` of its members')."
     x = _to_batch([self.resize(im) for im in images], self.device)
     if self.tta: x = torch.cat([x, x.flip(-1)])
@@ -117,17 +117,18 @@ def scores(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB fra
 
 # %% ../nbs/08_inference.ipynb #51002f80
 def average_probabilities(logits: list,  # per member: (B, C, h, w) logits of the same frames
-                         ) -> torch.Tensor:  # (B, C, h, w): log of the members' mean softmax probability; one member: its logits
-    "An ensemble's scores: the mean of its members' softmax probabilities, as log-probabilities (read downstream as logits)."
+                         ) -> torch.Tensor:  # (B, C, h, w) log of the members' mean probability; one member: its logits
+    "An ensemble's scores: the mean of its members' softmax probabilities, as log-probabilities (read as logits)."
     if len(logits) == 1: return logits[0]
     shapes = sorted({tuple(l.shape) for l in logits})
-    if len(shapes) > 1: raise SurgsegError(f"ensemble members give scores of different shapes (frames, classes, h, w): {shapes}")
+    if len(shapes) > 1:
+        raise SurgsegError(f"ensemble members give scores of different shapes (frames, classes, h, w): {shapes}")
     p = torch.stack([l.float().softmax(1) for l in logits]).mean(0)
     return p.clamp_min(1e-12).log()  # as `ProbSmoother` does: a probability of 0 stays finite
 
 def load_ensemble(paths: list,  # run folders (best/ preferred, else last/) or checkpoint folders
                  ) -> tuple:    # (models in eval mode, the first member's Config, the checkpoint folders)
-    "Load the members of an ensemble, refusing (one line) members that work at different resolutions, or one given twice."
+    "Load an ensemble's members, refusing (one line) members at different resolutions, or one given twice."
     if not len(paths): raise SurgsegError("an ensemble needs at least one checkpoint")
     members = [load_checkpoint(p) for p in paths]
     _, c0, k0 = members[0]

@@ -57,7 +57,7 @@ def fold_split(videos: list,       # the training videos (test split excluded)
                seed: int = 42,     # seed of the shuffle of the operations
                where: str = "",    # the dataset, for the error message
               ) -> tuple[list, list]:  # (train videos, validation videos), each in input order
-    "Operation-level k-fold split: operations shuffled with `seed`, dealt round-robin into `folds` folds; `fold` is held out."
+    "Operation-level k-fold split: operations shuffled with `seed`, dealt round-robin into folds; `fold` held out."
     ops = sorted({v.operation for v in videos}, key=natural_key)
     if folds > len(ops):
         raise SurgsegError(f"config key 'folds': {folds} is out of range; must be <= the number of training operations "
@@ -69,7 +69,7 @@ def fold_split(videos: list,       # the training videos (test split excluded)
 def run_splits(cfg: Config,                      # uses data_dir, val_fraction, folds, fold and seed
                root: str | Path | None = None,   # dataset root (default: `resolve_data_dir(cfg.data_dir)`)
               ) -> tuple[list, list]:            # (train videos, validation videos)
-    "A run's split: fold `cfg.fold` of `cfg.folds` held out when folds are set, else `data.make_splits` (`val_fraction`)."
+    "A run's split: fold `cfg.fold` of `cfg.folds` held out when folds are set, else `data.make_splits`."
     if not cfg.folds: return make_splits(cfg, root)
     videos, _ = make_splits(cfg.update(val_fraction=0), root)  # every training video
     return fold_split(videos, cfg.folds, cfg.fold, cfg.seed, str(root or cfg.data_dir or "the synthetic dataset"))
@@ -178,7 +178,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 def make_ema(model: torch.nn.Module,  # the model about to be trained (not yet prepared by Accelerate)
              decay: float,            # weight of the past at each update, in (0, 1)
             ) -> AveragedModel:       # its `.module` holds the averaged weights
-    "An exponential moving average of `model`'s parameters and buffers (torch's `AveragedModel`); `update_parameters(model)` after each step."
+    "An EMA of `model`'s parameters and buffers (torch's `AveragedModel`): call `update_parameters(model)` per step."
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 # %% ../nbs/06_train.ipynb #277e66fb
@@ -268,7 +268,8 @@ def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
         tmp = broadcast_object_list([str(tmp)])[0] if acc.num_processes > 1 else str(tmp)
         if state: acc.save_state(str(Path(tmp) / STATE))
         if acc.is_main_process:
-            save_model(acc.unwrap_model(self.model) if self.ema is None else self.ema.module, self.cfg, tmp)  # EMA weights if on
+            kept = acc.unwrap_model(self.model) if self.ema is None else self.ema.module  # with ema: the average
+            save_model(kept, self.cfg, tmp)
             (Path(tmp) / PROGRESS).write_text(json.dumps(self.progress(), indent=1))
             write_manifest(tmp)
             _pause_point(f"save:{name}")
