@@ -67,7 +67,8 @@ class Predictor:
 
     def __repr__(self):
         n = f" x{len(self.models)} (probabilities averaged)" if len(self.models) > 1 else ""
-        return (f"Predictor({type(self.model).__name__}{n} from {self.checkpoint or 'memory'}, scale={self.scale}, "
+        src = ", ".join(map(str, self.checkpoint)) if isinstance(self.checkpoint, list) else self.checkpoint
+        return (f"Predictor({type(self.model).__name__}{n} from {src or 'memory'}, scale={self.scale}, "
                 f"tta={self.tta}, postprocess={self.postprocess!r}, device={self.device}"
                 + (f", smooth={self.smooth}{' centred' if self.smooth_centred else ''}" if self.smooth else "") + ")")
 
