@@ -312,3 +312,13 @@ def test_ensemble_cli_predict_video_and_evaluate(env, two_runs, tmp_path):
         lines = err.strip().splitlines()
         assert rc in (1, 2) and len(lines) == 1 and says in lines[0], (argv, err)
         assert not (tmp_path / "bad").exists()
+
+
+def test_run_level_settings_refuse_an_ensemble_in_one_line(env, two_runs):
+    "Decisions belong to one run: asking for a run's decisions with several checkpoints is one SurgsegError, not a TypeError."
+    from surgseg.core import SurgsegError
+    from surgseg.postprocess import load_predictor
+    a, b, _ = two_runs
+    with pytest.raises(SurgsegError, match="2 checkpoints where one run is expected"):
+        load_predictor([a, b], device="cpu")                   # decisions=True: RUN/decisions.json of which run?
+    assert len(load_predictor([a, b], decisions=False, device="cpu").models) == 2
