@@ -262,18 +262,27 @@ COMMANDS["train"] = Command("train a model (Config fields as flags, --config YAM
 
 # %% ../nbs/10_cli.ipynb #bda6b10a
 def evaluate_args(p):
-    "Options of `evaluate.evaluate`."
+    "Options of `evaluate.evaluate`; with --checkpoint, those of the `Predictor` that first predicts REF's videos."
     p.add_argument("ref", help="reference root: video_*/segmentation/*.png (or a root holding test/)")
-    p.add_argument("pred", help="prediction root in the same layout")
+    p.add_argument("pred", help="prediction root in the same layout; with --checkpoint: the folder to predict into "
+                   "(new or empty)")
     add(p, "out", "folder for the CSV files (default: the prediction folder)")
     add(p, "workers", "scoring processes (default: all usable cores)", type=int)
     add(p, "tau", "NSD tolerance in pixels (official: 10)", 10.0, type=float)
     add(p, "allow_missing", "score missing predictions 0 instead of refusing the folder", False, action=BoolFlag)
+    predictor_args(p.add_argument_group("predicting first (with --checkpoint)"), required=False)
 
 def run_evaluate(a):
     "Score the folder, print the summary and write the CSV files; exit 1 listing every problem of the folder."
     from pathlib import Path
-    from surgseg.evaluate import PredictionFolderError, evaluate, summary
+    from surgseg.evaluate import PredictionFolderError, evaluate, layout_root, summary
+    if a.checkpoint:  # predict the reference's videos first (one model or an ensemble), as `surgseg predict` does
+        from surgseg.data import find_videos
+        from surgseg.inference import check_output_dir, predict_split
+        check_output_dir(a.pred)
+        p = predictor(a)
+        predict_split(p, find_videos(layout_root(a.ref)), a.pred)
+        print(f"predicted {a.pred} with {p}")
     try: res = evaluate(a.ref, a.pred, out=a.out or a.pred, workers=a.workers, tau=a.tau, allow_missing=a.allow_missing)
     except PredictionFolderError as e:
         print(f"surgseg evaluate: {len(e.problems)} problem(s) in {a.pred}; nothing was scored or written:", file=sys.stderr)
@@ -285,10 +294,12 @@ def run_evaluate(a):
 COMMANDS["evaluate"] = Command("official SAR-RARP50 score of a prediction folder", evaluate_args, run_evaluate)
 
 # %% ../nbs/10_cli.ipynb #aa1f3ef5
-def predictor_args(p, tune: bool = False):
+def predictor_args(p, tune: bool = False, required: bool = True):
     "The options of a `Predictor`, shared by the predict commands (`tune`: `--min_area tune` is offered)."
-    add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; with --backend onnxruntime also "
-        "an .onnx file (a run folder uses RUN/export/model.onnx)", required=True)
+    add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; several: an ensemble, their "
+        "softmax probabilities averaged; with --backend onnxruntime also an .onnx file (a run folder uses "
+        "RUN/export/model.onnx)",
+        required=required, nargs="+", metavar="RUN")
     add(p, "backend", "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
         "torch", choices=["torch", "onnxruntime"])
     add(p, "threads", "onnxruntime intra-op threads (default: torch's thread count)", type=int)
@@ -298,7 +309,8 @@ def predictor_args(p, tune: bool = False):
     add(p, "fill", "what removed pixels become: background or next (the second most likely class)", "background",
         choices=["background", "next"])
     add(p, "decisions", "per-class decisions tuned on validation (chapter 08a): run (apply RUN/decisions.json if "
-        "there), off, or tune (tune on the run's validation split, save, apply); torch backend only", "run",
+        "there; an ensemble has none), off, or tune (tune on the run's validation split, save, apply); torch backend "
+        "only", "run",
         choices=["run", "off", "tune"])
     add(p, "batch_size", "frames per forward pass", 4, type=int)
     add(p, "device", "cpu, cuda, cuda:1, mps (default: the best available; onnxruntime: cpu)")
@@ -314,14 +326,21 @@ def predictor(a,          # parsed options of `predictor_args`
         raise UsageError(f"--device {a.device}: --backend onnxruntime runs on the CPU")
     if a.threads is not None and a.threads < 1: raise UsageError(f"--threads {a.threads}: must be >= 1")
     if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
+    ckpts = a.checkpoint if isinstance(a.checkpoint, list) else [a.checkpoint]
+    if len(ckpts) > 1 and a.backend == "onnxruntime":
+        raise UsageError("--checkpoint: an ensemble (several) needs --backend torch")
+    if len(ckpts) > 1 and "tune" in (a.decisions, a.min_area):  # each validation video was seen by some member
+        raise UsageError("--decisions tune, --min_area tune: not for an ensemble (no validation split is held out "
+                         "from every member)")
+    one = ckpts[0] if len(ckpts) == 1 else ckpts
     opts = dict(tta=a.tta, min_area=None if a.min_area in (None, "", "tune") else a.min_area, fill=a.fill,
                 batch_size=a.batch_size, device=a.device, **kwargs)
     if a.backend == "onnxruntime" and a.decisions == "tune":
         raise UsageError("--decisions tune: only with --backend torch (the ONNX backend applies no decisions)")
     if a.backend == "onnxruntime":
         from surgseg.export import onnx_predictor
-        p = onnx_predictor(a.checkpoint, threads=a.threads, **opts)
-    else: p = load_predictor(a.checkpoint, decisions={"run": True, "off": False, "tune": "tune"}[a.decisions], **opts)
+        p = onnx_predictor(one, threads=a.threads, **opts)
+    else: p = load_predictor(one, decisions={"run": len(ckpts) == 1, "off": False, "tune": "tune"}[a.decisions], **opts)
     if a.min_area == "tune":
         t = tune_min_area(p, fill=a.fill)
         p.postprocess = RemoveSmall(t.min_area, a.fill)

@@ -476,6 +476,8 @@ class Config:
     resolution: float = 0.5          # working resolution as a fraction of the full frame (0.5 = 960x540 on real data)
     low_res: bool = False            # halve `resolution` again for fast iterations
     val_fraction: float = 0.2        # share of training operations held out for validation (split by operation)
+    folds: int = 0                   # k-fold cross-validation: this many folds of the training operations; 0 = off
+    fold: int = 0                    # with folds: the fold held out as this run's validation split (0 .. folds-1)
     augment: bool = True             # spatial + colour augmentation of training images
     num_workers: int = 0             # data-loader worker processes
     # sampling
@@ -519,6 +521,7 @@ class Config:
     warmup: float = 0.1              # share of steps spent warming up before the cosine decay
     grad_accum: int = 1              # gradient accumulation steps
     grad_clip: float = 1.0           # clip gradient norm; 0 = off
+    ema: float = 0.0                 # decay of an EMA of the weights per optimiser step (validated, saved); 0 = off
     precision: str = "no"            # mixed precision: no, bf16, fp16
     max_steps: int = 0               # stop each epoch after this many steps; 0 = full epoch (epoch slices)
     save_every: int = 0              # also checkpoint last/ every this many optimizer steps within an epoch; 0 = at epoch ends only
@@ -534,6 +537,7 @@ class Config:
     def __post_init__(self):
         "Coerce every field to its type and check its range: a wrong value fails here, whichever way it came in."
         for f in fields(self): setattr(self, f.name, _check(f.name, _coerce(f.name, f.type, getattr(self, f.name))))
+        _check_together(self)
 
     @classmethod
     def field_names(cls) -> list[str]: return [f.name for f in fields(cls)]
@@ -590,6 +594,8 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
     "fps": (lambda v: v in _FPS_OK, f"a divisor of {MASK_STEP}: {', '.join(map(str, _FPS_OK))}"),
     "resolution": (lambda v: 0 < v <= 1, "in (0, 1] (a fraction of the full frame)"),
     "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "folds": (lambda v: v == 0 or v >= 2, ">= 2 (the number of folds), or 0 for off"),
+    "fold": (lambda v: v >= 0, ">= 0 (a fold index)"),
     "num_workers": (lambda v: v >= 0, ">= 0"),
     "sampler_threshold": (lambda v: v > 0, "> 0"),
     "min_pixels": (lambda v: v >= 1, ">= 1"),
@@ -610,6 +616,7 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
     "lr": (lambda v: v > 0, "> 0"), "backbone_lr": (lambda v: v > 0, "> 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"), "warmup": (lambda v: 0 <= v < 1, "in [0, 1) (a share of the steps)"),
     "grad_accum": (lambda v: v >= 1, ">= 1"), "grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1) (the decay per optimiser step; 0 = off)"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "max_steps": (lambda v: v >= 0, ">= 0 (0 = full epochs)"), "save_every": (lambda v: v >= 0, ">= 0 (0 = at epoch ends)"),
     "patience": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
@@ -625,6 +632,19 @@ def _check(key: str, value):
     if (names := choices(key)) is not None and value not in names:
         raise SurgsegError(f"config key {key!r}: {value!r} is not a {_NOUNS.get(key, key.replace('_', ' '))}; choose from {', '.join(names)}")
     return value
+
+# %% ../nbs/00_core.ipynb #e6a4768f
+_TOGETHER = [  # (key, test of the whole Config, what a valid value is): rules that involve another key
+    ("fold", lambda c: c.folds == 0 or c.fold < c.folds,
+     lambda c: f"< folds ({c.folds}): folds are numbered 0 .. {c.folds - 1}"),
+    ("fold", lambda c: c.folds > 0 or c.fold == 0, lambda c: "0 while folds is 0 (no k-fold split; set folds >= 2)"),
+]
+
+def _check_together(cfg) -> None:
+    "Check the rules that involve two keys, after each key is valid alone; a one-line SurgsegError naming the key."
+    for key, ok, what in _TOGETHER:
+        if ok(cfg): continue
+        raise SurgsegError(f"config key {key!r}: {getattr(cfg, key)!r} is out of range; must be {what(cfg)}")
 
 # %% ../nbs/00_core.ipynb #5a1e0b02
 ENTRY_POINTS = ("python", "cli", "papermill")  # the doors a user comes in by
@@ -695,12 +715,12 @@ def oom_error(e: BaseException,     # the out-of-memory error
 
 # %% ../nbs/00_core.ipynb #6afb050f
 CONFIG_SECTIONS = {
-    "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "augment", "num_workers"],
+    "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "folds", "fold", "augment", "num_workers"],
     "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size", "crop_rare"],
     "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "dice_absent", "focal_weight", "focal_gamma", "focal_alpha", "ignore_index"],
     "model": ["model", "encoder", "weights", "dinov3", "finetune", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
               "head", "head_layers", "grad_checkpointing", "pos_embed_rescale"],
-    "optimisation": ["epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "warmup", "grad_accum", "grad_clip", "precision",
+    "optimisation": ["epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "warmup", "grad_accum", "grad_clip", "ema", "precision",
                      "max_steps", "save_every", "patience", "seed", "resume", "log_with"],
     "evaluation": ["tta", "min_area", "decisions"],
 }  # section -> its Config fields, in field order

@@ -24,9 +24,9 @@ from .models import full_res_masks
 from .runs import load_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'presence_evidence', 'ProbSmoother', 'check_output_dir', 'new_output', 'list_images',
-           'predict_images', 'video_info', 'VideoWriter', 'draw_legend', 'predict_video', 'split_frames',
-           'predict_split']
+__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'average_probabilities', 'load_ensemble', 'presence_evidence', 'ProbSmoother',
+           'check_output_dir', 'new_output', 'list_images', 'predict_images', 'video_info', 'VideoWriter',
+           'draw_legend', 'predict_video', 'split_frames', 'predict_split']
 
 # %% ../nbs/08_inference.ipynb #dae23a81
 def _first_reason(e: BaseException) -> str:
@@ -37,19 +37,20 @@ def _first_reason(e: BaseException) -> str:
 # %% ../nbs/08_inference.ipynb #bbddefd5
 class Predictor:
     "A segmentation model ready to turn full-resolution RGB frames into class masks."
-    def __init__(self, model: torch.nn.Module,  # forward(float (B,3,h,w) in [0,1]) -> logits (B,10,h,w)
+    def __init__(self, model: torch.nn.Module | list,  # images (B,3,h,w) in [0,1] -> logits (B,10,h,w); list: ensemble
                  cfg: Config,                   # the run's config (working resolution `cfg.scale`, default for tta)
                  device: str | None = None,     # torch device; None = `core.get_device()`
                  tta: bool | None = None,       # horizontal-flip TTA; None = cfg.tta
                  postprocess: Callable | None = None,  # mask = postprocess(top1, top2 or None); None = the raw argmax
                  batch_size: int = 4,           # frames per forward pass
                  amp: bool = True,              # autocast on a GPU (bf16 where supported, else fp16)
-                 checkpoint: Path | None = None,# where the model came from (for messages)
+                 checkpoint: Path | list | None = None,# where the model (each member) came from (for messages)
                  smooth: float = 0.0,           # temporal smoothing of class probabilities over consecutive frames of a stream: weight of the past in [0, 1); 0 = off
                  smooth_centred: bool = False,  # smooth over a centred window (offline: needs later frames) instead of causally (live)
                 ):
         self.cfg, self.device = cfg, torch.device(device or get_device())
-        self.model = model.eval().to(self.device)
+        self.models = [m.eval().to(self.device) for m in (model if isinstance(model, (list, tuple)) else [model])]
+        self.model = self.models[0]  # the model; an ensemble's first member
         self.tta = bool(getattr(cfg, "tta", False) if tta is None else tta)
         self.postprocess, self.batch_size, self.checkpoint = postprocess, max(1, int(batch_size)), checkpoint
         self.amp = bool(amp) and self.device.type == "cuda"
@@ -58,14 +59,16 @@ class Predictor:
         self._resizers = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path,  # run folder (best/ preferred, else last/) or checkpoint folder
+    def from_checkpoint(cls, path: str | Path | list,  # run folder (best/, else last/) or checkpoint; list: ensemble
                         **kwargs) -> "Predictor":
-        "Load a run's model and config; keyword arguments as for `Predictor`."
-        model, cfg, ckpt = load_checkpoint(path)
+        "Load a run's model and config (several: an ensemble, `load_ensemble`); keyword arguments as for `Predictor`."
+        model, cfg, ckpt = load_ensemble(path) if isinstance(path, (list, tuple)) else load_checkpoint(path)
         return cls(model, cfg, checkpoint=ckpt, **kwargs)
 
     def __repr__(self):
-        return (f"Predictor({type(self.model).__name__} from {self.checkpoint or 'memory'}, scale={self.scale}, "
+        n = f" x{len(self.models)} (probabilities averaged)" if len(self.models) > 1 else ""
+        src = ", ".join(map(str, self.checkpoint)) if isinstance(self.checkpoint, list) else self.checkpoint
+        return (f"Predictor({type(self.model).__name__}{n} from {src or 'memory'}, scale={self.scale}, "
                 f"tta={self.tta}, postprocess={self.postprocess!r}, device={self.device}"
                 + (f", smooth={self.smooth}{' centred' if self.smooth_centred else ''}" if self.smooth else "") + ")")
 
@@ -102,16 +105,40 @@ def _to_batch(images: list[np.ndarray], device) -> torch.Tensor:
 @patch
 @torch.inference_mode()
 def scores(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
-           ) -> torch.Tensor:  # (B, 10, h, w) float32 logits at the working resolution (with TTA: mean of the two views)
-    "Logits of a batch of frames at the working resolution."
+           ) -> torch.Tensor:  # (B, 10, h, w) float32 logits, working resolution (with TTA or an ensemble: see above)
+    "Logits of a batch of frames at the working resolution (an ensemble's: `average_probabilities` of its members')."
     x = _to_batch([self.resize(im) for im in images], self.device)
     if self.tta: x = torch.cat([x, x.flip(-1)])
-    with torch.autocast(self.device.type, dtype=_amp_dtype(self.device), enabled=self.amp):
-        logits = self.model(x)
-    logits = logits.float()
-    if not self.tta: return logits
-    n = len(images)
-    return (logits[:n] + logits[n:].flip(-1)) / 2
+    n, out = len(images), []
+    for model in self.models:
+        with torch.autocast(self.device.type, dtype=_amp_dtype(self.device), enabled=self.amp):
+            logits = model(x).float()
+        out.append((logits[:n] + logits[n:].flip(-1)) / 2 if self.tta else logits)
+    return average_probabilities(out)
+
+# %% ../nbs/08_inference.ipynb #51002f80
+def average_probabilities(logits: list,  # per member: (B, C, h, w) logits of the same frames
+                         ) -> torch.Tensor:  # (B, C, h, w) log of the members' mean probability; one member: its logits
+    "An ensemble's scores: the mean of its members' softmax probabilities, as log-probabilities (read as logits)."
+    if len(logits) == 1: return logits[0]
+    shapes = sorted({tuple(l.shape) for l in logits})
+    if len(shapes) > 1:
+        raise SurgsegError(f"ensemble members give scores of different shapes (frames, classes, h, w): {shapes}")
+    p = torch.stack([l.float().softmax(1) for l in logits]).mean(0)
+    return p.clamp_min(1e-12).log()  # as `ProbSmoother` does: a probability of 0 stays finite
+
+def load_ensemble(paths: list,  # run folders (best/ preferred, else last/) or checkpoint folders
+                 ) -> tuple:    # (models in eval mode, the first member's Config, the checkpoint folders)
+    "Load an ensemble's members, refusing (one line) members at different resolutions, or one given twice."
+    if not len(paths): raise SurgsegError("an ensemble needs at least one checkpoint")
+    members = [load_checkpoint(p) for p in paths]
+    _, c0, k0 = members[0]
+    for i, (_, c, k) in enumerate(members[1:], 1):
+        if k in [m[2] for m in members[:i]]: raise SurgsegError(f"{k}: given twice (an ensemble member counts once)")
+        if c.scale != c0.scale:
+            raise SurgsegError(f"{k}: works at resolution {c.scale:g} of the frame, {k0} at {c0.scale:g}; "
+                               "ensemble members must share resolution and low_res")
+    return [m for m, _, _ in members], c0, [k for _, _, k in members]
 
 # %% ../nbs/08_inference.ipynb #b5f87bfc
 def presence_evidence(logits: torch.Tensor,  # (B, C, h, w) logits at the working resolution

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, read_mask
-from .data import make_splits, resolve_data_dir
+from .data import resolve_data_dir
+from .train import run_splits
 from .inference import Predictor, _as_videos, presence_evidence, split_frames
 from .metrics import ScoreAccumulator, class_breakdown, edge_points, frame_scores, near_edges, surface_dice
 from .models import WEIGHTS_FILE, full_res_masks, full_res_scores
@@ -260,7 +261,7 @@ def choose_min_area(iou: np.ndarray,          # (K, 9) per-class IoU of each can
 # %% ../nbs/08a_postprocess.ipynb #3fa28205
 def validation_videos(cfg: Config) -> list:
     "The validation videos of a run: its training videos held out by operation exactly as training did."
-    val = make_splits(cfg)[1]
+    val = run_splits(cfg)[1]  # the fold's held-out operations when the run trained on folds
     if not val:
         raise SurgsegError(f"{resolve_data_dir(cfg.data_dir)}: the run's settings (val_fraction={cfg.val_fraction}) "
                            "hold out no validation videos")

@@ -76,6 +76,9 @@ def check_manifest(folder: str | Path,  # a checkpoint folder
 def find_checkpoint(path: str | Path,  # run folder (RUN/best/ preferred, else RUN/last/) or a checkpoint folder
                    ) -> Path:          # the checkpoint folder (holds config.yaml and the weights)
     "Resolve a run folder or checkpoint folder to the checkpoint folder to load."
+    if isinstance(path, (list, tuple)):  # an ensemble's members (chapter 08) where one run's folder is needed
+        raise SurgsegError(f"{len(path)} checkpoints where one run is expected (an ensemble has no run folder, so no "
+                           "decisions.json or validation split of its own)")
     path = Path(path).expanduser()
     if not path.exists(): raise SurgsegError(f"{path}: checkpoint not found")
     if path.is_file(): path = path.parent  # config.yaml or the weights file given directly

@@ -35,9 +35,9 @@ from .runs import BEST, INTERRUPTED, LAST, METRICS, PROGRESS, STATE, check_manif
 log = logging.getLogger("surgseg.train")
 
 # %% auto #0
-__all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'epoch_steps', 'make_train_sampler', 'draw_seed', 'SeededDraws',
-           'make_optimizer', 'validation_scores', 'Trainer', 'write_metrics', 'start_run', 'setup_run',
-           'tune_run_decisions', 'fit', 'papermill_parameters', 'plot_history']
+__all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'fold_split', 'run_splits', 'epoch_steps', 'make_train_sampler',
+           'draw_seed', 'SeededDraws', 'make_optimizer', 'validation_scores', 'make_ema', 'Trainer', 'write_metrics',
+           'start_run', 'setup_run', 'tune_run_decisions', 'fit', 'papermill_parameters', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
@@ -46,6 +46,33 @@ def prepare_data(cfg: Config,  # uses data_dir and fps
     root = resolve_data_dir(cfg.data_dir)
     extract_frames(root, fps=cfg.fps)
     return root
+
+# %% ../nbs/06_train.ipynb #374ce026
+import random
+from .data import natural_key
+
+def fold_split(videos: list,       # the training videos (test split excluded)
+               folds: int,         # number of folds (>= 2)
+               fold: int,          # the fold held out for validation (0 .. folds-1)
+               seed: int = 42,     # seed of the shuffle of the operations
+               where: str = "",    # the dataset, for the error message
+              ) -> tuple[list, list]:  # (train videos, validation videos), each in input order
+    "Operation-level k-fold split: operations shuffled with `seed`, dealt round-robin into folds; `fold` held out."
+    ops = sorted({v.operation for v in videos}, key=natural_key)
+    if folds > len(ops):
+        raise SurgsegError(f"config key 'folds': {folds} is out of range; must be <= the number of training operations "
+                           f"({len(ops)}{' in ' + where if where else ''})")
+    random.Random(seed).shuffle(ops)
+    val = set(ops[fold::folds])
+    return [v for v in videos if v.operation not in val], [v for v in videos if v.operation in val]
+
+def run_splits(cfg: Config,                      # uses data_dir, val_fraction, folds, fold and seed
+               root: str | Path | None = None,   # dataset root (default: `resolve_data_dir(cfg.data_dir)`)
+              ) -> tuple[list, list]:            # (train videos, validation videos)
+    "A run's split: fold `cfg.fold` of `cfg.folds` held out when folds are set, else `data.make_splits`."
+    if not cfg.folds: return make_splits(cfg, root)
+    videos, _ = make_splits(cfg.update(val_fraction=0), root)  # every training video
+    return fold_split(videos, cfg.folds, cfg.fold, cfg.seed, str(root or cfg.data_dir or "the synthetic dataset"))
 
 # %% ../nbs/06_train.ipynb #fcd15d30
 def epoch_steps(n_frames: int,          # training frames
@@ -145,6 +172,15 @@ def validation_scores(model: torch.nn.Module,  # the model (prepared or not)
         "per_class_iou": r["per_class_iou"].tolist(), "per_class_nsd": r["per_class_nsd"].tolist(),
         "frames": len(seen), "overlays": [o for _, o in sorted(dict(overlays).items())]}
 
+# %% ../nbs/06_train.ipynb #408327fe
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+def make_ema(model: torch.nn.Module,  # the model about to be trained (not yet prepared by Accelerate)
+             decay: float,            # weight of the past at each update, in (0, 1)
+            ) -> AveragedModel:       # its `.module` holds the averaged weights
+    "An EMA of `model`'s parameters and buffers (torch's `AveragedModel`): call `update_parameters(model)` per step."
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
 # %% ../nbs/06_train.ipynb #277e66fb
 class Trainer:
     "What every training step touches (accelerator, model, loss, optimiser, schedule) and the run's counters."
@@ -158,7 +194,9 @@ class Trainer:
                  on_step=None,                     # called as on_step(trainer, batch) after every optimiser step
                 ):
         self.cfg, self.acc, self.run_dir, self.on_step = cfg, accelerator, run_dir, on_step
+        self.ema = make_ema(model, cfg.ema).to(accelerator.device) if cfg.ema else None  # a copy of the plain module
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if self.ema is not None: accelerator.register_for_checkpointing(self.ema)  # saved and restored with the state
         self.loss_fn = loss_fn.to(accelerator.device)
         self.epoch = self.step = self.global_step = self.micro = 0
         self.best, self.best_epoch, self.bad_epochs, self.stopped = None, 0, 0, False
@@ -195,6 +233,7 @@ def train_step(self: Trainer, batch: dict) -> bool:
     self.micro += 1
     self._pending += loss.detach()
     if not acc.sync_gradients: return False
+    if self.ema is not None: self.ema.update_parameters(acc.unwrap_model(self.model))
     l = float(self._pending) / cfg.grad_accum
     self._pending, self.step, self.global_step = 0.0, self.step + 1, self.global_step + 1
     self.loss_sum, self.loss_n = self.loss_sum + l, self.loss_n + 1
@@ -229,7 +268,8 @@ def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
         tmp = broadcast_object_list([str(tmp)])[0] if acc.num_processes > 1 else str(tmp)
         if state: acc.save_state(str(Path(tmp) / STATE))
         if acc.is_main_process:
-            save_model(acc.unwrap_model(self.model), self.cfg, tmp)
+            kept = acc.unwrap_model(self.model) if self.ema is None else self.ema.module  # with ema: the average
+            save_model(kept, self.cfg, tmp)
             (Path(tmp) / PROGRESS).write_text(json.dumps(self.progress(), indent=1))
             write_manifest(tmp)
             _pause_point(f"save:{name}")
@@ -300,7 +340,8 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
     acc, cfg = self.acc, self.cfg
     loss = acc.reduce(torch.tensor(self.loss_sum / max(self.loss_n, 1), device=acc.device), "mean").item()
     # the prepared (DDP) model: its first forward gives every process the main process's BatchNorm statistics
-    try: res = validation_scores(self.model, val_dl, acc) if val_dl is not None else None
+    judged = self.model if self.ema is None else self.ema.module  # with ema, the averaged weights are validated
+    try: res = validation_scores(judged, val_dl, acc) if val_dl is not None else None
     except Exception as e:
         if not is_out_of_memory(e): raise
         raise oom_error(e, f"validating epoch {self.epoch + 1}", cfg.batch_size, f"whole frames at resolution {cfg.scale:g}") from None
@@ -393,7 +434,7 @@ def start_run(cfg: Config,                   # the run's settings
 def _build(cfg: Config, acc: Accelerator, run_dir: Path, on_step) -> SimpleNamespace:
     "Data, loaders, sampler, model, loss, optimiser and the `Trainer` of a started run, resumed from last/ if asked."
     with acc.main_process_first(): root = prepare_data(cfg)
-    train_v, val_v = make_splits(cfg, root)
+    train_v, val_v = run_splits(cfg, root)
     with acc.main_process_first(): table = frame_table(train_v, min_pixels=cfg.min_pixels)
     train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps, seed=cfg.seed,
                           crop_size=cfg.crop_size, crop_rare=cfg.crop_rare)

@@ -236,3 +236,89 @@ def test_killed_and_rerun_is_byte_identical(env, slow_split, tmp_path, cmd):
     assert rc == 0, err
     assert files_of(out) == files_of(clean) and len(files_of(out)) >= 24
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]  # no partial folder, no lock, no temporary file
+
+
+# --- ensembles -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(env):
+    "A second untrained U-Net run (another seed) beside env's, and one at another working resolution."
+    from surgseg.models import build_model, save_model
+    cfg = Config(model="unet", encoder="resnet18", weights="none", resolution=0.5, data_dir=str(env["root"]))
+    set_seed(1)
+    save_model(build_model(cfg), cfg, env["tmp"] / "run2" / "best")
+    low = cfg.update(low_res=True)
+    save_model(build_model(low), low, env["tmp"] / "run_low" / "best")
+    return env["run"], env["tmp"] / "run2", env["tmp"] / "run_low"
+
+
+def test_ensemble_is_the_mean_of_the_probabilities(env, two_runs):
+    "Two checkpoints' ensemble = the mean of their softmax probabilities (by hand), through scores, masks and min_area."
+    import torch
+    from surgseg.core import read_rgb
+    from surgseg.data import find_videos
+    from surgseg.inference import Predictor
+    from surgseg.models import full_res_masks
+    from surgseg.postprocess import RemoveSmall, load_predictor, remove_small, min_area_thresholds
+    a, b, _ = two_runs
+    v = find_videos(env["root"] / "test")[0]
+    ims = [read_rgb(p) for p in sorted(v.rgb_dir.glob("*.png"))][:3] if v.rgb_dir.is_dir() else None
+    if not ims:
+        from surgseg.data import read_frames
+        ims = [im for _, im in read_frames(v.video, v.frames[:3])]
+    pa, pb = (Predictor.from_checkpoint(r, device="cpu") for r in (a, b))
+    ens = Predictor.from_checkpoint([a, b], device="cpu")
+    mean = (pa.scores(ims).softmax(1) + pb.scores(ims).softmax(1)) / 2
+    assert torch.allclose(ens.scores(ims).exp(), mean, atol=1e-6)
+    assert not torch.allclose(pa.scores(ims).softmax(1), mean, atol=1e-3)   # the members differ: the test can fail
+    top = full_res_masks(mean.log(), ims[0].shape[:2])
+    assert all(np.array_equal(m, t) for m, t in zip(ens.predict_batch(ims), top))
+    # min_area acts on the ensemble's mask (load_predictor: the CLI's path)
+    pe = load_predictor([a, b], decisions=False, min_area=40, device="cpu")
+    assert isinstance(pe.postprocess, RemoveSmall) and len(pe.models) == 2
+    thr = min_area_thresholds(40)
+    assert all(np.array_equal(m, remove_small(t, thr)) for m, t in zip(pe.predict_batch(ims), top))
+
+
+def test_ensemble_cli_predict_video_and_evaluate(env, two_runs, tmp_path):
+    "predict, predict-video and evaluate take several checkpoints; predict's masks are the ensemble's; bad mixes are one line."
+    from surgseg.inference import Predictor, predict_split
+    from surgseg.data import find_videos
+    a, b, low = two_runs
+    test = env["root"] / "test"
+    rc, out, err = run_main("predict", "--checkpoint", a, b, "--data", test, "--out", tmp_path / "p", "--device", "cpu")
+    assert rc == 0, err
+    assert "x2 (probabilities averaged)" in out
+    predict_split(Predictor.from_checkpoint([a, b], device="cpu"), find_videos(test), tmp_path / "ref", progress=False)
+    assert files_of(tmp_path / "p") == files_of(tmp_path / "ref")
+    single = tmp_path / "single"
+    assert run_main("predict", "--checkpoint", a, "--data", test, "--out", single, "--device", "cpu")[0] == 0
+    assert files_of(single) != files_of(tmp_path / "p")
+    rc, out, err = run_main("evaluate", test, tmp_path / "e", "--workers", 1, "--checkpoint", a, b, "--device", "cpu")
+    assert rc == 0, err
+    assert files_of(tmp_path / "e").keys() >= {k for k in files_of(tmp_path / "p")}
+    assert all(files_of(tmp_path / "e")[k] == v for k, v in files_of(tmp_path / "p").items())  # the same masks, then scored
+    assert "score" in out.lower()
+    video = find_videos(test)[0].video
+    rc, out, err = run_main("predict-video", video, "--checkpoint", a, b, "--out", tmp_path / "v", "--every", 30,
+                            "--no-overlay_video", "--device", "cpu")
+    assert rc == 0, err
+    assert len(list((tmp_path / "v" / "masks").glob("*.png"))) > 0
+    for argv, says in [(("--checkpoint", a, low), "works at resolution 0.25 of the frame"),
+                       (("--checkpoint", a, a), "given twice"),
+                       (("--checkpoint", a, b, "--min_area", "tune"), "not for an ensemble"),
+                       (("--checkpoint", a, b, "--backend", "onnxruntime"), "needs --backend torch")]:
+        rc, out, err = run_main("predict", *argv, "--data", test, "--out", tmp_path / "bad", "--device", "cpu")
+        lines = err.strip().splitlines()
+        assert rc in (1, 2) and len(lines) == 1 and says in lines[0], (argv, err)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_run_level_settings_refuse_an_ensemble_in_one_line(env, two_runs):
+    "Decisions belong to one run: asking for a run's decisions with several checkpoints is one SurgsegError, not a TypeError."
+    from surgseg.core import SurgsegError
+    from surgseg.postprocess import load_predictor
+    a, b, _ = two_runs
+    with pytest.raises(SurgsegError, match="2 checkpoints where one run is expected"):
+        load_predictor([a, b], device="cpu")                   # decisions=True: RUN/decisions.json of which run?
+    assert len(load_predictor([a, b], decisions=False, device="cpu").models) == 2

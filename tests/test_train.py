@@ -37,7 +37,13 @@ def tiny_cfg(tiny, out, **kw):
 
 
 def weights(run_dir):
-    return load_file(Path(run_dir) / "last" / "state" / "model.safetensors")
+    "Every tensor a run's last/ holds: the saved model (the EMA's weights with ema), the raw weights and the EMA's state."
+    last = Path(run_dir) / "last"
+    out = {f"state/{k}": v for k, v in load_file(last / "state" / "model.safetensors").items()}
+    out |= {f"model/{k}": v for k, v in load_file(last / "model.safetensors").items()}
+    for f in sorted((last / "state").glob("custom_checkpoint_*.pkl")):  # registered objects: the EMA
+        out |= {f"{f.stem}/{k}": v for k, v in torch.load(f, weights_only=True).items()}
+    return out
 
 
 def same_weights(a, b):
@@ -143,7 +149,9 @@ def kill_at(step):
     (dict(save_every=2), 7, (1, 2, 6)),                # killed mid-epoch, resumed from a mid-epoch checkpoint
     (dict(save_every=0), 6, (1, 0, 4)),                # killed mid-epoch, resumed from the epoch's start
     (dict(save_every=1, grad_accum=2), 6, (1, 1, 5)),  # gradient accumulation: resumed after an optimiser step
-], ids=["mid-epoch-checkpoint", "epoch-checkpoint", "grad-accum"])
+    (dict(save_every=2, ema=0.9), 7, (1, 2, 6)),       # an EMA of the weights: its state resumed too
+    (dict(save_every=0, ema=0.5, grad_accum=2), 6, (1, 0, 4)),  # EMA with accumulation, from the epoch's start
+], ids=["mid-epoch-checkpoint", "epoch-checkpoint", "grad-accum", "ema-mid-epoch", "ema-grad-accum"])
 def test_resume_is_bit_identical(tiny, tmp_path, kw, kill, ckpt):
     from surgseg.train import fit
     c = tiny_cfg(tiny, tmp_path, epochs=2, max_steps=4, batch_size=1 if kw.get("grad_accum") else 2, **kw)  # augmentation on
@@ -153,6 +161,13 @@ def test_resume_is_bit_identical(tiny, tmp_path, kw, kill, ckpt):
     assert (p["epoch"], p["step"], p["global_step"]) == ckpt
     b = fit(c.update(run_name="b", resume=True))
     assert same_weights(a, b)
+    wa = weights(a)
+    if c.ema:  # the saved model is the average (updated once per optimiser step), not the raw weights
+        assert any(k.startswith("custom_checkpoint_0/") for k in wa)
+        assert wa["custom_checkpoint_0/n_averaged"].item() == 8  # 2 epochs x 4 optimiser steps
+        assert any(not torch.equal(wa[f"model/{k[6:]}"], wa[k]) for k in wa if k.startswith("state/"))
+    else:
+        assert all(torch.equal(wa[f"model/{k[6:]}"], wa[k]) for k in wa if k.startswith("state/"))
     ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns="seconds") for r in (a, b))
     pd.testing.assert_frame_equal(ma, mb)
 
@@ -211,10 +226,12 @@ def tensors(run_dir) -> dict:
         if isinstance(x, dict): [walk(f"{prefix}.{k}", v) for k, v in x.items()]
         elif isinstance(x, (list, tuple)): [walk(f"{prefix}.{i}", v) for i, v in enumerate(x)]
         else: out[prefix] = x
-    files = sorted((Path(run_dir) / "last" / "state").iterdir()) + [Path(run_dir) / "best" / "model.safetensors"]
+    files = sorted((Path(run_dir) / "last" / "state").iterdir()) + [Path(run_dir) / "best" / "model.safetensors",
+                                                                     Path(run_dir) / "last" / "model.safetensors"]
     for f in files:
         if f.suffix == ".safetensors": walk(f"{f.parent.name}/{f.name}", dict(load_file(f)))
-        elif f.suffix == ".bin": walk(f"{f.parent.name}/{f.name}", torch.load(f, weights_only=True))
+        elif f.suffix == ".bin" or f.name.startswith("custom_checkpoint_"):  # custom_checkpoint_*.pkl: the EMA
+            walk(f"{f.parent.name}/{f.name}", torch.load(f, weights_only=True))
     return out
 
 
@@ -239,14 +256,24 @@ def reference(tiny, tmp_path_factory):
     return tmp / "runs" / "ref"
 
 
+@pytest.fixture(scope="module")
+def reference_ema(tiny, tmp_path_factory):
+    "The uninterrupted run with an EMA of the weights."
+    tmp = tmp_path_factory.mktemp("ref_ema")
+    start(tiny_cfg(tiny, tmp / "runs", run_name="ref", num_workers=0, ema=0.8, **KILL), tmp)
+    return tmp / "runs" / "ref"
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("workers,pause,resumed_from", [
-    (0, "step:3", (0, 2, 2)),       # mid-epoch, after the step-2 checkpoint
-    (0, "save:last:2", (0, 2, 2)),  # inside the epoch-end checkpoint write: the previous last/ stays whole
-    (2, "step:6", (1, 0, 4)),       # two loader workers, mid-epoch 2
-], ids=["mid-epoch", "during-checkpoint-write", "workers2-mid-epoch"])
-def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path, reference, workers, pause, resumed_from):
-    c = tiny_cfg(tiny, tmp_path / "runs", run_name="k", num_workers=workers, **KILL)
+@pytest.mark.parametrize("workers,pause,resumed_from,ema", [
+    (0, "step:3", (0, 2, 2), 0.0),       # mid-epoch, after the step-2 checkpoint
+    (0, "save:last:2", (0, 2, 2), 0.0),  # inside the epoch-end checkpoint write: the previous last/ stays whole
+    (2, "step:6", (1, 0, 4), 0.0),       # two loader workers, mid-epoch 2
+    (0, "step:7", (1, 2, 6), 0.8),       # an EMA of the weights, killed mid-epoch 2: the averaged weights resume exactly
+], ids=["mid-epoch", "during-checkpoint-write", "workers2-mid-epoch", "ema-mid-epoch"])
+def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path, request, workers, pause, resumed_from, ema):
+    reference = request.getfixturevalue("reference_ema" if ema else "reference")
+    c = tiny_cfg(tiny, tmp_path / "runs", run_name="k", num_workers=workers, ema=ema, **KILL)
     run = tmp_path / "runs" / "k"
     sigkill(start(c, tmp_path, pause))
     p = json.loads((run / "last" / "progress.json").read_text())
@@ -345,3 +372,56 @@ def test_two_processes_see_disjoint_frames_and_save_once(tiny, tmp_path):
     _, val_v = make_splits(cfg, Path(tiny))
     res = validation_scores(model, DataLoader(SegDataset(val_v, scale=cfg.scale), batch_size=2))
     assert res["score"] == pytest.approx(m["val_score"].iloc[-1], abs=1e-6)
+
+
+# --- folds -------------------------------------------------------------------------------------------
+
+def test_folds_tile_the_operations_and_are_deterministic(tiny):
+    "The k folds' validation parts are disjoint, cover every training video once, keep operations whole, and repeat."
+    from surgseg.train import run_splits
+    from surgseg.data import find_videos
+    videos = [v for v in find_videos(tiny) if v.split != "test"]
+    for seed in (0, 7):
+        parts = [run_splits(Config(data_dir=tiny, folds=3, fold=k, seed=seed)) for k in range(3)]
+        vals = [sorted(v.name for v in va) for _, va in parts]
+        assert sorted(sum(vals, [])) == sorted(v.name for v in videos)           # each video validated exactly once
+        for tr, va in parts:
+            assert va and not {v.operation for v in tr} & {v.operation for v in va}
+        assert vals == [sorted(v.name for v in run_splits(Config(data_dir=tiny, folds=3, fold=k, seed=seed))[1]) for k in range(3)]
+
+
+@pytest.mark.parametrize("flags,says,code", [
+    (["--folds", "1"], "config key 'folds': 1 is out of range; must be >= 2", 2),
+    (["--folds", "3", "--fold", "3"], "config key 'fold': 3 is out of range; must be < folds (3)", 2),
+    (["--fold", "2"], "config key 'fold': 2 is out of range; must be 0 while folds is 0", 2),
+    (["--folds", "4"], "config key 'folds': 4 is out of range; must be <= the number of training operations (3", 1),
+], ids=["one-fold", "fold-past-folds", "fold-without-folds", "more-folds-than-operations"])
+def test_bad_folds_are_one_line_naming_the_key(tiny, tmp_path, capsys, flags, says, code):
+    from surgseg.cli import main
+    args = ["train", "--data_dir", tiny, "--out_dir", str(tmp_path / "runs"), "--model", "dinov3", "--dinov3", "tiny",
+            "--weights", "none", "--log_with", "none", "--epochs", "1", "--max_steps", "1", "--run_name", "f", *flags]
+    assert main(args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("surgseg train: error: ") and says in err[0], err
+    assert not (tmp_path / "runs" / "f").exists()  # a refused run leaves nothing
+
+
+def test_fold_run_validates_on_its_fold(tiny, tmp_path):
+    "`surgseg train --folds 3 --fold k` validates on fold k's operations: the frames validated are that fold's."
+    from surgseg.cli import main
+    from surgseg.train import run_splits
+    args = ["train", "--data_dir", tiny, "--out_dir", str(tmp_path / "runs"), "--model", "dinov3", "--dinov3", "tiny",
+            "--weights", "none", "--log_with", "none", "--batch_size", "2", "--samples_per_epoch", "0", "--epochs", "1",
+            "--max_steps", "1", "--folds", "3", "--fold", "2", "--run_name", "k2"]
+    assert main(args) == 0
+    cfg = load_config(tmp_path / "runs" / "k2" / "config.yaml")
+    assert (cfg.folds, cfg.fold) == (3, 2)
+    _, val = run_splits(cfg)
+    from surgseg.runs import load_checkpoint
+    from surgseg.train import validation_scores
+    from surgseg.data import SegDataset
+    from torch.utils.data import DataLoader
+    model, _, _ = load_checkpoint(tmp_path / "runs" / "k2")
+    res = validation_scores(model, DataLoader(SegDataset(val, scale=cfg.scale, train=False), batch_size=2))
+    m = pd.read_csv(tmp_path / "runs" / "k2" / "metrics.csv")
+    assert res["frames"] == sum(len(v.frames) for v in val) and m["val_score"].iloc[0] == pytest.approx(res["score"], abs=1e-12)
