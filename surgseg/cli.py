@@ -246,7 +246,7 @@ def train_config(a: argparse.Namespace,  # parsed `surgseg train` arguments
     except SurgsegError as e: raise UsageError(str(e)) from None
 
 def run_train(a):
-    "Train; print the run folder and its best validation score."
+    "Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best validation score."
     cfg = train_config(a)
     import pandas as pd
     from accelerate import PartialState
@@ -257,6 +257,9 @@ def run_train(a):
         best = f"; best validation score {m['val_score'].max():.4f} (epoch {int(m.loc[m['val_score'].idxmax(), 'epoch'])})" \
                if "val_score" in m else ""
         print(f"run folder: {run}{best}")
+        if cfg.decisions:
+            from surgseg.postprocess import tune_run_decisions
+            tune_run_decisions(run)
 
 COMMANDS["train"] = Command("train a model (Config fields as flags, --config YAML)", train_args, run_train)
 

@@ -532,7 +532,7 @@ class Config:
     # evaluation
     tta: bool = False                # horizontal-flip test-time augmentation
     min_area: int | list = 0         # post-processing: drop connected components smaller than this (pixels, full res): one value, or nine (classes 1..9)
-    decisions: bool = True           # after training, tune per-class decisions (logit offsets, presence thresholds, min_area) to the official score on the validation videos; predict and evaluate apply them
+    decisions: bool = True           # after training (surgseg train, papermill), tune per-class decisions (offsets, presence, min_area) to the official score on the validation videos; predict and evaluate apply them
 
     def __post_init__(self):
         "Coerce every field to its type and check its range: a wrong value fails here, whichever way it came in."

@@ -27,7 +27,8 @@ from .runs import BEST, LAST, _sha256, find_checkpoint
 __all__ = ['OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'MIN_AREA_CANDIDATES', 'DECISIONS_FILE', 'min_area_thresholds',
            'remove_small', 'RemoveSmall', 'load_predictor', 'Decisions', 'as_decisions', 'score_split', 'MinAreaTuning',
            'choose_min_area', 'validation_videos', 'tune_min_area', 'plot_min_area', 'compare_settings',
-           'decisions_path', 'read_decisions', 'load_decisions', 'DecisionTuning', 'tune_decisions']
+           'decisions_path', 'read_decisions', 'load_decisions', 'DecisionTuning', 'tune_decisions',
+           'tune_run_decisions']
 
 # %% ../nbs/08a_postprocess.ipynb #5223824d
 def min_area_thresholds(min_area: int | str | Sequence[int] | None,  # one threshold, 9 (classes 1..9) or 10 values, "a,b,..", or None
@@ -674,3 +675,20 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
     pick = lambda r: {k: float(r[k]) for k in ("miou", "mnsd", "score")}
     return DecisionTuning(d, pick(before), pick(after), _per_class_table(d, bb, ba), bb, ba, names, len(frames),
                           time.perf_counter() - t0, moves, p.checkpoint, p.tta)
+
+# %% ../nbs/08a_postprocess.ipynb #ae52e632
+def tune_run_decisions(run_dir: Path,  # a finished run folder
+                      ) -> dict | None:  # validation scores before and after, or None when there was nothing to tune
+    "Tune a finished run's decisions on its validation videos into RUN/decisions.json, unless they fit best/ already."
+    try:
+        if load_decisions(run_dir) is not None: return None  # tuned already, for this checkpoint (a finished run rerun)
+    except SurgsegError: pass  # tuned for an earlier checkpoint: tune again
+    try: t = tune_decisions(run_dir, progress=False)
+    except SurgsegError as e:  # no validation videos (val_fraction 0) or none with masks
+        print(f"decisions not tuned: {e}")
+        return None
+    t.save(run_dir)
+    print(f"decisions tuned on {t.frames} validation frames in {t.seconds:.0f} s: "
+          f"validation score {t.before['score']:.4f} -> {t.after['score']:.4f} (in-sample)")
+    return dict(before=t.before["score"], after=t.after["score"], seconds=t.seconds)
+

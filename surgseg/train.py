@@ -37,7 +37,7 @@ log = logging.getLogger("surgseg.train")
 # %% auto #0
 __all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'fold_split', 'run_splits', 'epoch_steps', 'make_train_sampler',
            'draw_seed', 'SeededDraws', 'make_optimizer', 'validation_scores', 'make_ema', 'Trainer', 'write_metrics',
-           'start_run', 'setup_run', 'tune_run_decisions', 'fit', 'papermill_parameters', 'plot_history']
+           'start_run', 'setup_run', 'fit', 'papermill_parameters', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
@@ -472,22 +472,6 @@ def setup_run(cfg: Config,   # every setting of the run
     return r
 
 # %% ../nbs/06_train.ipynb #79325560
-def tune_run_decisions(run_dir: Path,  # a finished run folder
-                      ) -> dict | None:  # validation scores before and after, or None when there was nothing to tune
-    "Tune the run's per-class decisions on its validation videos (chapter 08a) into RUN/decisions.json, unless they fit best/."
-    from surgseg.postprocess import load_decisions, tune_decisions  # chapter 08a scores runs this chapter trains
-    try:
-        if load_decisions(run_dir) is not None: return None  # tuned already, for this checkpoint (a finished run rerun)
-    except SurgsegError: pass  # tuned for an earlier checkpoint: tune again
-    try: t = tune_decisions(run_dir, progress=False)
-    except SurgsegError as e:  # no validation videos (val_fraction 0) or none with masks
-        print(f"decisions not tuned: {e}")
-        return None
-    t.save(run_dir)
-    print(f"decisions tuned on {t.frames} validation frames in {t.seconds:.0f} s: "
-          f"validation score {t.before['score']:.4f} -> {t.after['score']:.4f} (in-sample)")
-    return dict(before=t.before["score"], after=t.after["score"], seconds=t.seconds)
-
 def fit(cfg: Config,    # every setting of the run
         on_step=None,   # optional on_step(trainer, batch), called after every optimiser step
        ) -> Path:       # the run folder
@@ -505,7 +489,6 @@ def fit(cfg: Config,    # every setting of the run
             raise
         finally: tr.acc.end_training()
         if tr.acc.is_main_process: (r.run_dir / INTERRUPTED).unlink(missing_ok=True)
-        if cfg.decisions and tr.acc.is_main_process: tune_run_decisions(r.run_dir)
     return r.run_dir
 
 # %% ../nbs/06_train.ipynb #de30c638
