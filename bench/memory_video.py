@@ -1,4 +1,4 @@
-"""Peak host memory (RSS) of `inference.predict_video` on a long video and of `inference.predict_images` on a large folder.
+"""Peak host memory (RSS) of `inference.predict_video` on a long video and `inference.predict_images` on a big folder.
 
 Issue 20 asks that host memory stay bounded for arbitrarily long videos and large prediction folders. This script
 segments a short and a four times longer synthetic input, each in a fresh Python process, and prints each process's
@@ -43,7 +43,9 @@ def make_images(folder: Path, n: int, w: int, h: int) -> Path:
     from surgseg.core import write_png
     rng = np.random.default_rng(1)
     base = rng.integers(0, 255, (h * 2, w * 2, 3), dtype=np.uint8)
-    for i in range(n): write_png(folder / f"img_{i:06d}.png", base[(i * 3) % h:(i * 3) % h + h, (i * 7) % w:(i * 7) % w + w])
+    for i in range(n):
+        y, x = (i * 3) % h, (i * 7) % w
+        write_png(folder / f"img_{i:06d}.png", base[y:y + h, x:x + w])
     return folder
 
 
@@ -65,8 +67,9 @@ def child(kind: str, src: str, out: str, batch_size: int, threads: int):
 
 def measure(kind: str, src: Path, out: Path, a) -> dict:
     "Run `child` in a fresh interpreter; its peak RSS (KiB) from os.wait4 plus what it printed."
-    p = subprocess.Popen([sys.executable, __file__, "--child", kind, str(src), str(out), "--batch-size", str(a.batch_size),
-                          "--threads", str(a.threads)], stdout=subprocess.PIPE, text=True,
+    argv = [sys.executable, __file__, "--child", kind, str(src), str(out), "--batch-size", str(a.batch_size),
+            "--threads", str(a.threads)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
     text = p.stdout.read()
     _, status, ru = os.wait4(p.pid, 0)
@@ -95,9 +98,11 @@ def main():
             if kind == "video": src = make_video(tmp / f"v{n}.avi", n, a.width, a.height)
             else: src = make_images(tmp / f"im{n}", n, a.width, a.height)
             r = rows[n] = measure(kind, src, tmp / f"out_{kind}_{n}", a)
-            fn = "predict_video (masks, overlay PNGs, overlay video)" if kind == "video" else "predict_images (masks, overlays)"
+            fn = {"video": "predict_video (masks, overlay PNGs, overlay video)",
+                  "images": "predict_images (masks, overlays)"}[kind]
             print(f"{fn:52s} {n:6d} frames: peak RSS {r['peak_kib'] / 1024:7.1f} MiB (after imports "
-                  f"{r['baseline_kib'] / 1024:6.1f} MiB, growth {(r['peak_kib'] - r['baseline_kib']) / 1024:6.1f} MiB), "
+                  f"{r['baseline_kib'] / 1024:6.1f} MiB, "
+                  f"growth {(r['peak_kib'] - r['baseline_kib']) / 1024:6.1f} MiB), "
                   f"{r['masks']} masks, {r['masks'] / r['seconds']:.0f} frames/s")
         s, l = rows[a.short], rows[a.long]
         gs, gl = s["peak_kib"] - s["baseline_kib"], l["peak_kib"] - l["baseline_kib"]

@@ -83,7 +83,7 @@ def add(p,                  # a parser or an argument group
 # %% ../nbs/10_cli.ipynb #c11c0002
 def checked(name: str,  # a key of `core.OPTION_RULES`, e.g. "alpha"
            ) -> Callable:  # an argparse `type`
-    "The argparse type of option `name`: the value coerced and range-checked by `core.check_option`, as the library does."
+    "The argparse type of option `name`: the value coerced and range-checked by `core.check_option`, as in the library."
     from surgseg.core import OPTION_RULES, OptionError, check_option
     def parse(text: str):
         try: return check_option(name, text)
@@ -421,7 +421,8 @@ def export_args(p):
     add(p, "dynamo", "torch.export-based exporter instead of the TorchScript one", False, action=BoolFlag)
     add(p, "merge_lora", "merge DINOv3 LoRA adapters into the weights before export", True, action=BoolFlag)
     add(p, "overwrite", "replace an existing export", False, action=BoolFlag)
-    add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)", type=checked("threads"))
+    add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)",
+        type=checked("threads"))
 
 def run_export(a):
     "Export the run's model, check parity with PyTorch, print one line describing the export."
@@ -455,7 +456,7 @@ def log_to_stderr():
         if not quiet: lg.removeHandler(h); lg.setLevel(level)
 
 def _exhaustion_line(cmd: str, e: BaseException) -> str | None:
-    "The one line of a full disk that no writer named (None for any other error); memory running out is named where it runs out."
+    "The one line of a full disk that no writer named (None for other errors); memory running out is named where it is."
     from surgseg.core import disk_full_message, is_disk_full
     if not is_disk_full(e): return None
     return disk_full_message(getattr(e, "filename", None) or "the output", f"the output of surgseg {cmd}", e)

@@ -39,7 +39,8 @@ def first_line(e: BaseException,    # the exception to describe
               ) -> str:             # the first informative line (an OS error's strerror), else the type name
     "The most informative single line of an exception message, for a one-line error."
     text = getattr(e, "strerror", None)
-    lines = [l.strip().rstrip(".") for l in str(text if isinstance(text, str) and text else e).splitlines() if l.strip()]
+    text = text if isinstance(text, str) and text else str(e)
+    lines = [l.strip().rstrip(".") for l in text.splitlines() if l.strip()]
     useful = [l for l in lines if not l.startswith(tuple(skip))]
     return (useful or lines or [type(e).__name__])[0][:limit]
 
@@ -348,7 +349,8 @@ def read_mask(path: str | Path,           # PNG file
             arr = np.asarray(im)
             mode = im.mode
     except Exception as e:
-        raise SurgsegError(f"{path}: unreadable image ({type(e).__name__}: {first_line(e) if str(e) else 'corrupt'})") from None
+        why = first_line(e) if str(e) else "corrupt"
+        raise SurgsegError(f"{path}: unreadable image ({type(e).__name__}: {why})") from None
     if rgb_ok and mode in ("RGB", "RGBA", "LA"):
         ch = arr[..., :3] if mode != "LA" else arr[..., :1]
         if (ch != ch[..., :1]).any():
@@ -401,7 +403,7 @@ import collections, threading
 from concurrent.futures import ThreadPoolExecutor
 
 class BackgroundWriter:
-    "Bounded background writing: jobs on `threads` threads, at most `depth` waiting; the first error stops it and is raised here."
+    "Bounded background writing: jobs on `threads` threads, at most `depth` waiting; the first error stops it."
     def __init__(self, threads: int = 2,  # writer threads; 1 = the jobs run one at a time, in the order given
                  depth: int = 8,          # jobs waiting at most besides the running ones (each holds its frames)
                 ):
@@ -767,7 +769,7 @@ def oom_error(e: BaseException,     # the out-of-memory error
     return SurgsegError(message(key, device=device, step=step, batch_size=batch_size, size=size))
 
 # %% ../nbs/00_core.ipynb #c0de0009
-OPTION_RULES = {  # option: (type, test of a coerced value, what a valid value is); the options that are not Config fields
+OPTION_RULES = {  # the options that are not Config fields: (type, test of a coerced value, what a valid value is)
     "threads": ("int", lambda v: v >= 1, ">= 1"),
     "smooth": ("float", lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
     "alpha": ("float", lambda v: 0 <= v <= 1, "in [0, 1] (0 = the frame only, 1 = the class colours only)"),
@@ -779,7 +781,7 @@ OPTION_RULES = {  # option: (type, test of a coerced value, what a valid value i
 class OptionError(SurgsegError):
     "A value out of an option's range (`OPTION_RULES`): the CLI exits 2 on it, as on any wrong flag value."
     def __init__(self, message: str,  # the one line, naming the option
-                 why: str = "",       # what is wrong with the value, without the option's name (for argparse's own line)
+                 why: str = "",       # what is wrong with the value, without the option's name (argparse's line)
                 ):
         super().__init__(message)
         self.why = why or message

@@ -210,9 +210,9 @@ class VideoProbe:
     fps: float = 0.0  # frames per second the container declares (0 = it declares none)
 
 def probe_video(path: str | Path,    # video file
-                demux: bool = True,  # False: the header only (frame count as declared, 0 if none; no timestamps, no truncation check)
+                demux: bool = True,  # False: the header only (declared frame count, 0 if none; no timestamps)
                ) -> VideoProbe:
-    "The one reader of a video's metadata: demux `path` (no decoding) for size, frame rate, frame count, timestamps, keyframes."
+    "The one reader of a video's metadata: demux `path` (no decoding): size, fps, frame count, timestamps, keyframes."
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: video file is missing")
     try:
@@ -221,7 +221,9 @@ def probe_video(path: str | Path,    # video file
             s = c.streams.video[0]
             header, h, w, codec = s.frames, s.codec_context.height, s.codec_context.width, s.codec_context.name
             rate = s.average_rate or s.guessed_rate or s.base_rate
-            if not demux: return VideoProbe(path, int(header or 0), h, w, codec, [], [], "header only", float(rate) if rate else 0.0)
+            if not demux:
+                fps = float(rate) if rate else 0.0
+                return VideoProbe(path, int(header or 0), h, w, codec, [], [], "header only", fps)
             pk = [(p.pts, p.is_keyframe) for p in c.demux(s) if p.size > 0]
     except av.error.FFmpegError as e:
         raise SurgsegError(f"{path}: unreadable video ({type(e).__name__}: {first_line(e)})") from None
@@ -530,7 +532,7 @@ def _write_png(path: Path, rgb: np.ndarray):
 def already_extracted(v: Video,     # the video folder
                       fps: int = 1,   # frame rate of the targets
                      ) -> Extracted | None: # "done" if every target frame is already complete, else None
-    "The cheap check of a rerun: the container's frame count from its header (`probe_video(demux=False)`), then the PNGs."
+    "The cheap check of a rerun: the frame count in the container's header (`probe_video(demux=False)`), then the PNGs."
     if fps != 1 or not v.frames or not v.video.is_file() or (v.path / f".{v.rgb_dir.name}.lock").exists(): return None
     with contextlib.suppress(Exception):
         n = probe_video(v.video, demux=False).n_frames

@@ -346,7 +346,7 @@ def list_images(input: str | Path,  # an image file or a folder of images
         raise SurgsegError(f"{input / dup[0]}: several images share this name (their masks would collide)")
     return files
 
-WRITE_DEPTH = 16  # writes waiting at most per `core.BackgroundWriter` of a prediction command (each holds a frame and a mask)
+WRITE_DEPTH = 16  # writes waiting at most in each writer of a prediction command (each holds a frame and a mask)
 
 def _write_overlay(image: np.ndarray,     # (H, W, 3) uint8 frame
                    mask: np.ndarray,      # (H, W) class ids
@@ -459,13 +459,14 @@ def predict_video(predictor: Predictor,     # the model (its `smooth` setting sm
                   masks: bool = True,       # write masks/{frame:09d}.png (False: the overlay video only)
                   overlay_video: bool = True, # write NAME_overlay.mp4 (False: masks only)
                   legend: bool = True,      # draw the class legend into the overlay video (where the frame is large enough)
-                  probe: VideoProbe | None = None,  # the video's `data.probe_video`, if the caller made it; None = probe here
+                  probe: VideoProbe | None = None,  # the video's `data.probe_video`, if made already; None: probe here
                  ) -> Path:                 # the overlay video written, else the output folder
     "Segment a video: masks/{frame:09d}.png and NAME_overlay.mp4 (overlays/{frame:09d}.png on request), as a pipeline, atomically."
     video, out = Path(video), Path(out)
     every, alpha, t0 = check_option("every", every), check_option("alpha", alpha), check_option("start", start)
     t1 = None if end is None else check_option("end", end)
-    if t1 is not None and t1 <= t0: raise OptionError(f"{option('start', start)}, {option('end', end)}: need start < end (seconds)")
+    if t1 is not None and t1 <= t0:
+        raise OptionError(f"{option('start', start)}, {option('end', end)}: need start < end (seconds)")
     if not (masks or overlays or overlay_video):
         raise SurgsegError(f"{out}: nothing to write (masks, overlays and overlay_video are all off)")
     pr = probe or probe_video(video)  # a missing, unreadable or truncated video fails here, before any output
@@ -476,7 +477,8 @@ def predict_video(predictor: Predictor,     # the model (its `smooth` setting sm
     with new_output(out) as tmp:
         vw = VideoWriter(tmp / name, fps / every) if overlay_video else None
         try:
-            with BackgroundWriter(2, WRITE_DEPTH) as pngs, BackgroundWriter(1, WRITE_DEPTH) as ordered:  # ordered: the video
+            ordered = BackgroundWriter(1, WRITE_DEPTH)   # one thread: the video's frames in order
+            with BackgroundWriter(2, WRITE_DEPTH) as pngs, ordered:
                 for n, im, mask in predictor.predict_stream(read_frames(video, frames, probe=pr), total=len(frames),
                                                             desc=video.name, progress=progress):
                     if masks: pngs.put(write_mask, tmp / "masks" / f"{n:09d}.png", mask, False)

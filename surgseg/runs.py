@@ -100,7 +100,9 @@ def load_checkpoint(path: str | Path,  # run folder or checkpoint folder
         raise SurgsegError(f"{ckpt / WEIGHTS_FILE}: weights of a {stamped!r} model, but {ckpt / CONFIG_FILE} says model {cfg.model!r}")
     try: model, cfg = load_model(ckpt)
     except SurgsegError: raise
-    except Exception as e: raise SurgsegError(f"{ckpt}: cannot load the checkpoint ({type(e).__name__}: {first_line(e, skip=('Error(s) in loading state_dict',))})") from None
+    except Exception as e:
+        why = first_line(e, skip=("Error(s) in loading state_dict",))
+        raise SurgsegError(f"{ckpt}: cannot load the checkpoint ({type(e).__name__}: {why})") from None
     return model, cfg, ckpt
 
 # %% ../nbs/05a_runs.ipynb #8615fc60

@@ -4,7 +4,8 @@ import contextlib, io, shutil
 import pytest
 
 SYNTH = ["--n_train", 2, "--n_test", 1, "--seconds", 2, "--width", 96, "--height", 64, "--split-ops", 0, "--workers", 1]
-UNET = ["--model", "unet", "--encoder", "resnet18", "--weights", "none", "--batch-size", 1, "--no-augment", "--log_with", "none"]
+UNET = ["--model", "unet", "--encoder", "resnet18", "--weights", "none", "--batch-size", 1, "--no-augment",
+        "--log_with", "none"]
 
 
 def _cli(*argv) -> str:
@@ -28,7 +29,8 @@ def ws(tmp_path_factory):
         _cli("synth", "data", *SYNTH)
         shutil.copytree("data", "raw")   # frames not extracted
         _cli("extract", "data", "--workers", 1)
-        _cli("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--epochs", 1, "--max_steps", 1, *UNET)
+        _cli("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--epochs", 1, "--max_steps", 1,
+             *UNET)
         yield d
     finally:
         mp.undo()
