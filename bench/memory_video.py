@@ -16,8 +16,18 @@ real model adds its own constant weights and activations. predict_video writes m
 video (every output); predict_images writes masks and overlays. Each child prints the RSS after its imports (the
 baseline) as well; "growth" is peak minus baseline.
 
-Measured 2026-12-06 (2 shared cores, --threads 1, defaults: 600 vs 2400 frames at 160x128, batch 4):
-  see the commit message of the commit adding this script, and the report of issue 20's memory part.
+Measured 2026-12-06 on this machine (2 cores shared with two other jobs, load average 4.3-4.9; defaults: --threads 1,
+600 vs 2400 frames at 160x128, batch 4; peak RSS in MiB, "growth" = peak - RSS after imports):
+                                          600 frames          2400 frames        ratio peak (growth)
+  before (be624ec: inference._writer pools, data._PngWriter; pending writes drained past 64):
+    predict_video, every output           960.1 (211.4)       946.0 (197.2)      0.985 (0.933)
+    predict_images, masks + overlays      939.3 (191.0)       949.1 (200.3)      1.010 (1.049)
+  after (one core.BackgroundWriter per output kind, at most 16 writes waiting):
+    predict_video, every output           962.2 (213.6)       944.2 (195.5)      0.981 (0.915)
+    predict_images, masks + overlays      963.5 (215.1)       954.3 (205.8)      0.990 (0.957)
+  Bounded in both: four times the frames, the same peak (within 2 %). The ~200 MiB above the imports is the first
+  forward pass, the codecs and the thread pools, not frames (a 160x128 frame + mask is 80 KB). frames/s wander with
+  the load (107-188) and are not a speed measurement.
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path

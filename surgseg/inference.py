@@ -444,7 +444,7 @@ def _frame_range(video: Path, n_frames: int, fps: float, every: int, start: floa
     "The frame numbers to segment: every `every`-th frame from `start` seconds up to `end` seconds (exclusive)."
     first = round(start * fps)
     last = n_frames if end is None else min(n_frames, round(end * fps))
-    if first >= n_frames: raise SurgsegError(f"{video}: start={start}s is past the end of the video ({n_frames / fps:.2f}s)")
+    if first >= n_frames: raise SurgsegError(f"{video}: start={start:g}s is past the end of the video ({n_frames / fps:.2f}s)")
     return list(range(first, last, every))
 
 def predict_video(predictor: Predictor,     # the model (its `smooth` setting smooths over consecutive segmented frames)
