@@ -56,9 +56,9 @@ import torch
 
 from surgseg import inference
 from surgseg.core import Config, overlay, read_mask, write_mask
-from surgseg.data import read_frames
+from surgseg.data import probe_video, read_frames
 from surgseg.export import export_onnx, load_onnx
-from surgseg.inference import Predictor, VideoWriter, draw_legend, predict_video, video_info
+from surgseg.inference import Predictor, VideoWriter, draw_legend, predict_video
 from surgseg.models import build_model, full_res_masks
 from surgseg.postprocess import load_predictor
 from surgseg.runs import load_checkpoint
@@ -165,7 +165,8 @@ def main():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="bench_video_"))
     video = Path(a.video) if a.video else make_video(tmp / "data", a.frames)
-    info = video_info(video)
+    pr = probe_video(video, demux=False)
+    info = dict(frames=pr.n_frames, height=pr.height, width=pr.width, fps=pr.fps)
     n = info["frames"] or a.frames
     if a.run: model, cfg, _ = load_checkpoint(a.run)
     else: cfg = Config(); torch.manual_seed(0); model = build_model(cfg).eval()

@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple
 from .core import SurgsegError, parse_bool
 
 # %% auto #0
-__all__ = ['COMMANDS', 'flag_names', 'BoolFlag', 'HelpFormatter', 'Parser', 'add', 'Command', 'UsageError', 'parser',
+__all__ = ['COMMANDS', 'flag_names', 'BoolFlag', 'HelpFormatter', 'Parser', 'add', 'checked', 'Command', 'UsageError', 'parser',
            'synth_args', 'run_synth', 'unpack_args', 'run_unpack', 'validate_args', 'run_validate', 'extract_args',
            'run_extract', 'stats_args', 'run_stats', 'train_args', 'train_config', 'run_train', 'evaluate_args',
            'run_evaluate', 'predictor_args', 'predictor', 'predict_args', 'run_predict', 'predict_image_args',
@@ -79,6 +79,17 @@ def add(p,                  # a parser or an argument group
     a = p.add_argument(*flag_names(name), dest=name, default=default, help=h, **kwargs)
     if not hasattr(a, "shown"): a.shown = flag_names(name)[:1]
     return a
+
+# %% ../nbs/10_cli.ipynb #c11c0002
+def checked(name: str,  # a key of `core.OPTION_RULES`, e.g. "alpha"
+           ) -> Callable:  # an argparse `type`
+    "The argparse type of option `name`: the value coerced and range-checked by `core.check_option`, as in the library."
+    from surgseg.core import OPTION_RULES, OptionError, check_option
+    def parse(text: str):
+        try: return check_option(name, text)
+        except OptionError as e: raise argparse.ArgumentTypeError(f"{text} {e.why}") from None
+    parse.__name__ = OPTION_RULES[name][0]
+    return parse
 
 # %% ../nbs/10_cli.ipynb #8519189a
 class Command(NamedTuple):
@@ -305,7 +316,7 @@ def predictor_args(p, tune: bool = False, required: bool = True):
         required=required, nargs="+", metavar="RUN")
     add(p, "backend", "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
         "torch", choices=["torch", "onnxruntime"])
-    add(p, "threads", "onnxruntime intra-op threads (default: torch's thread count)", type=int)
+    add(p, "threads", "onnxruntime intra-op threads (default: torch's thread count)", type=checked("threads"))
     add(p, "tta", "horizontal-flip test-time augmentation (default: as the run's config says)", action=BoolFlag)
     add(p, "min_area", "drop components under N pixels: N or 9 values (classes 1..9)" +
         (' or "tune" (chosen on the run\'s validation split)' if tune else "") + " (default: the run's config)")
@@ -327,7 +338,6 @@ def predictor(a,          # parsed options of `predictor_args`
         raise SurgsegError(f"--device {a.device}: no CUDA device is available here")
     if a.backend == "onnxruntime" and a.device not in (None, "cpu"):
         raise UsageError(f"--device {a.device}: --backend onnxruntime runs on the CPU")
-    if a.threads is not None and a.threads < 1: raise UsageError(f"--threads {a.threads}: must be >= 1")
     if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
     ckpts = a.checkpoint if isinstance(a.checkpoint, list) else [a.checkpoint]
     if len(ckpts) > 1 and a.backend == "onnxruntime":
@@ -377,7 +387,7 @@ def predict_image_args(p):
     "Options of `inference.predict_images`."
     p.add_argument("input", help="an image file or a folder of images")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
-    add(p, "alpha", "overlay opacity", 0.5, type=float)
+    add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
     predictor_args(p)
 
 def run_predict_image(a):
@@ -394,15 +404,16 @@ def predict_video_args(p):
     "Options of `inference.predict_video`."
     p.add_argument("video", help="a video file (.avi, .mp4)")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
-    add(p, "every", "segment every N-th frame (the overlay video runs at fps / N)", 1, type=int)
-    add(p, "start", "first second of the video to segment", 0.0, type=float)
-    add(p, "end", "second at which to stop (exclusive) (default: the end of the video)", type=float)
+    add(p, "every", "segment every N-th frame (the overlay video runs at fps / N)", 1, type=checked("every"))
+    add(p, "start", "first second of the video to segment", 0.0, type=checked("start"))
+    add(p, "end", "second at which to stop (exclusive) (default: the end of the video)", type=checked("end"))
     add(p, "masks", "write OUT/masks/{frame:09d}.png", True, action=BoolFlag)
     add(p, "overlays", "also write one overlay PNG per segmented frame (the overlay video shows the same)", False, action=BoolFlag)
     add(p, "overlay_video", "write OUT/NAME_overlay.mp4", True, action=BoolFlag)
     add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True, action=BoolFlag)
-    add(p, "alpha", "overlay opacity", 0.5, type=float)
-    add(p, "smooth", "temporal smoothing of the class probabilities: weight of the past in [0, 1); 0 = off", 0.0, type=float)
+    add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
+    add(p, "smooth", "temporal smoothing of the class probabilities: weight of the past in [0, 1); 0 = off", 0.0,
+        type=checked("smooth"))
     add(p, "smooth_centred", "smooth over a centred window (offline: uses later frames) instead of causally", False,
         action=BoolFlag)
     predictor_args(p)
@@ -410,12 +421,13 @@ def predict_video_args(p):
 def run_predict_video(a):
     "Segment a video: OUT/masks/{frame:09d}.png, OUT/overlays/{frame:09d}.png and OUT/NAME_overlay.mp4 (each optional)."
     from pathlib import Path
-    from surgseg.inference import check_output_dir, predict_video, video_info
-    if not 0 <= a.smooth < 1: raise UsageError(f"--smooth {a.smooth}: must be in [0, 1) (0 = off)")
-    video_info(a.video); check_output_dir(a.out)
+    from surgseg.data import probe_video
+    from surgseg.inference import check_output_dir, predict_video
+    probe = probe_video(a.video)   # the one read of its metadata: a bad video fails before the model is loaded
+    check_output_dir(a.out)
     path = predict_video(predictor(a, smooth=a.smooth, smooth_centred=a.smooth_centred), a.video, a.out, every=a.every,
                          overlays=a.overlays, alpha=a.alpha, start=a.start, end=a.end, masks=a.masks,
-                         overlay_video=a.overlay_video, legend=a.legend)
+                         overlay_video=a.overlay_video, legend=a.legend, probe=probe)
     n = sum(1 for _ in (Path(a.out) / "masks").glob("*.png"))
     print(f"wrote {n} masks and {path}" if a.masks else f"wrote {path}")
 
@@ -431,12 +443,12 @@ def export_args(p):
     add(p, "dynamo", "torch.export-based exporter instead of the TorchScript one", False, action=BoolFlag)
     add(p, "merge_lora", "merge DINOv3 LoRA adapters into the weights before export", True, action=BoolFlag)
     add(p, "overwrite", "replace an existing export", False, action=BoolFlag)
-    add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)", type=int)
+    add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)",
+        type=checked("threads"))
 
 def run_export(a):
     "Export the run's model, check parity with PyTorch, print one line describing the export."
     from surgseg.export import export_onnx, export_summary
-    if a.threads is not None and a.threads < 1: raise UsageError(f"--threads {a.threads}: must be >= 1")
     m = export_onnx(a.run, out=a.out, opset=a.opset, dynamo=a.dynamo, merge_lora=a.merge_lora, overwrite=a.overwrite,
                     threads=a.threads)
     print(export_summary(m))
@@ -465,31 +477,25 @@ def log_to_stderr():
     finally:
         if not quiet: lg.removeHandler(h); lg.setLevel(level)
 
-def _exhaustion_line(cmd: str, a, e: BaseException) -> str | None:
-    "The one line of a full disk or of memory running out that no library call named (None for any other error)."
-    from surgseg.core import disk_full_message, is_disk_full, is_out_of_memory, oom_error
-    if is_disk_full(e): return disk_full_message(getattr(e, "filename", None) or "the output", f"the output of surgseg {cmd}", e)
-    if not is_out_of_memory(e): return None
-    size, tb = "frame size unknown", e.__traceback__
-    while tb is not None:  # the predictor's frame that ran out: its frames' size and working resolution
-        loc = tb.tb_frame.f_locals
-        if hasattr(loc.get("self"), "scale") and loc.get("images"):
-            h, w = loc["images"][0].shape[:2]; size = f"frames {w}x{h} at resolution {loc['self'].scale}"
-        tb = tb.tb_next
-    return str(oom_error(e, f"running surgseg {cmd}", getattr(a, "batch_size", "?"), size, "oom_predict"))
+def _exhaustion_line(cmd: str, e: BaseException) -> str | None:
+    "The one line of a full disk that no writer named (None for other errors); memory running out is named where it is."
+    from surgseg.core import disk_full_message, is_disk_full
+    if not is_disk_full(e): return None
+    return disk_full_message(getattr(e, "filename", None) or "the output", f"the output of surgseg {cmd}", e)
 
 def _run_command(cmd: str, a) -> int:
-    "Run subcommand `cmd` with its parsed options: its exit code; a SurgsegError, a full disk or exhausted memory is one line."
+    "Run subcommand `cmd` with its parsed options: its exit code; a SurgsegError or a full disk is one line."
+    from surgseg.core import OptionError
     try:
         with log_to_stderr(): return int(COMMANDS[cmd].run(a) or 0)
     except SurgsegError as e:
         print(f"surgseg {cmd}: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UsageError) else 1
+        return 2 if isinstance(e, (UsageError, OptionError)) else 1
     except KeyboardInterrupt:
         print(f"surgseg {cmd}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a full disk or exhausted memory is one line too, even where no writer named it
-        if (line := _exhaustion_line(cmd, a, e)) is None: raise
+    except Exception as e:  # a full disk is one line too, even where no writer named it
+        if (line := _exhaustion_line(cmd, e)) is None: raise
         print(f"surgseg {cmd}: error: {line}", file=sys.stderr)
         return 1
 

@@ -20,16 +20,29 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['CLASSES', 'NUM_CLASSES', 'CLASS_NAMES', 'PALETTE', 'REAL_PIXEL_SHARE', 'REAL_FRAME_PRESENCE', 'VIDEO_FPS',
            'MASK_STEP', 'DISK_FULL', 'log', 'PRECISIONS', 'TRACKERS', 'REGISTERED', 'ENTRY_POINTS', 'MESSAGES',
-           'CONFIG_SECTIONS', 'SurgsegError', 'SegClass', 'colorize', 'overlay', 'plot_legend', 'DiskFullError',
-           'is_disk_full', 'disk_full_message', 'writing', 'atomic_write', 'clean_partials', 'atomic_folder',
-           'output_lock', 'read_mask', 'write_png', 'write_mask', 'read_rgb', 'default_workers', 'die_with_parent',
-           'parallel_map', 'parse_bool', 'register_choices', 'choices', 'Config', 'current_entry', 'entry_point',
-           'option', 'message', 'is_out_of_memory', 'oom_error', 'read_yaml', 'save_config', 'load_config',
+           'OPTION_RULES', 'CONFIG_SECTIONS', 'SurgsegError', 'first_line', 'SegClass', 'colorize', 'overlay',
+           'plot_legend', 'DiskFullError', 'is_disk_full', 'disk_full_message', 'writing', 'atomic_write',
+           'sha256_file', 'clean_partials', 'atomic_folder', 'output_lock', 'read_mask', 'write_png', 'write_mask',
+           'read_rgb', 'BackgroundWriter', 'default_workers', 'die_with_parent', 'parallel_map', 'parse_bool',
+           'register_choices', 'choices', 'Config', 'current_entry', 'entry_point', 'option', 'message',
+           'is_out_of_memory', 'oom_error', 'OptionError', 'check_option', 'read_yaml', 'save_config', 'load_config',
            'get_device', 'surgseg_home', 'default_data_dir']
 
 # %% ../nbs/00_core.ipynb #9df6d361
 class SurgsegError(Exception):
     "A problem with the user's input: the message is one line naming the file and what is wrong."
+
+# %% ../nbs/00_core.ipynb #c0de0001
+def first_line(e: BaseException,    # the exception to describe
+               limit: int = 300,    # at most this many characters
+               skip: tuple = (),    # line prefixes that say nothing (used only when another line is left)
+              ) -> str:             # the first informative line (an OS error's strerror), else the type name
+    "The most informative single line of an exception message, for a one-line error."
+    text = getattr(e, "strerror", None)
+    text = text if isinstance(text, str) and text else str(e)
+    lines = [l.strip().rstrip(".") for l in text.splitlines() if l.strip()]
+    useful = [l for l in lines if not l.startswith(tuple(skip))]
+    return (useful or lines or [type(e).__name__])[0][:limit]
 
 # %% ../nbs/00_core.ipynb #89ed8ee6
 class SegClass(NamedTuple):
@@ -192,6 +205,17 @@ def atomic_write(path: str | Path,      # final file name
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
+# %% ../nbs/00_core.ipynb #c0de0003
+import hashlib
+
+def sha256_file(path: str | Path,  # the file to hash
+               ) -> str:           # its SHA-256, hex
+    "SHA-256 of a file, read in 1 MiB blocks (checkpoint manifests, ONNX exports, decisions tied to their weights)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
 # %% ../nbs/00_core.ipynb #e2cbccb6
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[0-9a-f]{6}\.partial$")        # atomic_folder's
 _TMPFILE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[a-z0-9_]{8}\.tmp(?P<suffix>.*)$")  # atomic_write's
@@ -325,7 +349,8 @@ def read_mask(path: str | Path,           # PNG file
             arr = np.asarray(im)
             mode = im.mode
     except Exception as e:
-        raise SurgsegError(f"{path}: unreadable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+        why = first_line(e) if str(e) else "corrupt"
+        raise SurgsegError(f"{path}: unreadable image ({type(e).__name__}: {why})") from None
     if rgb_ok and mode in ("RGB", "RGBA", "LA"):
         ch = arr[..., :3] if mode != "LA" else arr[..., :1]
         if (ch != ch[..., :1]).any():
@@ -372,6 +397,57 @@ def read_rgb(path: str | Path) -> np.ndarray:
         with Image.open(path) as im: return np.asarray(im.convert("RGB"))
     except Exception as e:
         raise SurgsegError(f"{path}: unreadable image ({type(e).__name__})") from None
+
+# %% ../nbs/00_core.ipynb #c0de0006
+import collections, threading
+from concurrent.futures import ThreadPoolExecutor
+
+class BackgroundWriter:
+    "Bounded background writing: jobs on `threads` threads, at most `depth` waiting; the first error stops it."
+    def __init__(self, threads: int = 2,  # writer threads; 1 = the jobs run one at a time, in the order given
+                 depth: int = 8,          # jobs waiting at most besides the running ones (each holds its frames)
+                ):
+        self.threads = max(1, int(threads))
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="surgseg-writer")
+        self.slots = threading.BoundedSemaphore(self.threads + max(0, int(depth)))
+        self.pending, self.error = collections.deque(), None
+
+    def __repr__(self): return f"BackgroundWriter(threads={self.threads}, {len(self.pending)} pending)"
+
+    def _done(self, f):
+        "A job ended (or was dropped): free its slot, keep the first error."
+        self.slots.release()
+        if not f.cancelled() and f.exception() is not None and self.error is None: self.error = f.exception()
+
+    def _raise(self):
+        "Raise the first error of a finished job, if any."
+        if self.error is not None: raise self.error
+
+    def put(self, fn,     # the job, e.g. `write_mask`
+            *args):       # its arguments
+        "Queue fn(*args); wait while `depth` jobs wait; raise the first error of an earlier job."
+        self._raise()
+        self.slots.acquire()
+        if self.error is not None:
+            self.slots.release()
+            self._raise()
+        f = self.pool.submit(fn, *args)
+        f.add_done_callback(self._done)
+        self.pending.append(f)
+        while self.pending and self.pending[0].done(): self.pending.popleft()
+
+    def close(self, cancel: bool = False,  # drop the jobs not started (leaving on an error)
+             ):
+        "Wait for the jobs (the running ones always end: files are atomic); raise the first error unless cancelling."
+        self.pool.shutdown(wait=True, cancel_futures=cancel or self.error is not None)
+        self.pending.clear()
+        if not cancel: self._raise()
+
+    def __enter__(self): return self
+
+    def __exit__(self, exc_type, *exc):
+        self.close(cancel=exc_type is not None)
+        return False
 
 # %% ../nbs/00_core.ipynb #f7426d50
 def default_workers(n_tasks: int,               # number of tasks
@@ -713,6 +789,38 @@ def oom_error(e: BaseException,     # the out-of-memory error
     device = "GPU" if "cuda" in str(e).lower() or type(e).__name__ == "OutOfMemoryError" else "host"
     return SurgsegError(message(key, device=device, step=step, batch_size=batch_size, size=size))
 
+# %% ../nbs/00_core.ipynb #c0de0009
+OPTION_RULES = {  # the options that are not Config fields: (type, test of a coerced value, what a valid value is)
+    "threads": ("int", lambda v: v >= 1, ">= 1"),
+    "smooth": ("float", lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+    "alpha": ("float", lambda v: 0 <= v <= 1, "in [0, 1] (0 = the frame only, 1 = the class colours only)"),
+    "every": ("int", lambda v: v >= 1, ">= 1"),
+    "start": ("float", lambda v: v >= 0, ">= 0 (seconds)"),
+    "end": ("float", lambda v: v > 0, "> 0 (seconds)"),
+}
+
+class OptionError(SurgsegError):
+    "A value out of an option's range (`OPTION_RULES`): the CLI exits 2 on it, as on any wrong flag value."
+    def __init__(self, message: str,  # the one line, naming the option
+                 why: str = "",       # what is wrong with the value, without the option's name (argparse's line)
+                ):
+        super().__init__(message)
+        self.why = why or message
+
+def check_option(name: str,  # a key of OPTION_RULES
+                 value,      # the value given (a string from the CLI, a number from Python)
+                ):           # the value coerced to the option's type
+    "The value of option `name`, coerced and checked; an `OptionError` naming the option as the door in use writes it."
+    typ, ok, what = OPTION_RULES[name]
+    try:
+        v = _coerce(name, typ, value)
+    except SurgsegError:
+        v, why = None, f"is not {'an integer' if typ == 'int' else 'a number'}"
+    else:
+        why = None if ok(v) else f"is out of range; must be {what}"
+    if why: raise OptionError(f"{option(name, value)} {why}", why)
+    return v
+
 # %% ../nbs/00_core.ipynb #6afb050f
 CONFIG_SECTIONS = {
     "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "folds", "fold", "augment", "num_workers"],
@@ -747,7 +855,7 @@ def read_yaml(path: str | Path):  # YAML file
     if not path.is_file(): raise SurgsegError(f"{path}: file not found")
     try: return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except _DuplicateKey as e: raise SurgsegError(f"{path}: duplicate key {e.key!r} on line {e.line} (first on line {e.first})") from None
-    except yaml.YAMLError as e: raise SurgsegError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except yaml.YAMLError as e: raise SurgsegError(f"{path}: invalid YAML ({first_line(e)})") from None
     except (OSError, UnicodeDecodeError) as e: raise SurgsegError(f"{path}: unreadable ({type(e).__name__})") from None
 
 def save_config(cfg: Config, path: str | Path):

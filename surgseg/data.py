@@ -4,9 +4,8 @@
 
 # %% ../nbs/01_data_extraction.ipynb #79e31415
 from __future__ import annotations
-import bisect, contextlib, csv, importlib, io, os, random, re, shutil, struct, tempfile, threading, zipfile, zlib
+import bisect, contextlib, csv, importlib, io, os, random, re, shutil, struct, tempfile, zipfile, zlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .core import (SurgsegError, Config, MASK_STEP, VIDEO_FPS, atomic_write, clean_partials, default_workers,
                           output_lock, parallel_map, read_mask)
+from .core import BackgroundWriter, first_line
 from .synthetic import SYNTHETIC_MARKER, ensure_synthetic
 
 # %% auto #0
@@ -209,8 +209,10 @@ class VideoProbe:
     note: str = ""    # why the timestamps are unusable for seeking, if they are
     fps: float = 0.0  # frames per second the container declares (0 = it declares none)
 
-def probe_video(path: str | Path) -> VideoProbe:
-    "Demux `path` (no decoding): size, frame count, timestamps and keyframes; SurgsegError if missing, unreadable or truncated."
+def probe_video(path: str | Path,    # video file
+                demux: bool = True,  # False: the header only (declared frame count, 0 if none; no timestamps)
+               ) -> VideoProbe:
+    "The one reader of a video's metadata: demux `path` (no decoding): size, fps, frame count, timestamps, keyframes."
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: video file is missing")
     try:
@@ -219,9 +221,12 @@ def probe_video(path: str | Path) -> VideoProbe:
             s = c.streams.video[0]
             header, h, w, codec = s.frames, s.codec_context.height, s.codec_context.width, s.codec_context.name
             rate = s.average_rate or s.guessed_rate or s.base_rate
+            if not demux:
+                fps = float(rate) if rate else 0.0
+                return VideoProbe(path, int(header or 0), h, w, codec, [], [], "header only", fps)
             pk = [(p.pts, p.is_keyframe) for p in c.demux(s) if p.size > 0]
     except av.error.FFmpegError as e:
-        raise SurgsegError(f"{path}: unreadable video ({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+        raise SurgsegError(f"{path}: unreadable video ({type(e).__name__}: {first_line(e)})") from None
     if not pk: raise SurgsegError(f"{path}: holds no video frames")
     if header and len(pk) < header:
         raise SurgsegError(f"{path}: truncated video: the header declares {header} frames, the file holds {len(pk)}")
@@ -242,10 +247,6 @@ def _open_video(path: Path, threads: str = "SLICE"):
     s.codec_context.thread_type = threads
     return c, s
 
-def _reason(e: Exception) -> str:
-    "The first line of an FFmpeg error, without its errno prefix."
-    return str(getattr(e, "strerror", None) or e).splitlines()[0]
-
 def _decode_in_order(path: Path,       # video file
                      last: int,        # stop after this frame number
                      threads: str = "AUTO",
@@ -261,7 +262,7 @@ def _decode_in_order(path: Path,       # video file
                 i += 1
         except av.error.FFmpegError as e:
             what = "no decodable frame" if i == 0 else f"frame {i} cannot be decoded"
-            raise SurgsegError(f"{path}: {what} ({type(e).__name__}: {_reason(e)})") from None
+            raise SurgsegError(f"{path}: {what} ({type(e).__name__}: {first_line(e)})") from None
 
 class _SeekMismatch(Exception): "Seeking did not reproduce the sequential frame order."
 
@@ -290,7 +291,7 @@ def _decode_seeking(path: Path,         # video file
                     cur += 1
                     if cur == t: yield t, fr; break
                 else: raise _SeekMismatch(f"the stream ended before frame {t}")
-            except av.error.FFmpegError as e: raise _SeekMismatch(f"decoder error near frame {t} ({_reason(e)})") from None
+            except av.error.FFmpegError as e: raise _SeekMismatch(f"decoder error near frame {t} ({first_line(e)})") from None
 
 # %% ../nbs/01_data_extraction.ipynb #20738831
 def seek_cost(probe: VideoProbe,  # the video's probe
@@ -527,33 +528,14 @@ def _write_png(path: Path, rgb: np.ndarray):
         with atomic_write(path, what="the extracted frames") as tmp: tmp.write_bytes(buf.tobytes())
     except OSError as e: raise SurgsegError(f"{path}: cannot write the frame ({e.strerror or e})") from None
 
-class _PngWriter:
-    "Encode and write PNGs on background threads (OpenCV releases the GIL), so writing overlaps decoding."
-    def __init__(self, threads: int = 1, depth: int = 4):  # writer threads; frames waiting at most (6 MB per 1080p frame)
-        self.ex, self.slots, self.futs, self.error = ThreadPoolExecutor(threads), threading.BoundedSemaphore(depth + threads), [], None
-    def _done(self, f):
-        self.slots.release()
-        if f.exception() is not None and self.error is None: self.error = f.exception()
-    def put(self, path: Path, img: np.ndarray):
-        if self.error is not None: raise self.error   # stop decoding at the first write error
-        self.slots.acquire()
-        f = self.ex.submit(_write_png, path, img)
-        f.add_done_callback(self._done)
-        self.futs.append(f)
-    def __enter__(self): return self
-    def __exit__(self, *exc):
-        self.ex.shutdown(wait=True, cancel_futures=self.error is not None or exc[0] is not None)  # running writes end (atomic)
-        if exc[0] is None:
-            for f in self.futs: f.result()     # raise the first write error, if any
-
 # %% ../nbs/01_data_extraction.ipynb #e14eb0a6
 def already_extracted(v: Video,     # the video folder
                       fps: int = 1,   # frame rate of the targets
                      ) -> Extracted | None: # "done" if every target frame is already complete, else None
-    "The cheap check of a rerun: the container's frame count from its header (no demuxing), then the PNGs."
+    "The cheap check of a rerun: the frame count in the container's header (`probe_video(demux=False)`), then the PNGs."
     if fps != 1 or not v.frames or not v.video.is_file() or (v.path / f".{v.rgb_dir.name}.lock").exists(): return None
     with contextlib.suppress(Exception):
-        with av.open(str(v.video)) as c: n = c.streams.video[0].frames
+        n = probe_video(v.video, demux=False).n_frames
         t = target_frames(v, n, fps)
         if n and all(png_complete(v.rgb_path(f)) for f in t): return Extracted(v.name, "done", 0, len(t))
     return None
@@ -578,8 +560,8 @@ def extract_video(v: Video,                # the video folder
         todo = [f for f in targets if not png_complete(v.rgb_path(f), (pr.height, pr.width))]
         if not todo: return Extracted(v.name, "done", 0, len(targets))
         frames = read_frames(v.video, todo, method, verify, pr)
-        with _PngWriter(writers) as w:
-            for f, rgb in frames: w.put(v.rgb_path(f), rgb)
+        with BackgroundWriter(writers, depth=4) as w:   # 4 frames waiting at most: 6 MB each at 1080p
+            for f, rgb in frames: w.put(_write_png, v.rgb_path(f), rgb)
     return Extracted(v.name, frames.method, len(todo), len(targets) - len(todo), frames.note)
 
 # %% ../nbs/01_data_extraction.ipynb #8d5a8ee2

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_export.ipynb #7e1da2ce
 from __future__ import annotations
-import contextlib, copy, hashlib, json, os, tempfile, time, warnings
+import contextlib, copy, json, os, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Config, SurgsegError, atomic_write, default_data_dir, output_lock
+from .core import check_option, first_line, sha256_file
 from .data import find_videos, read_frames
 from .models import DinoV3Segmenter, full_res_masks
 from .runs import BEST, LAST, load_checkpoint
@@ -96,10 +97,6 @@ def sample_frames(n: int = 4,                   # frames wanted
     return [rng.integers(0, 256, (270, 480, 3), dtype=np.uint8) for _ in range(n)], f"{n} random frames 270x480"
 
 # %% ../nbs/08b_export.ipynb #a7611b30
-def _first_line(e: BaseException) -> str:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    return (lines or [type(e).__name__])[0][:200]
-
 class OnnxSegmenter(nn.Module):
     "An exported model run by onnxruntime: float (B,3,H,W) in [0,1] in, logits (B,10,H,W) out, as a surgseg model."
     def __init__(self, path: str | Path,           # the .onnx file
@@ -111,10 +108,10 @@ class OnnxSegmenter(nn.Module):
         self.path = Path(path)
         if not self.path.is_file(): raise SurgsegError(f"{self.path}: ONNX model not found")
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(torch.get_num_threads() if threads is None else threads)
+        so.intra_op_num_threads = torch.get_num_threads() if threads is None else check_option("threads", threads)
         so.inter_op_num_threads, so.log_severity_level = 1, 3
         try: self.session = ort.InferenceSession(str(self.path), so, providers=list(providers))
-        except Exception as e: raise SurgsegError(f"{self.path}: not a loadable ONNX model ({type(e).__name__}: {_first_line(e)})") from None
+        except Exception as e: raise SurgsegError(f"{self.path}: not a loadable ONNX model ({type(e).__name__}: {first_line(e, 200)})") from None
         i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name, self.input_shape = i.name, o.name, list(i.shape)
         self.threads = so.intra_op_num_threads
@@ -182,12 +179,6 @@ def _load_source(source) -> tuple:
     run = ckpt.parent if ckpt.name in (BEST, LAST) else ckpt
     return model, cfg, run, ckpt
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
 # %% ../nbs/08b_export.ipynb #42409c5c
 def _vs_float64(rows: list[dict]) -> dict | None:
     "The largest distance of each backend's logits from the float64 logits, over the parity checks (None if not measured)."
@@ -227,16 +218,16 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
         try: _torch_export(ready, x, tmp, opset, dynamo)
         except Exception as e:
             raise SurgsegError(f"{out}: {'dynamo' if dynamo else 'TorchScript'} export of {cfg.model!r} failed "
-                               f"({type(e).__name__}: {_first_line(e)})") from None
+                               f"({type(e).__name__}: {first_line(e, 200)})") from None
         secs = time.perf_counter() - t0
         _stamp(tmp, cfg)
         try: rows = parity(ref, OnnxSegmenter(tmp, threads), frames, cfg)
         except Exception as e:  # e.g. a graph whose sizes were fixed while tracing, run at another size
-            raise SurgsegError(f"{out}: the exported graph fails the parity check ({type(e).__name__}: {_first_line(e)}); nothing written") from None
+            raise SurgsegError(f"{out}: the exported graph fails the parity check ({type(e).__name__}: {first_line(e, 200)}); nothing written") from None
         worst, scale = max(r["max_abs"] for r in rows), max(r["logit_scale"] for r in rows)
         if not worst <= atol * max(1.0, scale):
             raise SurgsegError(f"{out}: parity check failed: max |logit difference| {worst:.3g} (logits up to {scale:.3g}); nothing written")
-        sha, size = _sha256(tmp), tmp.stat().st_size
+        sha, size = sha256_file(tmp), tmp.stat().st_size
     import onnx, onnxruntime
     manifest = dict(
         file=out.name, format="onnx", opset=opset, exporter="dynamo" if dynamo else "torchscript",
@@ -286,7 +277,7 @@ def load_onnx(source: str | Path,          # an .onnx file or a run folder with 
     if CONFIG_KEY not in meta:
         raise SurgsegError(f"{path}: no surgseg config in its metadata (not exported by surgseg); pass cfg=")
     try: return model, Config().update(json.loads(meta[CONFIG_KEY]))
-    except (ValueError, SurgsegError) as e: raise SurgsegError(f"{path}: unreadable surgseg config in its metadata ({_first_line(e)})") from None
+    except (ValueError, SurgsegError) as e: raise SurgsegError(f"{path}: unreadable surgseg config in its metadata ({first_line(e, 200)})") from None
 
 def onnx_predictor(source: str | Path,         # an .onnx file or a run folder with an export
                    threads: int | None = None, # onnxruntime intra-op threads

@@ -5,7 +5,6 @@
 # %% ../nbs/08_inference.ipynb #15b7f3e4
 from __future__ import annotations
 import collections, contextlib, math, queue, threading
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -18,21 +17,16 @@ from tqdm.auto import tqdm
 
 from .core import (CLASSES, PALETTE, Config, SurgsegError, atomic_folder, get_device, output_lock, overlay, write_mask, write_png,
                           read_rgb)
-from .data import build_transforms, find_videos, png_complete, probe_video, read_frames, target_frames
+from .core import BackgroundWriter, OptionError, check_option, is_out_of_memory, oom_error, option
+from .data import VideoProbe, build_transforms, find_videos, png_complete, probe_video, read_frames, target_frames
 import cv2
 from .models import full_res_masks
 from .runs import load_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'Predictor', 'average_probabilities', 'load_ensemble', 'presence_evidence', 'ProbSmoother',
-           'check_output_dir', 'new_output', 'list_images', 'predict_images', 'video_info', 'VideoWriter',
+__all__ = ['IMAGE_SUFFIXES', 'WRITE_DEPTH', 'Predictor', 'average_probabilities', 'load_ensemble', 'presence_evidence',
+           'ProbSmoother', 'check_output_dir', 'new_output', 'list_images', 'predict_images', 'VideoWriter',
            'draw_legend', 'predict_video', 'split_frames', 'predict_split']
-
-# %% ../nbs/08_inference.ipynb #dae23a81
-def _first_reason(e: BaseException) -> str:
-    "The most informative single line of an exception message."
-    lines = [l.strip().rstrip(".") for l in str(e).splitlines() if l.strip()]
-    return (lines or [type(e).__name__])[0][:300]
 
 # %% ../nbs/08_inference.ipynb #bbddefd5
 class Predictor:
@@ -54,7 +48,7 @@ class Predictor:
         self.tta = bool(getattr(cfg, "tta", False) if tta is None else tta)
         self.postprocess, self.batch_size, self.checkpoint = postprocess, max(1, int(batch_size)), checkpoint
         self.amp = bool(amp) and self.device.type == "cuda"
-        if not 0 <= smooth < 1: raise SurgsegError(f"smooth={smooth}: must be in [0, 1) (0 = off)")
+        smooth = check_option("smooth", smooth)
         self.smooth, self.smooth_centred = float(smooth), bool(smooth_centred)
         self._resizers = {}
 
@@ -102,18 +96,28 @@ def _to_batch(images: list[np.ndarray], device) -> torch.Tensor:
     "Stack same-size uint8 RGB frames as a float (B,3,h,w) tensor in [0,1] on `device`."
     return torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
 
+def _oom(self: Predictor, e: BaseException, images: list[np.ndarray]) -> SurgsegError:
+    "The one line of running out of memory on a batch: the step, the batch size, the frame size and working resolution."
+    h, w = images[0].shape[:2]
+    step = "segmenting a batch" + (" with flip TTA (two views per frame)" if self.tta else "")
+    return oom_error(e, step, self.batch_size, f"frames {w}x{h} at resolution {self.scale:g}", "oom_predict")
+
 @patch
 @torch.inference_mode()
 def scores(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
            ) -> torch.Tensor:  # (B, 10, h, w) float32 logits, working resolution (with TTA or an ensemble: see above)
-    "Logits of a batch of frames at the working resolution (an ensemble's: `average_probabilities` of its members')."
-    x = _to_batch([self.resize(im) for im in images], self.device)
-    if self.tta: x = torch.cat([x, x.flip(-1)])
+    "Logits of a batch of frames at the working resolution (an ensemble's: `average_probabilities` of its members'); running out of memory is one line (`core.oom_error`)."
     n, out = len(images), []
-    for model in self.models:
-        with torch.autocast(self.device.type, dtype=_amp_dtype(self.device), enabled=self.amp):
-            logits = model(x).float()
-        out.append((logits[:n] + logits[n:].flip(-1)) / 2 if self.tta else logits)
+    try:
+        x = _to_batch([self.resize(im) for im in images], self.device)
+        if self.tta: x = torch.cat([x, x.flip(-1)])
+        for model in self.models:
+            with torch.autocast(self.device.type, dtype=_amp_dtype(self.device), enabled=self.amp):
+                logits = model(x).float()
+            out.append((logits[:n] + logits[n:].flip(-1)) / 2 if self.tta else logits)
+    except Exception as e:
+        if not is_out_of_memory(e): raise
+        raise _oom(self, e, images) from None
     return average_probabilities(out)
 
 # %% ../nbs/08_inference.ipynb #51002f80
@@ -195,7 +199,7 @@ class ProbSmoother:
                  centred: bool = False,           # centred window (holds `radius` frames back) instead of a causal EMA
                  radius: int | None = None,       # half-width of the centred window; None = where alpha^d < 5% (at most 16)
                 ):
-        if not 0 <= alpha < 1: raise SurgsegError(f"smooth={alpha}: must be in [0, 1) (0 = off)")
+        alpha = check_option("smooth", alpha)
         self.alpha, self.centred = float(alpha), bool(centred)
         auto = 0 if alpha == 0 else min(16, math.ceil(math.log(0.05) / math.log(alpha)))
         self.radius = int(auto if radius is None else radius)
@@ -369,36 +373,19 @@ def list_images(input: str | Path,  # an image file or a folder of images
         raise SurgsegError(f"{input / dup[0]}: several images share this name (their masks would collide)")
     return files
 
-class _Writer(ThreadPoolExecutor):
-    "The background writes of one command: leaving on an error drops the writes not started and waits for the running ones."
-    def __exit__(self, exc_type, *exc):
-        self.shutdown(wait=True, cancel_futures=exc_type is not None)  # no thread outlives the command, none is torn down
-        return False
+WRITE_DEPTH = 16  # writes waiting at most in each writer of a prediction command (each holds a frame and a mask)
 
-def _writer(workers: int = 2) -> ThreadPoolExecutor: return _Writer(max_workers=workers)
-
-def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, alpha: float):
-    "Blend the mask over the frame and write the overlay PNG."
-    write_png(path, overlay(image, mask, alpha), overwrite=False, what="an overlay")
-
-def _drain(futures):
-    "Wait for queued writes and re-raise the first error (a full disk is `core.writing`'s one line); the rest are cancelled."
-    try:
-        for f in futures: f.result()
-    except BaseException:
-        for f in futures: f.cancel()
-        raise
-    futures.clear()
-
-def _submit(futures: list, pool, fn, *args):
-    "Queue a write on `pool`; past 64 pending, wait for the oldest 32 (memory stays bounded, errors surface early)."
-    futures.append(pool.submit(fn, *args))
-    if len(futures) > 64: _drain(futures[:32]); del futures[:32]
-
-def _write_outputs(pool, futures, out, name, image, mask, overlays, alpha):
-    "Queue the mask (and overlay) PNGs of one frame for writing."
-    _submit(futures, pool, write_mask, out / "masks" / f"{name}.png", mask, False)
-    if overlays: _submit(futures, pool, _save_overlay, out / "overlays" / f"{name}.png", image, mask, alpha)
+def _write_overlay(image: np.ndarray,     # (H, W, 3) uint8 frame
+                   mask: np.ndarray,      # (H, W) class ids
+                   alpha: float,          # overlay opacity
+                   png: Path | None = None,  # the overlay PNG to write, if any
+                   video=None,            # a `VideoWriter` to append the overlay to, if any
+                   legend: bool = False,  # draw the class legend into the video's frame
+                  ):
+    "A writer job: blend once (`core.overlay`), then write the overlay PNG (no legend) and/or the video's frame."
+    ov = overlay(image, mask, alpha)
+    if png is not None: write_png(png, ov, overwrite=False, what="an overlay")
+    if video is not None: video.write(draw_legend(ov) if legend else ov)
 
 # %% ../nbs/08_inference.ipynb #7f1008a4
 def predict_images(predictor: Predictor,   # the model
@@ -409,26 +396,13 @@ def predict_images(predictor: Predictor,   # the model
                    progress: bool = True,  # show a progress bar
                   ) -> list[Path]:         # the mask files written
     "Segment one image or a folder of images; write masks and overlays atomically."
-    files, out = list_images(input), Path(out)
-    with new_output(out) as tmp, _writer() as pool:
-        futures = []
+    files, out, alpha = list_images(input), Path(out), check_option("alpha", alpha)
+    with new_output(out) as tmp, BackgroundWriter(2, WRITE_DEPTH) as w:
         for name, im, mask in predictor.predict_stream(((f.stem, read_rgb(f)) for f in files),
                                                        total=len(files), desc="images", progress=progress):
-            _write_outputs(pool, futures, tmp, name, im, mask, overlays, alpha)
-        _drain(futures)
+            w.put(write_mask, tmp / "masks" / f"{name}.png", mask, False)
+            if overlays: w.put(_write_overlay, im, mask, alpha, tmp / "overlays" / f"{name}.png")
     return [out / "masks" / f"{f.stem}.png" for f in files]
-
-# %% ../nbs/08_inference.ipynb #2b0049d2
-def video_info(path: str | Path) -> dict:
-    "Frame rate, frame count (0 if unknown) and size of a video's first stream."
-    import av
-    if not Path(path).is_file(): raise SurgsegError(f"{path}: video file is missing")
-    try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            return dict(fps=float(s.average_rate or s.guessed_rate or 30), frames=int(s.frames or 0),
-                        width=s.codec_context.width, height=s.codec_context.height)
-    except Exception as e: raise SurgsegError(f"{path}: unreadable video ({type(e).__name__}: {_first_reason(e)})") from None
 
 # %% ../nbs/08_inference.ipynb #601235b7
 from .core import writing
@@ -497,14 +471,8 @@ def _frame_range(video: Path, n_frames: int, fps: float, every: int, start: floa
     "The frame numbers to segment: every `every`-th frame from `start` seconds up to `end` seconds (exclusive)."
     first = round(start * fps)
     last = n_frames if end is None else min(n_frames, round(end * fps))
-    if first >= n_frames: raise SurgsegError(f"{video}: start={start}s is past the end of the video ({n_frames / fps:.2f}s)")
+    if first >= n_frames: raise SurgsegError(f"{video}: start={start:g}s is past the end of the video ({n_frames / fps:.2f}s)")
     return list(range(first, last, every))
-
-def _overlay_frame(vw, tmp: Path, n: int, im: np.ndarray, mask: np.ndarray, alpha: float, pngs: bool, legend: bool):
-    "The overlay of one frame: its PNG (no legend) and the overlay video's frame (with the legend); one thread, in order."
-    ov = overlay(im, mask, alpha)
-    if pngs: write_png(tmp / "overlays" / f"{n:09d}.png", ov, overwrite=False)
-    if vw is not None: vw.write(draw_legend(ov) if legend else ov)
 
 def predict_video(predictor: Predictor,     # the model (its `smooth` setting smooths over consecutive segmented frames)
                   video: str | Path,        # a video file (.avi, .mp4)
@@ -518,28 +486,34 @@ def predict_video(predictor: Predictor,     # the model (its `smooth` setting sm
                   masks: bool = True,       # write masks/{frame:09d}.png (False: the overlay video only)
                   overlay_video: bool = True, # write NAME_overlay.mp4 (False: masks only)
                   legend: bool = True,      # draw the class legend into the overlay video (where the frame is large enough)
+                  probe: VideoProbe | None = None,  # the video's `data.probe_video`, if made already; None: probe here
                  ) -> Path:                 # the overlay video written, else the output folder
     "Segment a video: masks/{frame:09d}.png and NAME_overlay.mp4 (overlays/{frame:09d}.png on request), as a pipeline, atomically."
     video, out = Path(video), Path(out)
-    if every < 1: raise SurgsegError(f"every={every}: must be >= 1")
-    if start < 0 or (end is not None and end <= start): raise SurgsegError(f"start={start}, end={end}: need 0 <= start < end (seconds)")
-    if not (masks or overlays or overlay_video): raise SurgsegError(f"{out}: nothing to write (masks, overlays and overlay_video are all off)")
-    if not video.is_file(): raise SurgsegError(f"{video}: video file is missing")
+    every, alpha, t0 = check_option("every", every), check_option("alpha", alpha), check_option("start", start)
+    t1 = None if end is None else check_option("end", end)
+    if t1 is not None and t1 <= t0:
+        raise OptionError(f"{option('start', start)}, {option('end', end)}: need start < end (seconds)")
+    if not (masks or overlays or overlay_video):
+        raise SurgsegError(f"{out}: nothing to write (masks, overlays and overlay_video are all off)")
+    pr = probe or probe_video(video)  # a missing, unreadable or truncated video fails here, before any output
     check_output_dir(out)
-    n_frames = probe_video(video).n_frames  # a missing, unreadable or truncated video fails here, before any output
-    info = video_info(video)
-    frames = _frame_range(video, n_frames, info["fps"], every, start, end)
+    fps = pr.fps or 30.0
+    frames = _frame_range(video, pr.n_frames, fps, every, t0, t1)
     name = f"{video.stem}_overlay.mp4"
-    with new_output(out) as tmp, _writer() as pool, ThreadPoolExecutor(max_workers=1) as enc:  # enc: overlays, in order
-        futures, vw = [], (VideoWriter(tmp / name, info["fps"] / every) if overlay_video else None)
+    with new_output(out) as tmp:
+        vw = VideoWriter(tmp / name, fps / every) if overlay_video else None
         try:
-            for n, im, mask in predictor.predict_stream(read_frames(video, frames), total=len(frames), desc=video.name,
-                                                        progress=progress):
-                if masks: _submit(futures, pool, write_mask, tmp / "masks" / f"{n:09d}.png", mask, False)
-                if overlays or vw is not None: _submit(futures, enc, _overlay_frame, vw, tmp, n, im, mask, alpha, overlays, legend)
-            _drain(futures)
+            ordered = BackgroundWriter(1, WRITE_DEPTH)   # one thread: the video's frames in order
+            with BackgroundWriter(2, WRITE_DEPTH) as pngs, ordered:
+                for n, im, mask in predictor.predict_stream(read_frames(video, frames, probe=pr), total=len(frames),
+                                                            desc=video.name, progress=progress):
+                    if masks: pngs.put(write_mask, tmp / "masks" / f"{n:09d}.png", mask, False)
+                    if overlays or vw is not None:
+                        png = tmp / "overlays" / f"{n:09d}.png" if overlays else None
+                        ordered.put(_write_overlay, im, mask, alpha, png, vw, legend)
         finally:
-            if vw is not None: enc.submit(vw.close).result()
+            if vw is not None: vw.close()   # after the writers stopped: no thread is still writing to it
     return out / name if overlay_video else out
 
 # %% ../nbs/08_inference.ipynb #d25626e6
@@ -556,10 +530,10 @@ def _video_frames(v, frames: list[int]) -> Iterator[tuple[int, np.ndarray]]:
     "`frames` of video `v` as RGB: from `rgb/` when all are extracted, else decoded by `data.read_frames`."
     if all(png_complete(v.rgb_path(f)) for f in frames):
         yield from ((f, read_rgb(v.rgb_path(f))) for f in frames); return
-    n = probe_video(v.video).n_frames
-    if frames and frames[-1] >= n:
-        raise SurgsegError(f"{v.video}: video is shorter than its masks: {n} frames, but frame {frames[-1]} is annotated")
-    yield from read_frames(v.video, frames)
+    pr = probe_video(v.video)
+    if frames and frames[-1] >= pr.n_frames:
+        raise SurgsegError(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, but frame {frames[-1]} is annotated")
+    yield from read_frames(v.video, frames, probe=pr)
 
 def split_frames(videos,  # list of `surgseg.data.Video` (or a dataset root)
                 ) -> Iterator[tuple]:  # ((video, frame, mask path or None), uint8 RGB frame)
@@ -591,11 +565,9 @@ def predict_split(predictor,                 # a `Predictor`, or a run or checkp
         predictor = Predictor.from_checkpoint(predictor, **kwargs)  # the raw model: `postprocess.load_predictor` adds decisions
     p, raw = predictor, ([] if evidence is not None else None)
     total = sum(len(v.frames) for v in videos) or None
-    with new_output(out) as tmp, _writer() as pool:
-        futures = []
+    with new_output(out) as tmp, BackgroundWriter(2, WRITE_DEPTH) as w:
         for i, ((v, f, _), _, mask) in enumerate(p.predict_stream(split_frames(videos), total=total, desc="predict",
                                                                   progress=progress, smooth=0, evidence=raw)):  # never smoothed: frames 1 s apart
-            _submit(futures, pool, write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False)
+            w.put(write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False)
             if raw is not None: evidence.append({"video": v.name, "frame": int(f), **{f"p_{c}": float(raw[i][c]) for c in range(1, len(raw[i]))}})
-        _drain(futures)
     return out

@@ -15,6 +15,7 @@ from torch import nn
 import segmentation_models_pytorch as smp
 
 from .core import Config, SurgsegError, NUM_CLASSES, atomic_write, save_config, load_config, register_choices
+from .core import first_line
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SMP_ARCHS', 'DEFAULT_ENCODER', 'DINOV3_SIZES', 'DINOV3_RELEASES',
@@ -144,7 +145,7 @@ def read_tensors(path: str | Path,  # .safetensors/.pth/.pt/.bin file, or a fold
             state = load_file(path)
         else: state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else "corrupt"
+        msg = first_line(e, 200) if str(e).strip() else "corrupt"
         raise SurgsegError(f"{path}: unreadable weights ({type(e).__name__}: {msg})") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict): state = state[key]
@@ -229,7 +230,7 @@ def hub_encoder_state(encoder: str,  # smp encoder name (`tu-<timm model>` for t
             warnings.simplefilter("ignore", UserWarning)
             return smp.encoders.get_encoder(name, weights=True if tu else weights).state_dict()
     except Exception as e:
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        why = first_line(e, 160)
         raise _no_default_weights(encoder, f"cannot fetch {weights!r} weights through the smp/timm hub cache ({why})") from None
 
 def load_smp_weights(model: SmpSegmenter, # the model whose encoder is filled
@@ -271,7 +272,7 @@ def build_smp(cfg: Config,               # model (an SMP_ARCHS key), encoder, we
                                f"or use 'tu-<timm model name>' for any timm model") from None
         raise SurgsegError(f"model {cfg.model!r} with encoder {cfg.encoder!r}: {e}") from None
     except Exception as e:
-        raise SurgsegError(f"model {cfg.model!r} with encoder {cfg.encoder!r}: {str(e).strip().splitlines()[0][:300]}") from None
+        raise SurgsegError(f"model {cfg.model!r} with encoder {cfg.encoder!r}: {first_line(e)}") from None
     if pretrained: load_smp_weights(model, cfg.encoder, cfg.weights)
     if cfg.grad_checkpointing: _enable_smp_checkpointing(model)
     return model
@@ -297,7 +298,7 @@ def _hf_token() -> str | None:
     except Exception: return None
 
 def _gated_error(src: str, err: Exception) -> SurgsegError:
-    why = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    why = first_line(err, 160)
     return SurgsegError(
         f"{src}: DINOv3 weights are neither a local folder nor in the Hugging Face cache ({why}). They are gated: "
         f"accept the licence at https://huggingface.co/{src}, then run `huggingface-cli login` or set HF_TOKEN "
@@ -327,7 +328,7 @@ def load_dinov3_backbone(src: str,               # local folder, Meta-layout fil
         if pretrained: return DINOv3ViTModel.from_pretrained(source, **kw)
         return DINOv3ViTModel(DINOv3ViTConfig.from_pretrained(source, **kw))
     except (OSError, ValueError) as e:
-        if folder.is_dir(): raise SurgsegError(f"{folder}: cannot load DINOv3 weights ({str(e).strip().splitlines()[0][:200]})") from None
+        if folder.is_dir(): raise SurgsegError(f"{folder}: cannot load DINOv3 weights ({first_line(e, 200)})") from None
         raise _gated_error(src, e) from None
 
 # %% ../nbs/05_models.ipynb #d50b893f
@@ -739,7 +740,7 @@ def load_model(dir: str | Path,  # a folder written by save_model
         raise SurgsegError(f"{d / WEIGHTS_FILE}: does not match the model in {CONFIG_FILE} "
                            f"({' '.join(str(e).split())[:200]})") from None
     except Exception as e:
-        raise SurgsegError(f"{d / WEIGHTS_FILE}: cannot load ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+        raise SurgsegError(f"{d / WEIGHTS_FILE}: cannot load ({type(e).__name__}: {first_line(e, 200)})") from None
     if missing or unexpected:
         raise SurgsegError(f"{d / WEIGHTS_FILE}: does not match the model in {CONFIG_FILE} "
                            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]!r})")

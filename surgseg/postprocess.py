@@ -15,13 +15,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, read_mask
+from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, read_mask, sha256_file
 from .data import resolve_data_dir
 from .train import run_splits
 from .inference import Predictor, _as_videos, presence_evidence, split_frames
 from .metrics import ScoreAccumulator, class_breakdown, edge_points, frame_scores, near_edges, surface_dice
 from .models import WEIGHTS_FILE, full_res_masks, full_res_scores
-from .runs import BEST, LAST, _sha256, find_checkpoint
+from .runs import BEST, LAST, find_checkpoint
 
 # %% auto #0
 __all__ = ['OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'MIN_AREA_CANDIDATES', 'DECISIONS_FILE', 'min_area_thresholds',
@@ -331,7 +331,7 @@ DECISIONS_FILE = "decisions.json"  # in the run folder, beside best/ and last/
 def _checkpoint_id(ckpt: Path) -> dict:
     "What a decision rule was tuned on: the checkpoint folder's name and its weights' SHA-256."
     w = Path(ckpt) / WEIGHTS_FILE
-    return dict(checkpoint=Path(ckpt).name, weights_sha256=_sha256(w) if w.is_file() else None)
+    return dict(checkpoint=Path(ckpt).name, weights_sha256=sha256_file(w) if w.is_file() else None)
 
 def decisions_path(checkpoint) -> Path:
     "Where a run keeps its tuned decisions: RUN/decisions.json (a checkpoint folder outside a run: inside it)."

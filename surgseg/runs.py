@@ -4,10 +4,10 @@
 
 # %% ../nbs/05a_runs.ipynb #5c9f1e49
 from __future__ import annotations
-import hashlib, json, re
+import json, re
 from pathlib import Path
 
-from .core import Config, SurgsegError, atomic_write, load_config
+from .core import Config, SurgsegError, atomic_write, first_line, load_config, sha256_file
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_model
 
 # %% auto #0
@@ -41,18 +41,13 @@ def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, re
     return out / (base if n == 1 else f"{base}-{n}")
 
 # %% ../nbs/05a_runs.ipynb #9aa8b1c2
-def _sha256(path: Path) -> str:
-    "SHA-256 of a file, read in 1 MiB blocks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file  # the one file hash is core's; this name stays for the chapters that import it from here
 
 def write_manifest(folder: str | Path,  # a checkpoint folder, complete
                   ) -> dict:            # relative path -> [size, sha256]
     "Record the size and SHA-256 of every file under `folder` in `folder/manifest.json`."
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): [p.stat().st_size, _sha256(p)]
+    files = {p.relative_to(folder).as_posix(): [p.stat().st_size, sha256_file(p)]
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     with atomic_write(folder / MANIFEST) as tmp: tmp.write_text(json.dumps(files, indent=0))
     return files
@@ -69,7 +64,7 @@ def check_manifest(folder: str | Path,  # a checkpoint folder
         if not p.is_file(): raise SurgsegError(f"{p}: missing from the checkpoint")
         if p.stat().st_size != size:
             raise SurgsegError(f"{p}: truncated or corrupt checkpoint file ({p.stat().st_size} bytes, expected {size})")
-        if _sha256(p) != sha: raise SurgsegError(f"{p}: corrupt checkpoint file (its contents changed since it was saved)")
+        if sha256_file(p) != sha: raise SurgsegError(f"{p}: corrupt checkpoint file (its contents changed since it was saved)")
     return True
 
 # %% ../nbs/05a_runs.ipynb #05968258
@@ -90,12 +85,6 @@ def find_checkpoint(path: str | Path,  # run folder (RUN/best/ preferred, else R
     raise SurgsegError(f"{path}: not a checkpoint (no config.yaml here nor in best/ or last/)")
 
 # %% ../nbs/05a_runs.ipynb #70ed19ab
-def _first_reason(e: BaseException) -> str:
-    "The most informative single line of an exception message."
-    lines = [l.strip().rstrip(".") for l in str(e).splitlines() if l.strip()]
-    useful = [l for l in lines if not l.startswith("Error(s) in loading state_dict")]
-    return (useful or lines or [type(e).__name__])[0][:300]
-
 def _weights_model(path: Path) -> str | None:
     "The model name `save_model` stamped into a safetensors file (None if absent or unreadable)."
     try:
@@ -114,7 +103,9 @@ def load_checkpoint(path: str | Path,  # run folder or checkpoint folder
         raise SurgsegError(f"{ckpt / WEIGHTS_FILE}: weights of a {stamped!r} model, but {ckpt / CONFIG_FILE} says model {cfg.model!r}")
     try: model, cfg = load_model(ckpt)
     except SurgsegError: raise
-    except Exception as e: raise SurgsegError(f"{ckpt}: cannot load the checkpoint ({type(e).__name__}: {_first_reason(e)})") from None
+    except Exception as e:
+        why = first_line(e, skip=("Error(s) in loading state_dict",))
+        raise SurgsegError(f"{ckpt}: cannot load the checkpoint ({type(e).__name__}: {why})") from None
     return model, cfg, ckpt
 
 # %% ../nbs/05a_runs.ipynb #8615fc60

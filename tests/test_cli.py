@@ -321,7 +321,7 @@ def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
                                                                 "--every", 30, "--end", 1, "--smooth", 0.5, "--no-overlays",
                                                                 "--no-legend")   # frames 0 and 30 of the first second
     rc, out, err = run("predict-video", video, "--checkpoint", "runs/r", "--out", "vid3", "--smooth", 1)
-    one_line_error(rc, err, "predict-video", "--smooth 1.0", "[0, 1)")
+    one_line_error(rc, err, "predict-video", "argument --smooth: 1 is out of range", "[0, 1)")
     assert rc == 2 and not Path("vid3").exists()
 
 
@@ -357,21 +357,9 @@ def test_documented_command_lines_parse():
 # --- export and the onnxruntime backend ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    "A one-step U-Net run on a tiny synthetic dataset (module-wide): (folder holding data/ and runs/r, the run)."
-    d = tmp_path_factory.mktemp("export")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(d); mp.setenv("SURGSEG_HOME", str(d / "home"))
-    try:
-        for argv in [("synth", "data", "--n_train", 2, "--n_test", 1, "--seconds", 2, "--width", 96, "--height", 64,
-                      "--split-ops", 0, "--workers", 1), ("extract", "data", "--workers", 1),
-                     ("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder",
-                      "resnet18", "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment",
-                      "--log_with", "none")]:
-            rc, out, err = run(*argv)
-            assert rc == 0, (argv, out, err[-2000:])
-        yield d, d / "runs" / "r"
-    finally: mp.undo()
+def tiny_run(ws):
+    "tests/conftest.py's `ws` (a tiny dataset and a one-step U-Net run): (the folder holding data/ and runs/r, the run)."
+    return ws, ws / "runs" / "r"
 
 
 def test_export_flags_parse():

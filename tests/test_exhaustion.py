@@ -9,8 +9,9 @@ import torch
 from surgseg import core
 from surgseg.cli import main
 
+from conftest import SYNTH, UNET   # the `ws` fixture (tiny dataset + one-step run) is tests/conftest.py's
+
 SURGSEG = Path(sys.executable).parent / "surgseg"
-UNET = ["--model", "unet", "--encoder", "resnet18", "--weights", "none", "--batch-size", 1, "--no-augment", "--log_with", "none"]
 
 
 def run(*argv, full_at: str | None = None):
@@ -58,24 +59,6 @@ def hidden(root) -> list:
     root = Path(root)
     return [p.name for p in list(root.parent.iterdir()) + (list(root.rglob(".*")) if root.is_dir() else [])
             if p.name.startswith(".") and p.name != ".surgseg"]
-
-
-SYNTH = ["--n_train", 2, "--n_test", 1, "--seconds", 2, "--width", 96, "--height", 64, "--split-ops", 0, "--workers", 1]
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    "A tiny dataset (frames extracted) and a one-step U-Net run, built through the CLI: the working folder."
-    d = tmp_path_factory.mktemp("exhaust")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(d); mp.setenv("SURGSEG_HOME", str(d / "home"))
-    try:
-        ok("synth", "data", *SYNTH)
-        shutil.copytree("data", "raw")   # frames not extracted
-        ok("extract", "data", "--workers", 1)
-        ok("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--epochs", 1, "--max_steps", 1, *UNET)
-        yield d
-    finally: mp.undo()
 
 
 # --- a full disk, injected at each writer of each command ----------------------------------------------
@@ -211,13 +194,45 @@ def test_out_of_memory_in_training(ws, monkeypatch):
              "try a smaller --batch_size, --low_res, --grad_checkpointing (DINOv3) or --grad_accum")
 
 
+class OomModel(torch.nn.Module):
+    "A model whose forward pass runs out of GPU memory."
+    def forward(self, x): oom()
+
+
 def test_out_of_memory_in_prediction(ws, monkeypatch):
+    "Injected in the model's forward pass: the Predictor names the step, the batch size and the resolution (no traceback parsing)."
     import surgseg.inference
-    monkeypatch.setattr(surgseg.inference.Predictor, "scores", lambda self, images: oom())
+    real = surgseg.inference.Predictor.__init__
+    def init(self, model, *a, **k): real(self, OomModel(), *a, **k)
+    monkeypatch.setattr(surgseg.inference.Predictor, "__init__", init)
     rc, _, err = run("predict", "--checkpoint", "runs/r", "--data", "data/test", "--out", "po", "--device", "cpu", "--batch_size", 2)
-    one_line(rc, err, "predict", "out of GPU memory while running surgseg predict (batch_size 2, frames 96x64 at resolution 0.5)",
+    one_line(rc, err, "predict", "out of GPU memory while segmenting a batch (batch_size 2, frames 96x64 at resolution 0.5)",
              "try a smaller --batch_size or --device cpu")
     assert not Path("po").exists() and not hidden(Path("po"))
+    rgb = next(Path("data/test").glob("video_*/rgb"))
+    rc, _, err = run("predict-image", rgb, "--checkpoint", "runs/r", "--out", "pi", "--device", "cpu")
+    one_line(rc, err, "predict-image", "out of GPU memory while segmenting a batch (batch_size 4, frames 96x64")
+    video = next(Path("data/test").glob("video_*/video_left.avi"))
+    rc, _, err = run("predict-video", video, "--checkpoint", "runs/r", "--out", "pv", "--tta", "--batch_size", 3, "--device", "cpu")
+    one_line(rc, err, "predict-video", "while segmenting a batch with flip TTA (two views per frame) (batch_size 3, frames 96x64")
+    assert not Path("pv").exists() and not hidden(Path("pv"))
+
+
+def test_out_of_memory_in_python(ws):
+    "From Python the same line speaks arguments; a RuntimeError saying 'out of memory' counts, any other error passes through."
+    from surgseg.core import Config, SurgsegError
+    from surgseg.inference import Predictor
+    import numpy as np
+    p = Predictor(OomModel(), Config(), device="cpu", batch_size=4)
+    with pytest.raises(SurgsegError, match=r"^out of GPU memory while segmenting a batch \(batch_size 4, frames 96x64 at "
+                                           r"resolution 0.5\); try a smaller batch_size or device='cpu'$"):
+        p.scores([np.zeros((64, 96, 3), np.uint8)])
+    class Old(torch.nn.Module):
+        def forward(self, x): raise RuntimeError("CUDA error: out of memory")
+    with pytest.raises(SurgsegError, match="out of GPU memory"): Predictor(Old(), Config(), device="cpu").scores([np.zeros((8, 8, 3), np.uint8)])
+    class Other(torch.nn.Module):
+        def forward(self, x): raise RuntimeError("shape mismatch")
+    with pytest.raises(RuntimeError, match="shape mismatch"): Predictor(Other(), Config(), device="cpu").scores([np.zeros((8, 8, 3), np.uint8)])
 
 
 def test_messages_speak_the_entry_point(ws):
@@ -235,7 +250,7 @@ def test_real_process_exits_1_without_abort(ws):
     r = subprocess.run([str(SURGSEG), "predict-video", str(video), "--checkpoint", "runs/r", "--out", "sub", "--no-tta", "--device",
                         "cpu", "--overlays"], capture_output=True, text=True,
                        env={**os.environ, "SURGSEG_DISK_FULL_AT": "*/overlays/*.png@7", "OMP_NUM_THREADS": "1"}, timeout=300)
-    full(r.returncode, r.stderr, "predict-video", "sub/overlays/", "an image")
+    full(r.returncode, r.stderr, "predict-video", "sub/overlays/", "an overlay")
     assert "terminate" not in r.stderr and not Path("sub").exists()
 
 

@@ -102,7 +102,7 @@ def test_validation_score_equals_predict_and_evaluate(env, tmp_path):
 def test_predict_image_and_video_cli(env):
     "predict-image on a folder and predict-video with --every: masks, overlays, overlay video."
     from surgseg.data import extract_frames, find_videos
-    from surgseg.inference import video_info
+    from surgseg.data import probe_video
     v = find_videos(env["root"] / "test")[0]
     extract_frames([v], progress=False)
     rc, out, err = run_main("predict-image", v.rgb_dir, "--checkpoint", env["run"], "--out", env["tmp"] / "img")
@@ -111,9 +111,9 @@ def test_predict_image_and_video_cli(env):
     assert len(list((env["tmp"] / "img" / "overlays").glob("*.png"))) == len(v.frames)
     rc, out, err = run_main("predict-video", v.video, "--checkpoint", env["run"], "--out", env["tmp"] / "vid", "--every", 30)
     assert rc == 0, err
-    n = -(-video_info(v.video)["frames"] // 30)
+    n = -(-probe_video(v.video).n_frames // 30)
     assert len(list((env["tmp"] / "vid" / "masks").glob("*.png"))) == n
-    assert video_info(env["tmp"] / "vid" / "video_left_overlay.mp4")["frames"] == n
+    assert probe_video(env["tmp"] / "vid" / "video_left_overlay.mp4").n_frames == n
 
 
 def test_predict_image_tiny_and_huge(env, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from surgseg.core import NUM_CLASSES, Config, SurgsegError, read_mask
-from surgseg.inference import Predictor, ProbSmoother, predict_video, video_info
+from surgseg.data import probe_video
+from surgseg.inference import Predictor, ProbSmoother, predict_video
 
 
 class Toy(torch.nn.Module):
@@ -72,14 +73,14 @@ def video(tmp_path_factory):
 
 def test_predict_video_options(video, tmp_path):
     "A time range with masks only, the video only with smoothing, and a refused empty request."
-    fps = video_info(video)["fps"]
+    fps = probe_video(video).fps
     out = predict_video(toy(), video, tmp_path / "m", start=0.5, end=1.0, every=2, overlays=False, overlay_video=False, progress=False)
     names = sorted(p.name for p in (out / "masks").glob("*.png"))
     assert names == [f"{f:09d}.png" for f in range(round(0.5 * fps), round(fps), 2)]
     assert [p.name for p in out.iterdir()] == ["masks"]
     clip = predict_video(toy(smooth=0.7, smooth_centred=True), video, tmp_path / "v", end=1.0, masks=False, overlays=False,
                          progress=False)
-    assert [p.name for p in (tmp_path / "v").iterdir()] == [clip.name] and video_info(clip)["frames"] == round(fps)
+    assert [p.name for p in (tmp_path / "v").iterdir()] == [clip.name] and probe_video(clip).n_frames == round(fps)
     plain = predict_video(toy(), video, tmp_path / "p", end=0.2, overlays=False, overlay_video=False, progress=False)
     m = read_mask(plain / "masks" / "000000000.png"); assert m.shape == (64, 96)
     with pytest.raises(SurgsegError, match="nothing to write"):
