@@ -41,8 +41,6 @@ def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, re
     return out / (base if n == 1 else f"{base}-{n}")
 
 # %% ../nbs/05a_runs.ipynb #9aa8b1c2
-_sha256 = sha256_file  # the one file hash is core's; this name stays for the chapters that import it from here
-
 def write_manifest(folder: str | Path,  # a checkpoint folder, complete
                   ) -> dict:            # relative path -> [size, sha256]
     "Record the size and SHA-256 of every file under `folder` in `folder/manifest.json`."

@@ -242,4 +242,4 @@ def test_helpers_have_one_home():
         assert where in ([], ["core.py"]), (pattern, where)
     assert "def sha256_file" in src["core.py"] and "def first_line" in src["core.py"]
     from surgseg import runs
-    assert runs._sha256 is core.sha256_file   # the name chapter 08a imports, now core's
+    assert not hasattr(runs, "_sha256")   # no second name for core's file hash
