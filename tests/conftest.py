@@ -30,7 +30,7 @@ def ws(tmp_path_factory):
         shutil.copytree("data", "raw")   # frames not extracted
         _cli("extract", "data", "--workers", 1)
         _cli("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--epochs", 1, "--max_steps", 1,
-             *UNET)
+             "--no-decisions", *UNET)  # the raw model: tests that want decisions write or tune them
         yield d
     finally:
         mp.undo()

@@ -303,6 +303,7 @@ def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
     out = ok("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder", "resnet18",
              "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none")
     assert out.startswith("run folder: runs/r; best validation score ")
+    assert ("decisions tuned on" in out) == Path("runs/r/decisions.json").is_file() and "decisions" in out, out  # the default recipe
     rc, out, err = run("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder",
                        "resnet18", "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment",
                        "--log_with", "none", "--resume")
