@@ -117,7 +117,7 @@ NON_DEFAULT = dict(data_dir="/data/SAR RARP50", out_dir="r", run_name="x1", fps=
                    head="multilayer", head_layers=3, grad_checkpointing=True, pos_embed_rescale=2.0, epochs=5, batch_size=2,
                    lr=3e-4, backbone_lr=3e-5, weight_decay=0.01, warmup=0.05, grad_accum=2, grad_clip=0.0, precision="bf16",
                    max_steps=5, save_every=10, patience=2, seed=7, resume=True, log_with="none", tta=True,
-                   min_area=[10, 20, 30, 40, 50, 60, 70, 80, 90], folds=5, fold=3, ema=0.999)
+                   min_area=[10, 20, 30, 40, 50, 60, 70, 80, 90], decisions=False, folds=5, fold=3, ema=0.999)
 
 
 def test_every_field_round_trips_through_yaml_and_strings(tmp_path):
