@@ -399,7 +399,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise SurgsegError(f"{path}: unreadable image ({type(e).__name__})") from None
 
 # %% ../nbs/00_core.ipynb #c0de0006
-import collections, threading
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 class BackgroundWriter:
@@ -410,9 +410,9 @@ class BackgroundWriter:
         self.threads = max(1, int(threads))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="surgseg-writer")
         self.slots = threading.BoundedSemaphore(self.threads + max(0, int(depth)))
-        self.pending, self.error = collections.deque(), None
+        self.error = None
 
-    def __repr__(self): return f"BackgroundWriter(threads={self.threads}, {len(self.pending)} pending)"
+    def __repr__(self): return f"BackgroundWriter(threads={self.threads})"
 
     def _done(self, f):
         "A job ended (or was dropped): free its slot, keep the first error."
@@ -431,16 +431,12 @@ class BackgroundWriter:
         if self.error is not None:
             self.slots.release()
             self._raise()
-        f = self.pool.submit(fn, *args)
-        f.add_done_callback(self._done)
-        self.pending.append(f)
-        while self.pending and self.pending[0].done(): self.pending.popleft()
+        self.pool.submit(fn, *args).add_done_callback(self._done)
 
     def close(self, cancel: bool = False,  # drop the jobs not started (leaving on an error)
              ):
         "Wait for the jobs (the running ones always end: files are atomic); raise the first error unless cancelling."
         self.pool.shutdown(wait=True, cancel_futures=cancel or self.error is not None)
-        self.pending.clear()
         if not cancel: self._raise()
 
     def __enter__(self): return self

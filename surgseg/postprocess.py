@@ -539,23 +539,26 @@ class _Search:
             for k, (a, b) in sc.items(): self.iou[i, k - 1], self.nsd[i, k - 1] = a, b
         self.score = _official(self.iou, self.nsd, self.w)
 
-    def _candidate(self, c: int, what: str, x, cur, rivals: list) -> dict:
+    def _showing(self, c: int) -> list:
+        "The frames whose current argmax shows class c (the only ones a min_area of class c can change)."
+        return [i for i, fr in enumerate(self.frames) if fr.box[c] is not None and (fr.A[fr.box[c]] == c).any()]
+
+    def _candidate(self, c: int, what: str, x, cur, ctx: list) -> dict:
         "The changes one candidate value `x` of class c's parameter `what` makes (frame -> positions, labels, scores)."
-        if what == "offset": return self._trial(c, rivals, lambda fr: None if fr.pmax[c] < self.d.presence[c] else x)
+        if what == "offset": return self._trial(c, ctx, lambda fr: None if fr.pmax[c] < self.d.presence[c] else x)
         if what == "presence":
-            return self._trial(c, rivals, lambda fr: None if (fr.pmax[c] < x) == (fr.pmax[c] < cur) else
+            return self._trial(c, ctx, lambda fr: None if (fr.pmax[c] < x) == (fr.pmax[c] < cur) else
                                (-np.inf if fr.pmax[c] < x else self.d.offset[c]))
-        return {i: (None, None, {c: self.class_score(i, fr, c, x)}) for i, fr in enumerate(self.frames)
-                if fr.box[c] is not None and (fr.A[fr.box[c]] == c).any()}
+        return {i: (None, None, {c: self.class_score(i, self.frames[i], c, x)}) for i in ctx}
 
     def step(self, c: int, what: str, candidates) -> bool:
         "Try every candidate value of one parameter of class c; keep the best if it raises the score. True if it moved."
         cur = getattr(self.d, what)[c]
         best, best_changes, best_score = cur, {}, self.score
-        rivals = self._rivals(c) if what != "min_area" else None
+        ctx = self._showing(c) if what == "min_area" else self._rivals(c)  # what every candidate of this step shares
         for x in candidates:
             if x == cur: continue
-            ch = self._candidate(c, what, x, cur, rivals)
+            ch = self._candidate(c, what, x, cur, ctx)
             v = self._value(ch)
             if v > best_score + 1e-12: best, best_changes, best_score = x, ch, v
         self.class_score.forget_parts()
@@ -678,12 +681,13 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
 
 # %% ../nbs/08a_postprocess.ipynb #ae52e632
 def tune_run_decisions(run_dir: Path,  # a finished run folder
+                       **kwargs,       # `Predictor` settings for the tuning pass (device, batch_size)
                       ) -> dict | None:  # validation scores before and after, or None when there was nothing to tune
     "Tune a finished run's decisions on its validation videos into RUN/decisions.json, unless they fit best/ already."
     try:
         if load_decisions(run_dir) is not None: return None  # tuned already, for this checkpoint (a finished run rerun)
     except SurgsegError: pass  # tuned for an earlier checkpoint: tune again
-    try: t = tune_decisions(run_dir, progress=False)
+    try: t = tune_decisions(run_dir, progress=False, **kwargs)
     except SurgsegError as e:  # no validation videos (val_fraction 0) or none with masks
         print(f"decisions not tuned: {e}")
         return None
