@@ -535,7 +535,7 @@ def choices(key: str) -> list[str] | None:
 # %% ../nbs/00_core.ipynb #3bb4878f
 PRECISIONS = ("no", "bf16", "fp16")           # mixed-precision modes (Accelerate's names)
 TRACKERS = ("tensorboard", "wandb", "none")   # experiment trackers `log_with` may list
-REGISTERED = ("loss", "class_weights", "sampler", "model", "head", "finetune")  # name fields checked against `choices`
+REGISTERED = ("loss", "class_weights", "sampler", "crop_weights", "model", "head", "finetune")  # name fields checked against `choices`
 
 @dataclass
 class Config:
@@ -559,7 +559,8 @@ class Config:
     max_weight: float = 10.0         # clip per-frame sampling weights at this multiple of the mean
     samples_per_epoch: int = 512     # frames (crops) drawn per epoch, whatever the dataset size (as nnU-Net's fixed epochs); 0 = the number of training frames
     crop_size: int | list = 64       # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
-    crop_rare: float = 0.5           # with crop_size: share of crops centred on a pixel of a foreground class present in the frame (drawn, all classes equal); the rest are random
+    crop_rare: float = 0.5           # with crop_size: share of crops centred on a pixel of a foreground class present in the frame (drawn as crop_weights says); the rest are random
+    crop_weights: str = "equal"      # with crop_rare: how a centred crop draws its class among those present: equal (nnU-Net) or rarity (1 / its share of training frames)
     # loss
     loss: str = "dice_ce"            # ce, wce, dice_ce, focal_ce
     class_weights: str = "none"      # per-class CE weights: none, inverse, sqrt_inverse, median, one_minus_p
@@ -820,7 +821,8 @@ def check_option(name: str,  # a key of OPTION_RULES
 # %% ../nbs/00_core.ipynb #6afb050f
 CONFIG_SECTIONS = {
     "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "folds", "fold", "augment", "num_workers"],
-    "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size", "crop_rare"],
+    "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size", "crop_rare",
+                 "crop_weights"],
     "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "dice_absent", "focal_weight", "focal_gamma", "focal_alpha", "ignore_index"],
     "model": ["model", "encoder", "weights", "dinov3", "finetune", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
               "head", "head_layers", "grad_checkpointing", "pos_embed_rescale"],

@@ -632,6 +632,7 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
                    min_areas: Sequence[int] = MIN_AREA_CANDIDATES,   # small-component thresholds to try per class
                    min_area=None,                # where the search starts; None = the run's config (`cfg.min_area`)
                    rounds: int = 3,              # passes of offsets and presence over the classes: the first tries every candidate, later ones the neighbours (stops when nothing moves)
+                   min_frames: int = 3,          # a class shown in fewer validation frames keeps its starting rule (too few to tune on)
                    max_frames: int = 400,        # at most this many frames (spread evenly over each video) are cached
                    tau: float = 10.0,            # NSD tolerance (official: 10 px)
                    **kwargs,                     # `Predictor` settings when `checkpoint` is a folder (tta, batch_size, device)
@@ -656,6 +657,8 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
                                    offsets[0], offsets[-1], presences[-1]))
     before = _accumulate(frames, [remove_small(fr.A, start.min_area) for fr in frames], tau).compute()
     search, moves = _Search(frames, len(vids), start, tau), []
+    shown = sum((fr.gt_n > 0).astype(int) for fr in frames)
+    tunable = [c for c in range(1, NUM_CLASSES) if shown[c] >= min_frames]  # absent from validation: tuning could only silence it
     def step(c: int, what: str, grid) -> bool:
         old = getattr(search.d, what)[c]
         if not search.step(c, what, grid): return False
@@ -664,19 +667,20 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
     with tqdm(total=(rounds * 2 + 1) * (NUM_CLASSES - 1), desc="decisions", disable=not progress, leave=False) as bar:
         for rnd in range(rounds):  # 1: offsets and presence thresholds, by coordinate ascent (small components as they start)
             moved = False
-            for c in range(1, NUM_CLASSES):
+            for c in tunable:
                 for what, grid in (("presence", presences), ("offset", offsets)):
                     moved |= step(c, what, grid if rnd == 0 else _neighbours(grid, getattr(search.d, what)[c]))
                     bar.update(1)
             if not moved: break
-        for c in range(1, NUM_CLASSES):  # 2: min_area; with background fill a class's threshold changes only its own score
+        for c in tunable:  # 2: min_area; with background fill a class's threshold changes only its own score
             step(c, "min_area", min_areas)
             bar.update(1)
     d = search.d
     after = _accumulate(frames, [d(fr.A) for fr in frames], tau).compute()
     bb, ba = class_breakdown(before), class_breakdown(after)
     pick = lambda r: {k: float(r[k]) for k in ("miou", "mnsd", "score")}
-    return DecisionTuning(d, pick(before), pick(after), _per_class_table(d, bb, ba), bb, ba, names, len(frames),
+    table = _per_class_table(d, bb, ba).assign(tuned=[c in tunable for c in range(1, NUM_CLASSES)])
+    return DecisionTuning(d, pick(before), pick(after), table, bb, ba, names, len(frames),
                           time.perf_counter() - t0, moves, p.checkpoint, p.tta)
 
 # %% ../nbs/08a_postprocess.ipynb #ae52e632

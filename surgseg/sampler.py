@@ -16,10 +16,10 @@ from .imbalance import HAS, PX
 from .data import crop_pad, crop_window
 
 # %% auto #0
-__all__ = ['SCHEMES', 'class_frequency', 'uniform_weights', 'inverse_frequency_weights', 'repeat_factor_weights',
+__all__ = ['SCHEMES', 'CROP_WEIGHTS', 'class_frequency', 'uniform_weights', 'inverse_frequency_weights', 'repeat_factor_weights',
            'class_balanced_weights', 'clip_normalise', 'frame_weights', 'FrameSampler', 'make_sampler',
            'class_exposure', 'expected_unique', 'exposure_report', 'plot_exposure', 'presence_for', 'build_sampler',
-           'crop_pixels', 'pixel_exposure', 'pixel_report', 'plot_pixel_exposure']
+           'crop_pixels', 'pixel_exposure', 'crop_class_weights', 'pixel_report', 'plot_pixel_exposure']
 
 # %% ../nbs/03_sampler.ipynb #367a0c10
 def class_frequency(presence: np.ndarray,  # (frames, classes) bool: class present in frame
@@ -293,6 +293,19 @@ def pixel_exposure(masks: list,                # (H, W) class-id masks at workin
     rng = np.random.default_rng(seed)
     per = np.stack([crop_pixels(m, crop_size, crop_rare, rng, class_weights, draws) for m in masks])
     return (num_samples or len(masks)) * (w / w.sum()) @ per
+
+# %% ../nbs/03_sampler.ipynb #81297cfb
+CROP_WEIGHTS = ("equal", "rarity")  # how a class-centred crop draws its class among the classes present in the frame
+register_choices("crop_weights", CROP_WEIGHTS, "crop-centre weighting")  # Config checks `crop_weights` against it
+
+def crop_class_weights(presence: np.ndarray,  # (frames, classes) bool presence of the training frames
+                       how: str = "equal",     # equal: every present class alike (nnU-Net); rarity: 1 / its share of frames
+                      ) -> np.ndarray | None:  # (classes,) weights of the classes as crop centres; None = all equal
+    "Weights of the classes as centres of class-centred crops (`data.crop_window`): all equal, or inverse frame frequency."
+    if how not in CROP_WEIGHTS: raise SurgsegError(f"crop_weights {how!r}: choose from {', '.join(CROP_WEIGHTS)}")
+    if how == "equal": return None
+    f = class_frequency(presence)
+    return np.where(f > 0, 1 / np.maximum(f, 1e-12), 0.0)
 
 # %% ../nbs/03_sampler.ipynb #3536453b
 def pixel_report(masks: list,            # (H, W) class-id masks at working resolution, one per training frame

@@ -26,7 +26,7 @@ from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, DiskFullError,
                           save_config)
 from .data import SegDataset, extract_frames, make_splits, resolve_data_dir
 from .imbalance import frame_table
-from .sampler import build_sampler, presence_for
+from .sampler import build_sampler, crop_class_weights, presence_for
 from .losses import build_loss, pixel_counts
 from .models import build_model, full_res_masks, param_groups, save_model
 from .metrics import ScoreAccumulator, frame_scores
@@ -437,7 +437,8 @@ def _build(cfg: Config, acc: Accelerator, run_dir: Path, on_step) -> SimpleNames
     train_v, val_v = run_splits(cfg, root)
     with acc.main_process_first(): table = frame_table(train_v, min_pixels=cfg.min_pixels)
     train_ds = SegDataset(train_v, scale=cfg.scale, train=True, augment=cfg.augment, fps=cfg.fps, seed=cfg.seed,
-                          crop_size=cfg.crop_size, crop_rare=cfg.crop_rare)
+                          crop_size=cfg.crop_size, crop_rare=cfg.crop_rare,
+                          class_weights=crop_class_weights(presence_for(table), cfg.crop_weights))
     steps = epoch_steps(len(train_ds), cfg, acc.num_processes)
     frames = make_train_sampler(cfg, train_ds, table, steps * cfg.batch_size * cfg.grad_accum * acc.num_processes)
     sampler = SeededDraws(frames, cfg.seed)  # every draw carries its augmentation seed: the loader fetches ds[i, seed]
