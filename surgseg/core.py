@@ -26,7 +26,7 @@ __all__ = ['CLASSES', 'NUM_CLASSES', 'CLASS_NAMES', 'PALETTE', 'REAL_PIXEL_SHARE
            'read_rgb', 'BackgroundWriter', 'default_workers', 'die_with_parent', 'parallel_map', 'parse_bool',
            'register_choices', 'choices', 'Config', 'current_entry', 'entry_point', 'option', 'message',
            'is_out_of_memory', 'oom_error', 'OptionError', 'check_option', 'read_yaml', 'save_config', 'load_config',
-           'get_device', 'surgseg_home', 'default_data_dir']
+           'get_device', 'surgseg_home', 'runs_dir', 'default_data_dir']
 
 # %% ../nbs/00_core.ipynb #9df6d361
 class SurgsegError(Exception):
@@ -542,7 +542,7 @@ class Config:
     "Every setting of a surgseg experiment (field = papermill parameter = YAML key = CLI flag)."
     # data
     data_dir: str = ""               # dataset root in the official layout; "" = the synthetic default (generated if missing)
-    out_dir: str = "runs"            # parent folder of run folders
+    out_dir: str = ""                # parent folder of run folders; "" = the run store, $SURGSEG_HOME/runs (core.runs_dir)
     run_name: str = ""               # run folder name; "" = derived from model, loss and sampler
     fps: int = 1                     # annotated frames per second to extract and train on (1 = the masks; must divide 60)
     resolution: float = 0.5          # working resolution as a fraction of the full frame (0.5 = 960x540 on real data)
@@ -885,6 +885,13 @@ def get_device() -> str:
 def surgseg_home() -> Path:
     "Where surgseg keeps generated data and caches: `$SURGSEG_HOME`, default `~/.cache/surgseg`."
     return Path(os.environ.get("SURGSEG_HOME", "~/.cache/surgseg")).expanduser()
+
+def runs_dir(out_dir: str | Path = "",  # a parent folder of run folders; "" = the run store
+             sub: str = "",             # with an empty out_dir: this folder of the run store (the study's "study")
+            ) -> Path:                  # the folder, absolute
+    "Where run folders go: `out_dir` (a relative one from the working folder), or the run store `surgseg_home()/runs`."
+    if str(out_dir or ""): return Path(out_dir).expanduser().absolute()
+    return (surgseg_home() / "runs" / sub).absolute()
 
 def default_data_dir() -> Path:
     "The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new folder)."

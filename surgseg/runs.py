@@ -7,12 +7,13 @@ from __future__ import annotations
 import json, re
 from pathlib import Path
 
-from .core import Config, SurgsegError, atomic_write, first_line, load_config, sha256_file
+from .core import Config, SurgsegError, atomic_write, first_line, load_config, runs_dir, sha256_file
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_model
 
 # %% auto #0
-__all__ = ['BEST', 'LAST', 'METRICS', 'PROGRESS', 'STATE', 'MANIFEST', 'INTERRUPTED', 'run_dir_for', 'write_manifest',
-           'check_manifest', 'find_checkpoint', 'load_checkpoint', 'run_progress', 'is_finished', 'latest_run']
+__all__ = ['BEST', 'LAST', 'METRICS', 'PROGRESS', 'STATE', 'MANIFEST', 'INTERRUPTED', 'NOT_RECIPE', 'run_dir_for',
+           'write_manifest', 'check_manifest', 'find_checkpoint', 'load_checkpoint', 'run_progress', 'is_finished',
+           'run_folders', 'latest_run', 'recipe']
 
 # %% ../nbs/05a_runs.ipynb #41fa2a3e
 BEST, LAST, METRICS, PROGRESS, STATE, MANIFEST = "best", "last", "metrics.csv", "progress.json", "state", "manifest.json"
@@ -23,9 +24,9 @@ from .core import message
 INTERRUPTED = ".interrupted"  # in a run folder: its run stopped on a full disk, so the same command continues it
 
 def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, resume
-               ) -> Path:     # the run folder (not created)
+               ) -> Path:     # the run folder (not created), absolute
     "The folder of this run: never another run's, except the one to continue when `cfg.resume`."
-    out = Path(cfg.out_dir).expanduser()
+    out = runs_dir(cfg.out_dir)
     taken = lambda p: (p / CONFIG_FILE).exists()
     if cfg.run_name:
         d = out / cfg.run_name
@@ -124,18 +125,37 @@ def is_finished(run: str | Path,         # a run folder
         except SurgsegError: return False
     return p.get("epoch", 0) >= epochs or bool(p.get("stopped"))
 
-def latest_run(out_dir: str | Path | list = "runs",  # parent folder(s) of run folders
-               **filters,                            # Config field values a run must have (model="unet", ...)
-              ) -> Path | None:                      # the newest finished run, or None
-    "The most recently finished run under `out_dir` whose config matches `filters`."
+def run_folders(folder: str | Path,  # where to look
+               ):                    # yields run folders (those with a config.yaml), folder itself included
+    "The run folders in `folder` and its subfolders at any depth, not looking inside a run folder nor into hidden or linked folders."
+    folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file(): yield folder; return
+    try: subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    except OSError: return
+    for s in subs: yield from run_folders(s)
+
+def latest_run(out_dir: str | Path | list = "",  # folder(s) holding run folders, at any depth; "" = the run store
+               **filters,                        # Config field values a run must have (model="unet", ...)
+              ) -> Path | None:                  # the newest finished run, or None
+    "The most recently finished run under `out_dir` (nested runs included) whose config matches `filters`."
     bad = [k for k in filters if k not in Config.field_names()]
     if bad: raise SurgsegError(f"latest_run: {bad[0]!r} is not a Config field")
-    dirs = [Path(d).expanduser() for d in (out_dir if isinstance(out_dir, (list, tuple)) else [out_dir])]
+    dirs = [runs_dir(d) for d in (out_dir if isinstance(out_dir, (list, tuple)) else [out_dir])]
     found = []
-    for run in (r for d in dirs if d.is_dir() for r in d.iterdir() if r.is_dir() and not r.name.startswith(".")):
+    for run in (r for d in dirs for r in run_folders(d)):
         if not is_finished(run): continue
         if filters:
             cfg = load_config(run / CONFIG_FILE)
             if any(getattr(cfg, k) != v for k, v in filters.items()): continue
         found.append(((run / LAST / PROGRESS).stat().st_mtime, str(run), run))
     return max(found)[2] if found else None
+
+NOT_RECIPE = ("out_dir", "run_name", "resume", "num_workers", "log_with", "save_every",  # where and how it is logged
+              "epochs", "max_steps", "samples_per_epoch", "patience",                    # how long it trains
+              "decisions", "tta", "min_area")                                            # what is done with it after
+
+def recipe(cfg: Config | None = None,  # a config (default: `Config()`, the default recipe)
+          ) -> dict:                   # field -> value, for `latest_run(**recipe(cfg))`
+    "The fields of `cfg` that make its model: all but where the run goes, how long it trains and what is done with it after."
+    cfg = cfg or Config()
+    return {k: getattr(cfg, k) for k in Config.field_names() if k not in NOT_RECIPE}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #d38c2e5e
 from __future__ import annotations
-import contextlib, dataclasses, json, logging, os, re, shutil, time, warnings
+import contextlib, dataclasses, json, logging, os, re, shutil, tempfile, time, warnings
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -23,21 +23,23 @@ from tqdm.auto import tqdm
 
 from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, DiskFullError, SurgsegError, atomic_folder, atomic_write,
                           clean_partials, is_out_of_memory, load_config, message, oom_error, output_lock, overlay, read_rgb,
-                          save_config)
+                          runs_dir, save_config)
 from .data import SegDataset, extract_frames, make_splits, resolve_data_dir
 from .imbalance import frame_table
 from .sampler import build_sampler, crop_class_weights, presence_for
 from .losses import build_loss, pixel_counts
 from .models import build_model, full_res_masks, param_groups, save_model
 from .metrics import ScoreAccumulator, frame_scores
-from .runs import BEST, INTERRUPTED, LAST, METRICS, PROGRESS, STATE, check_manifest, run_dir_for, write_manifest
+from .runs import (BEST, INTERRUPTED, LAST, METRICS, PROGRESS, STATE, check_manifest, latest_run, recipe, run_dir_for,
+                          write_manifest)
 
 log = logging.getLogger("surgseg.train")
 
 # %% auto #0
-__all__ = ['log', 'RESUMABLE_CHANGES', 'prepare_data', 'fold_split', 'run_splits', 'epoch_steps', 'make_train_sampler',
-           'draw_seed', 'SeededDraws', 'make_optimizer', 'validation_scores', 'make_ema', 'Trainer', 'write_metrics',
-           'start_run', 'setup_run', 'fit', 'papermill_parameters', 'plot_history']
+__all__ = ['log', 'RESUMABLE_CHANGES', 'DEMO_RUN', 'prepare_data', 'fold_split', 'run_splits', 'epoch_steps',
+           'make_train_sampler', 'draw_seed', 'SeededDraws', 'make_optimizer', 'validation_scores', 'make_ema',
+           'Trainer', 'write_metrics', 'start_run', 'setup_run', 'fit', 'papermill_parameters', 'plot_history',
+           'default_run']
 
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
@@ -535,3 +537,30 @@ def plot_history(run_dir: Path | str,  # a run folder (with metrics.csv)
     a1.legend(loc="upper right", fontsize=8); a1.set_title(Path(run_dir).name)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/06_train.ipynb #edf78481
+DEMO_RUN = dict(epochs=2, max_steps=15, log_with="none")  # the small run a chapter trains when the run store has no default run
+
+def default_run(cfg: Config | None = None,        # the recipe to look for (`runs.recipe(cfg)`); default: `Config()`, the default recipe
+                store: str | Path = "",           # where to look, nested runs included; "" = the run store, `core.runs_dir()`
+                small: dict | None = None,        # Config fields of the small run trained when none is found (default `DEMO_RUN`)
+                tmp: str | Path | None = None,    # where that small run goes (default: a new temporary folder, never the store)
+               ) -> tuple[Path, str]:             # (the run folder, one sentence saying which run it is)
+    "Chapter 06's default run (the newest finished run of the recipe in the run store), or a small one trained now when there is none."
+    what = "the default recipe" if cfg is None else "this recipe"
+    cfg, store = cfg or Config(), runs_dir(store)
+    run = latest_run(store, **recipe(cfg))
+    if run is not None:
+        m = pd.read_csv(run / METRICS)
+        note = (f"{run}: the newest finished run of {what} in {store} ({len(m)} epochs, "
+                f"best validation score {m.val_score.max():.4f})")
+    else:
+        small = DEMO_RUN if small is None else small
+        out = Path(tmp) if tmp is not None else Path(tempfile.mkdtemp(prefix="surgseg-small-run-"))
+        run = fit(cfg.update(out_dir=str(out), run_name="small", **small))
+        m = pd.read_csv(run / METRICS)
+        steps = f" of {small['max_steps']} steps" if small.get("max_steps") else ""
+        note = (f"no finished run of {what} in {store} (chapter 06 with its default parameters makes one): trained a small "
+                f"one instead, {len(m)} epochs{steps} (best validation score {m.val_score.max():.4f}), into {run}")
+    log.info(note)
+    return run, note

@@ -302,12 +302,16 @@ def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
     assert "9 masks in 3 videos" in ok("stats", "data", "--workers", 1)
     out = ok("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder", "resnet18",
              "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none")
-    assert out.startswith("run folder: runs/r; best validation score ")
+    run_r = Path.cwd() / "runs" / "r"    # an explicit relative out_dir: from the working folder, printed absolute
+    assert out.startswith(f"run folder: {run_r}; best validation score "), out
     assert ("decisions tuned on" in out) == Path("runs/r/decisions.json").is_file() and "decisions" in out, out  # the default recipe
     rc, out, err = run("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder",
                        "resnet18", "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment",
                        "--log_with", "none", "--resume")
-    assert rc == 0 and "resuming runs/r from runs/r/last" in err, err[-2000:]   # the library's log line, shown by the CLI
+    assert rc == 0 and f"resuming {run_r} from {run_r}/last" in err, err[-2000:]   # the library's log line, shown by the CLI
+    out = ok("train", "--data_dir", "data", "--run_name", "r", "--model", "unet", "--encoder", "resnet18", "--weights", "none",
+             "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none", "--no-decisions")
+    assert out.startswith(f"run folder: {tmp_path / 'home' / 'runs' / 'r'}; "), out   # no out_dir: the run store, said
     assert "wrote 3 masks of 1 videos to pred" in ok("predict", "--checkpoint", "runs/r", "--data", "data/test", "--out", "pred",
                                                     "--no-tta", "--min_area", 16)
     assert "segmentation score" in ok("evaluate", "data/test", "pred", "--workers", 1)
