@@ -41,7 +41,8 @@ class BoolFlag(argparse.Action):
             if given: parser.error(f"argument {option_string}: takes no value")
             return setattr(namespace, self.dest, False)
         try: setattr(namespace, self.dest, parse_bool(values) if given else True)
-        except (SurgsegError, ValueError): parser.error(f"argument {option_string}: {values!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+        except (SurgsegError, ValueError):
+            parser.error(f"argument {option_string}: {values!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
 
 # %% ../nbs/10_cli.ipynb #0f547937
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -56,7 +57,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line on stderr (`surgseg CMD: error: ...`) and exit code 2."
-    def __init__(self, *args, **kwargs): super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -75,7 +77,8 @@ def add(p,                  # a parser or an argument group
         **kwargs):          # more of add_argument: type, choices, required, nargs, action, ...
     "Add the option `--name` (and its dashed twin) to `p`, its default written into the help; returns the action."
     shown = default if shown is _UNSET else shown
-    h = help.replace("%", "%%") + ("" if shown is None or kwargs.get("required") else f" [default: {_shown_value(shown)}]")
+    suffix = "" if shown is None or kwargs.get("required") else f" [default: {_shown_value(shown)}]"
+    h = help.replace("%", "%%") + suffix
     a = p.add_argument(*flag_names(name), dest=name, default=default, help=h, **kwargs)
     if not hasattr(a, "shown"): a.shown = flag_names(name)[:1]
     return a
@@ -116,13 +119,15 @@ def synth_args(p):
     p.add_argument("root", help="dataset root to create (must not exist or be empty)")
     add(p, "n_train", "training operations", D["n_train"], type=int)
     add(p, "n_test", "test videos", D["n_test"], type=int)
-    add(p, "seconds", "seconds per video (60 fps; each part of a split operation gets half)", float(D["seconds"]), type=float)
+    add(p, "seconds", "seconds per video (60 fps; each part of a split operation gets half)", float(D["seconds"]),
+        type=float)
     add(p, "width", "frame width (even, up to 1920)", D["size"][1], type=int)
     add(p, "height", "frame height (even, up to 1080)", D["size"][0], type=int)
     add(p, "codec", "video codec: MJPG or MP4V (MPEG-4)", "MJPG")
     add(p, "seed", "random seed (same seed, same dataset)", 0, type=int)
     add(p, "split_ops", "training operations split into video_XX_1 and video_XX_2", D["split_ops"], type=int)
-    add(p, "first_test", "number of the first test video (41 as released; 0 = right after the training ones)", D["first_test"], type=int)
+    add(p, "first_test", "number of the first test video (41 as released; 0 = right after the training ones)",
+        D["first_test"], type=int)
     add(p, "workers", "parallel processes (default: one per core)", type=int)
 
 def run_synth(a):
@@ -135,7 +140,8 @@ def run_synth(a):
                  first_test=a.first_test)
     vids = sorted(r.glob("*/video_*/video_left.avi"))
     masks = sum(len(list((v.parent / "segmentation").glob("*.png"))) for v in vids)
-    print(f"wrote {len(vids)} videos, {masks} masks ({a.width}x{a.height}, {a.codec}) to {r} in {time.time() - t:.1f} s")
+    print(f"wrote {len(vids)} videos, {masks} masks ({a.width}x{a.height}, {a.codec}) to {r} in {time.time() - t:.1f} "
+          "s")
 
 COMMANDS["synth"] = Command("generate the synthetic SAR-RARP50 stand-in in the official layout", synth_args, run_synth)
 
@@ -145,15 +151,18 @@ def unpack_args(p):
     from surgseg.data import SPLITS
     p.add_argument("zips", nargs="+", help="zip archives of SAR-RARP50")
     add(p, "to", "dataset root to unpack into", required=True)
-    add(p, "split", "put every video in this split folder (default: from the archive or the released table)", choices=SPLITS)
+    add(p, "split", "put every video in this split folder (default: from the archive or the released table)",
+        choices=SPLITS)
 
 def run_unpack(a):
     "Unpack the archives (nothing escapes the root, nothing is overwritten, resumable); say what was written."
     from surgseg.data import unpack
     r = unpack(a.zips, a.to, a.split)
-    print(f"{a.to}: unpacked {r['written']} files ({r['identical']} already there, {r['ignored']} outside video folders ignored)")
+    print(f"{a.to}: unpacked {r['written']} files ({r['identical']} already there, {r['ignored']} outside video "
+          "folders ignored)")
 
-COMMANDS["unpack"] = Command("unpack the dataset's zip archives into the official layout, safely", unpack_args, run_unpack)
+COMMANDS["unpack"] = Command("unpack the dataset's zip archives into the official layout, safely", unpack_args,
+                             run_unpack)
 
 # %% ../nbs/10_cli.ipynb #63999099
 def validate_args(p):
@@ -225,9 +234,11 @@ def _config_flag(g,         # argument group
     "Add the flag of one Config field: a BoolFlag, a list, or a value with the registered names as choices."
     from surgseg.core import choices
     if isinstance(default, bool): return add(g, f.name, doc, None, shown=default, action=BoolFlag, value=True)
-    if "list" in str(f.type): return add(g, f.name, doc, None, shown=default, nargs="+", metavar="INT" if "int" in str(f.type) else "NAME")
+    if "list" in str(f.type):
+        return add(g, f.name, doc, None, shown=default, nargs="+", metavar="INT" if "int" in str(f.type) else "NAME")
     names = choices(f.name)
-    return add(g, f.name, doc, None, shown=default, choices=names, metavar=None if names else type(default).__name__.upper())
+    return add(g, f.name, doc, None, shown=default, choices=names,
+               metavar=None if names else type(default).__name__.upper())
 
 def train_args(p):
     "`--config`, then one flag per Config field in a group per Config section, the field's comment as help."
@@ -257,7 +268,8 @@ def train_config(a: argparse.Namespace,  # parsed `surgseg train` arguments
     except SurgsegError as e: raise UsageError(str(e)) from None
 
 def run_train(a):
-    "Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best validation score."
+    """Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best
+    validation score."""
     cfg = train_config(a)
     import pandas as pd
     from accelerate import PartialState
@@ -265,8 +277,10 @@ def run_train(a):
     run = fit(cfg)
     if PartialState().is_main_process:
         m = pd.read_csv(run / "metrics.csv")
-        best = f"; best validation score {m['val_score'].max():.4f} (epoch {int(m.loc[m['val_score'].idxmax(), 'epoch'])})" \
-               if "val_score" in m else ""
+        best = ""
+        if "val_score" in m:
+            best_epoch = int(m.loc[m["val_score"].idxmax(), "epoch"])
+            best = f"; best validation score {m['val_score'].max():.4f} (epoch {best_epoch})"
         print(f"run folder: {run}{best}")
         if cfg.decisions:
             from surgseg.postprocess import tune_run_decisions
@@ -299,7 +313,8 @@ def run_evaluate(a):
         print(f"predicted {a.pred} with {p}")
     try: res = evaluate(a.ref, a.pred, out=a.out or a.pred, workers=a.workers, tau=a.tau, allow_missing=a.allow_missing)
     except PredictionFolderError as e:
-        print(f"surgseg evaluate: {len(e.problems)} problem(s) in {a.pred}; nothing was scored or written:", file=sys.stderr)
+        print(f"surgseg evaluate: {len(e.problems)} problem(s) in {a.pred}; nothing was scored or written:",
+              file=sys.stderr)
         for p in e.problems: print(f"  {p}", file=sys.stderr)
         return 1
     print(summary(res))
@@ -314,7 +329,8 @@ def predictor_args(p, tune: bool = False, required: bool = True):
         "softmax probabilities averaged; with --backend onnxruntime also an .onnx file (a run folder uses "
         "RUN/export/model.onnx)",
         required=required, nargs="+", metavar="RUN")
-    add(p, "backend", "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
+    add(p, "backend",
+        "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
         "torch", choices=["torch", "onnxruntime"])
     add(p, "threads", "onnxruntime intra-op threads (default: torch's thread count)", type=checked("threads"))
     add(p, "tta", "horizontal-flip test-time augmentation (default: as the run's config says)", action=BoolFlag)
@@ -338,7 +354,8 @@ def predictor(a,          # parsed options of `predictor_args`
         raise SurgsegError(f"--device {a.device}: no CUDA device is available here")
     if a.backend == "onnxruntime" and a.device not in (None, "cpu"):
         raise UsageError(f"--device {a.device}: --backend onnxruntime runs on the CPU")
-    if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
+    if a.threads is not None and a.backend != "onnxruntime":
+        raise UsageError("--threads: only with --backend onnxruntime")
     ckpts = a.checkpoint if isinstance(a.checkpoint, list) else [a.checkpoint]
     if len(ckpts) > 1 and a.backend == "onnxruntime":
         raise UsageError("--checkpoint: an ensemble (several) needs --backend torch")
@@ -393,7 +410,8 @@ def predict_image_args(p):
 def run_predict_image(a):
     "Segment one image or a folder of images: OUT/masks/NAME.png and OUT/overlays/NAME.png."
     from surgseg.inference import check_output_dir, list_images, predict_images
-    files = list_images(a.input); check_output_dir(a.out)
+    files = list_images(a.input)
+    check_output_dir(a.out)
     predict_images(predictor(a), a.input, a.out, alpha=a.alpha)
     print(f"wrote {len(files)} masks and overlays to {a.out}")
 
@@ -408,9 +426,11 @@ def predict_video_args(p):
     add(p, "start", "first second of the video to segment", 0.0, type=checked("start"))
     add(p, "end", "second at which to stop (exclusive) (default: the end of the video)", type=checked("end"))
     add(p, "masks", "write OUT/masks/{frame:09d}.png", True, action=BoolFlag)
-    add(p, "overlays", "also write one overlay PNG per segmented frame (the overlay video shows the same)", False, action=BoolFlag)
+    add(p, "overlays", "also write one overlay PNG per segmented frame (the overlay video shows the same)", False,
+        action=BoolFlag)
     add(p, "overlay_video", "write OUT/NAME_overlay.mp4", True, action=BoolFlag)
-    add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True, action=BoolFlag)
+    add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True,
+        action=BoolFlag)
     add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
     add(p, "smooth", "temporal smoothing of the class probabilities: weight of the past in [0, 1); 0 = off", 0.0,
         type=checked("smooth"))
@@ -431,7 +451,8 @@ def run_predict_video(a):
     n = sum(1 for _ in (Path(a.out) / "masks").glob("*.png"))
     print(f"wrote {n} masks and {path}" if a.masks else f"wrote {path}")
 
-COMMANDS["predict-video"] = Command("segment a video, write masks and an overlay video", predict_video_args, run_predict_video)
+COMMANDS["predict-video"] = Command("segment a video, write masks and an overlay video", predict_video_args,
+                                    run_predict_video)
 
 # %% ../nbs/10_cli.ipynb #3f5b9d21
 def export_args(p):
@@ -460,7 +481,8 @@ def top_parser() -> Parser:
     "The parser of `surgseg` itself: --help listing the subcommands, --version."
     from surgseg import __version__
     w = max(map(len, COMMANDS))
-    p = Parser(prog="surgseg", usage="surgseg [-h] [-V] <command> [options]   (surgseg <command> --help for its options)",
+    p = Parser(prog="surgseg",
+               usage="surgseg [-h] [-V] <command> [options]   (surgseg <command> --help for its options)",
                description="Surgical instrument segmentation on SAR-RARP50.",
                epilog="\n".join(["commands:"] + [f"  {k:<{w}}  {c.help}" for k, c in COMMANDS.items()]))
     p.add_argument("-V", "--version", action="version", version=__version__)
@@ -472,10 +494,14 @@ def log_to_stderr():
     lg, h = logging.getLogger("surgseg"), logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(message)s"))
     level, quiet = lg.level, bool(lg.handlers)   # a program that set up its own handlers keeps them alone
-    if not quiet: lg.addHandler(h); lg.setLevel(logging.INFO)
+    if not quiet:
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
     try: yield
     finally:
-        if not quiet: lg.removeHandler(h); lg.setLevel(level)
+        if not quiet:
+            lg.removeHandler(h)
+            lg.setLevel(level)
 
 def _exhaustion_line(cmd: str, e: BaseException) -> str | None:
     "The one line of a full disk that no writer named (None for other errors); memory running out is named where it is."

@@ -15,7 +15,8 @@ __all__ = ['BEST', 'LAST', 'METRICS', 'PROGRESS', 'STATE', 'MANIFEST', 'INTERRUP
            'check_manifest', 'find_checkpoint', 'load_checkpoint', 'run_progress', 'is_finished', 'latest_run']
 
 # %% ../nbs/05a_runs.ipynb #41fa2a3e
-BEST, LAST, METRICS, PROGRESS, STATE, MANIFEST = "best", "last", "metrics.csv", "progress.json", "state", "manifest.json"
+BEST, LAST, METRICS, PROGRESS = "best", "last", "metrics.csv", "progress.json"
+STATE, MANIFEST = "state", "manifest.json"
 
 # %% ../nbs/05a_runs.ipynb #db818e09
 from .core import message
@@ -29,7 +30,8 @@ def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, re
     taken = lambda p: (p / CONFIG_FILE).exists()
     if cfg.run_name:
         d = out / cfg.run_name
-        if taken(d) and not cfg.resume and not (d / INTERRUPTED).exists(): raise SurgsegError(message("run_exists", path=d))
+        if taken(d) and not cfg.resume and not (d / INTERRUPTED).exists():
+            raise SurgsegError(message("run_exists", path=d))
         return d
     base = f"{cfg.model}-{cfg.loss}-{cfg.sampler}"
     pat = re.compile(re.escape(base) + r"(?:-(\d+))?")
@@ -53,7 +55,8 @@ def write_manifest(folder: str | Path,  # a checkpoint folder, complete
 def check_manifest(folder: str | Path,  # a checkpoint folder
                   ) -> bool:            # True if it has a manifest (all files checked), False if it has none
     "Raise a one-line `SurgsegError` naming the first file of `folder` that is missing, truncated or altered."
-    folder = Path(folder); m = folder / MANIFEST
+    folder = Path(folder)
+    m = folder / MANIFEST
     if not m.is_file(): return False
     try: files = json.loads(m.read_text())
     except ValueError: raise SurgsegError(f"{m}: corrupt checkpoint manifest (not JSON)") from None
@@ -62,7 +65,8 @@ def check_manifest(folder: str | Path,  # a checkpoint folder
         if not p.is_file(): raise SurgsegError(f"{p}: missing from the checkpoint")
         if p.stat().st_size != size:
             raise SurgsegError(f"{p}: truncated or corrupt checkpoint file ({p.stat().st_size} bytes, expected {size})")
-        if sha256_file(p) != sha: raise SurgsegError(f"{p}: corrupt checkpoint file (its contents changed since it was saved)")
+        if sha256_file(p) != sha:
+            raise SurgsegError(f"{p}: corrupt checkpoint file (its contents changed since it was saved)")
     return True
 
 # %% ../nbs/05a_runs.ipynb #05968258
@@ -78,7 +82,8 @@ def find_checkpoint(path: str | Path,  # run folder (RUN/best/ preferred, else R
     for d in (path / BEST, path / LAST, path):
         if (d / CONFIG_FILE).is_file(): return d
     if (path / "config.json").is_file():
-        raise SurgsegError(f"{path}: a Hugging Face / smp save_pretrained folder (config.json), not a surgseg checkpoint; "
+        raise SurgsegError(f"{path}: a Hugging Face / smp save_pretrained folder (config.json), not a surgseg "
+                           "checkpoint; "
                            f"use it as --weights (an smp encoder) or --dinov3 (a DINOv3 backbone) to train from it")
     raise SurgsegError(f"{path}: not a checkpoint (no config.yaml here nor in best/ or last/)")
 
@@ -98,7 +103,8 @@ def load_checkpoint(path: str | Path,  # run folder or checkpoint folder
     cfg = load_config(ckpt / CONFIG_FILE)  # errors name the file
     stamped = _weights_model(ckpt / WEIGHTS_FILE)
     if stamped is not None and stamped != cfg.model:
-        raise SurgsegError(f"{ckpt / WEIGHTS_FILE}: weights of a {stamped!r} model, but {ckpt / CONFIG_FILE} says model {cfg.model!r}")
+        raise SurgsegError(f"{ckpt / WEIGHTS_FILE}: weights of a {stamped!r} model, but {ckpt / CONFIG_FILE} says "
+                           f"model {cfg.model!r}")
     try: model, cfg = load_model(ckpt)
     except SurgsegError: raise
     except Exception as e:
@@ -117,7 +123,8 @@ def is_finished(run: str | Path,         # a run folder
                 epochs: int | None = None, # epochs it must have run (None = those of its config.yaml)
                ) -> bool:
     "Whether `run` is a run folder whose training ended: all its (or `epochs`) epochs done, or stopped early."
-    run = Path(run); p = run_progress(run)
+    run = Path(run)
+    p = run_progress(run)
     if p is None or not (run / CONFIG_FILE).is_file(): return False
     if epochs is None:
         try: epochs = load_config(run / CONFIG_FILE).epochs
