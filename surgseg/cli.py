@@ -26,7 +26,14 @@ def flag_names(name: str,  # a keyword, e.g. "data_dir"
 # %% ../nbs/10_cli.ipynb #429e181f
 class BoolFlag(argparse.Action):
     "`--x` sets True and `--no-x` False; with `value=True`, `--x VALUE` too (true/false, yes/no, on/off, 1/0)."
-    def __init__(self, option_strings, dest, default=None, help=None, value=False, **kwargs):
+    def __init__(self,
+                 option_strings,  # the flag's spellings (argparse)
+                 dest,            # the attribute it sets (argparse)
+                 default=None,    # the value when the flag is not given
+                 help=None,       # one line for --help
+                 value=False,     # also accept `--x VALUE` (true/false, yes/no, on/off, 1/0)
+                 **kwargs,
+                ):
         bodies = [o[2:] for o in option_strings]
         self.negatives = list(dict.fromkeys([f"--no-{b}" for b in bodies] + [f"--no_{b}" for b in bodies]))
         super().__init__(list(option_strings) + self.negatives, dest, nargs="?" if value else 0, default=default,
@@ -47,7 +54,10 @@ class BoolFlag(argparse.Action):
 # %% ../nbs/10_cli.ipynb #0f547937
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "argparse's help with only the shown spelling of each flag (`action.shown`) and its value named once."
-    def __init__(self, prog): super().__init__(prog, max_help_position=34, width=100)
+    def __init__(self,
+                 prog,  # the program name argparse shows in the usage line
+                ):
+        super().__init__(prog, max_help_position=34, width=100)
 
     def _format_action_invocation(self, action):
         if not action.option_strings: return super()._format_action_invocation(action)
@@ -60,7 +70,10 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
-    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    def error(self,
+              message,  # what is wrong with the command line
+             ):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 # %% ../nbs/10_cli.ipynb #c76a15d1
 _UNSET = object()
@@ -106,14 +119,16 @@ COMMANDS: dict[str, Command] = {}
 class UsageError(SurgsegError):
     "A wrong value on the command line (or in its --config file), found after parsing: exit code 2, like argparse's."
 
-def parser(cmd: str) -> Parser:
+def parser(cmd: str,    # a subcommand name, a key of `COMMANDS`
+          ) -> Parser:  # its parser, options added
     "The argument parser of subcommand `cmd`."
     p = Parser(prog=f"surgseg {cmd}", description=COMMANDS[cmd].help)
     COMMANDS[cmd].args(p)
     return p
 
 # %% ../nbs/10_cli.ipynb #35b8838f
-def synth_args(p):
+def synth_args(p,  # the subcommand's parser: its options are added here
+              ):
     "Options of `synthetic.generate`; the defaults are the synthetic default dataset's (`synthetic.SYNTHETIC_DEFAULT`)."
     from surgseg.synthetic import SYNTHETIC_DEFAULT as D
     p.add_argument("root", help="dataset root to create (must not exist or be empty)")
@@ -130,7 +145,8 @@ def synth_args(p):
         D["first_test"], type=int)
     add(p, "workers", "parallel processes (default: one per core)", type=int)
 
-def run_synth(a):
+def run_synth(a,  # the parsed options of the subcommand
+             ):
     "Generate the synthetic SAR-RARP50 stand-in; say how many videos and masks were written."
     import time
     from surgseg.synthetic import generate
@@ -146,7 +162,8 @@ def run_synth(a):
 COMMANDS["synth"] = Command("generate the synthetic SAR-RARP50 stand-in in the official layout", synth_args, run_synth)
 
 # %% ../nbs/10_cli.ipynb #7ff850cb
-def unpack_args(p):
+def unpack_args(p,  # the subcommand's parser: its options are added here
+               ):
     "Options of `data.unpack`."
     from surgseg.data import SPLITS
     p.add_argument("zips", nargs="+", help="zip archives of SAR-RARP50")
@@ -154,7 +171,8 @@ def unpack_args(p):
     add(p, "split", "put every video in this split folder (default: from the archive or the released table)",
         choices=SPLITS)
 
-def run_unpack(a):
+def run_unpack(a,  # the parsed options of the subcommand
+              ):
     "Unpack the archives (nothing escapes the root, nothing is overwritten, resumable); say what was written."
     from surgseg.data import unpack
     r = unpack(a.zips, a.to, a.split)
@@ -165,14 +183,16 @@ COMMANDS["unpack"] = Command("unpack the dataset's zip archives into the officia
                              run_unpack)
 
 # %% ../nbs/10_cli.ipynb #63999099
-def validate_args(p):
+def validate_args(p,  # the subcommand's parser: its options are added here
+                 ):
     "Options of `data.validate_dataset`."
     p.add_argument("root", help="dataset root (train/, test/, ... or video_* folders)")
     add(p, "known", "compare mask counts with the released dataset's (default: when it looks like the released data)",
         action=BoolFlag)
     add(p, "workers", "processes (default: one per core)", type=int)
 
-def run_validate(a):
+def run_validate(a,  # the parsed options of the subcommand
+                ):
     "Print every problem of the dataset root and exit 1 if there is any; else one line of what is there."
     from surgseg.data import find_videos, validate_dataset
     problems = validate_dataset(a.root, known=a.known, workers=a.workers)
@@ -188,14 +208,16 @@ def run_validate(a):
 COMMANDS["validate"] = Command("check a dataset root: layout, videos, masks, frame counts", validate_args, run_validate)
 
 # %% ../nbs/10_cli.ipynb #930edd38
-def extract_args(p):
+def extract_args(p,  # the subcommand's parser: its options are added here
+                ):
     "Options of `data.extract_frames`."
     p.add_argument("root", help="dataset root (train/, test/, ... or video_* folders)")
     add(p, "fps", "1 = the annotated frames; 10 = every 6th frame as well (must divide 60)", 1, type=int)
     add(p, "workers", "processes (default: one per core)", type=int)
     add(p, "sequential", "decode every frame instead of seeking (the reference method)", False, action=BoolFlag)
 
-def run_extract(a):
+def run_extract(a,  # the parsed options of the subcommand
+               ):
     "Extract the frames (resumable); say how many were written and how each video was decoded."
     from surgseg.data import extract_frames
     res = extract_frames(a.root, fps=a.fps, workers=a.workers, method="sequential" if a.sequential else "auto")
@@ -208,14 +230,16 @@ def run_extract(a):
 COMMANDS["extract"] = Command("extract the annotated frames of every video to video_*/rgb/", extract_args, run_extract)
 
 # %% ../nbs/10_cli.ipynb #799dc5a0
-def stats_args(p):
+def stats_args(p,  # the subcommand's parser: its options are added here
+              ):
     "Options of `imbalance.write_stats`."
     p.add_argument("root", help="dataset root in the official layout")
     add(p, "out", "folder for the CSV files (default: ROOT/.surgseg/stats)")
     add(p, "min_pixels", "a frame contains a class only with at least this many pixels of it", 16, type=int)
     add(p, "workers", "counting processes (default: automatic)", type=int)
 
-def run_stats(a):
+def run_stats(a,  # the parsed options of the subcommand
+             ):
     "Write the class statistics as CSV files (all four or none) and print the class summary."
     from surgseg.imbalance import format_summary, write_stats
     table, summary, out = write_stats(a.root, a.out, a.min_pixels, a.workers)
@@ -240,7 +264,8 @@ def _config_flag(g,         # argument group
     return add(g, f.name, doc, None, shown=default, choices=names,
                metavar=None if names else type(default).__name__.upper())
 
-def train_args(p):
+def train_args(p,  # the subcommand's parser: its options are added here
+              ):
     "`--config`, then one flag per Config field in a group per Config section, the field's comment as help."
     from fastcore.docments import docments
     from surgseg.core import CONFIG_SECTIONS, Config
@@ -267,7 +292,8 @@ def train_config(a: argparse.Namespace,  # parsed `surgseg train` arguments
     except UsageError: raise
     except SurgsegError as e: raise UsageError(str(e)) from None
 
-def run_train(a):
+def run_train(a,  # the parsed options of the subcommand
+             ):
     """Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best
     validation score."""
     cfg = train_config(a)
@@ -289,7 +315,8 @@ def run_train(a):
 COMMANDS["train"] = Command("train a model (Config fields as flags, --config YAML)", train_args, run_train)
 
 # %% ../nbs/10_cli.ipynb #bda6b10a
-def evaluate_args(p):
+def evaluate_args(p,  # the subcommand's parser: its options are added here
+                 ):
     "Options of `evaluate.evaluate`; with --checkpoint, those of the `Predictor` that first predicts REF's videos."
     p.add_argument("ref", help="reference root: video_*/segmentation/*.png (or a root holding test/)")
     p.add_argument("pred", help="prediction root in the same layout; with --checkpoint: the folder to predict into "
@@ -300,7 +327,8 @@ def evaluate_args(p):
     add(p, "allow_missing", "score missing predictions 0 instead of refusing the folder", False, action=BoolFlag)
     predictor_args(p.add_argument_group("predicting first (with --checkpoint)"), required=False)
 
-def run_evaluate(a):
+def run_evaluate(a,  # the parsed options of the subcommand
+                ):
     "Score the folder, print the summary and write the CSV files; exit 1 listing every problem of the folder."
     from pathlib import Path
     from surgseg.evaluate import PredictionFolderError, evaluate, layout_root, summary
@@ -323,7 +351,10 @@ def run_evaluate(a):
 COMMANDS["evaluate"] = Command("official SAR-RARP50 score of a prediction folder", evaluate_args, run_evaluate)
 
 # %% ../nbs/10_cli.ipynb #aa1f3ef5
-def predictor_args(p, tune: bool = False, required: bool = True):
+def predictor_args(p,                      # a predict subcommand's parser
+                   tune: bool = False,     # offer `--min_area tune`
+                   required: bool = True,  # --checkpoint must be given
+                  ):
     "The options of a `Predictor`, shared by the predict commands (`tune`: `--min_area tune` is offered)."
     add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; several: an ensemble, their "
         "softmax probabilities averaged; with --backend onnxruntime also an .onnx file (a run folder uses "
@@ -379,13 +410,15 @@ def predictor(a,          # parsed options of `predictor_args`
     return p
 
 # %% ../nbs/10_cli.ipynb #8b679026
-def predict_args(p):
+def predict_args(p,  # the subcommand's parser: its options are added here
+                ):
     "Options of `inference.predict_split`."
     add(p, "data", "split folder holding video_* folders (e.g. ROOT/test)", required=True)
     add(p, "out", "prediction folder to create (must not exist or be empty)", required=True)
     predictor_args(p, tune=True)
 
-def run_predict(a):
+def run_predict(a,  # the parsed options of the subcommand
+               ):
     "Predict every annotated frame of a split in the official layout: OUT/video_XX/segmentation/{frame:09d}.png."
     from pathlib import Path
     from surgseg.data import find_videos
@@ -400,14 +433,16 @@ def run_predict(a):
 COMMANDS["predict"] = Command("predict a dataset split in the official layout", predict_args, run_predict)
 
 # %% ../nbs/10_cli.ipynb #217626fb
-def predict_image_args(p):
+def predict_image_args(p,  # the subcommand's parser: its options are added here
+                      ):
     "Options of `inference.predict_images`."
     p.add_argument("input", help="an image file or a folder of images")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
     add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
     predictor_args(p)
 
-def run_predict_image(a):
+def run_predict_image(a,  # the parsed options of the subcommand
+                     ):
     "Segment one image or a folder of images: OUT/masks/NAME.png and OUT/overlays/NAME.png."
     from surgseg.inference import check_output_dir, list_images, predict_images
     files = list_images(a.input)
@@ -418,7 +453,8 @@ def run_predict_image(a):
 COMMANDS["predict-image"] = Command("segment one image or a folder of images", predict_image_args, run_predict_image)
 
 # %% ../nbs/10_cli.ipynb #6360aae4
-def predict_video_args(p):
+def predict_video_args(p,  # the subcommand's parser: its options are added here
+                      ):
     "Options of `inference.predict_video`."
     p.add_argument("video", help="a video file (.avi, .mp4)")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
@@ -438,7 +474,8 @@ def predict_video_args(p):
         action=BoolFlag)
     predictor_args(p)
 
-def run_predict_video(a):
+def run_predict_video(a,  # the parsed options of the subcommand
+                     ):
     "Segment a video: OUT/masks/{frame:09d}.png, OUT/overlays/{frame:09d}.png and OUT/NAME_overlay.mp4 (each optional)."
     from pathlib import Path
     from surgseg.data import probe_video
@@ -455,7 +492,8 @@ COMMANDS["predict-video"] = Command("segment a video, write masks and an overlay
                                     run_predict_video)
 
 # %% ../nbs/10_cli.ipynb #3f5b9d21
-def export_args(p):
+def export_args(p,  # the subcommand's parser: its options are added here
+               ):
     "Options of `export.export_onnx`."
     p.add_argument("run", help="run folder (uses best/, else last/) or checkpoint folder")
     add(p, "format", "export format", "onnx", choices=["onnx"])
@@ -467,7 +505,8 @@ def export_args(p):
     add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)",
         type=checked("threads"))
 
-def run_export(a):
+def run_export(a,  # the parsed options of the subcommand
+              ):
     "Export the run's model, check parity with PyTorch, print one line describing the export."
     from surgseg.export import export_onnx, export_summary
     m = export_onnx(a.run, out=a.out, opset=a.opset, dynamo=a.dynamo, merge_lora=a.merge_lora, overwrite=a.overwrite,
@@ -477,7 +516,7 @@ def run_export(a):
 COMMANDS["export"] = Command("export a run's model to ONNX (checked against PyTorch)", export_args, run_export)
 
 # %% ../nbs/10_cli.ipynb #ce69388a
-def top_parser() -> Parser:
+def top_parser() -> Parser:  # `surgseg`'s parser
     "The parser of `surgseg` itself: --help listing the subcommands, --version."
     from surgseg import __version__
     w = max(map(len, COMMANDS))

@@ -108,7 +108,9 @@ def overlay(image: np.ndarray,  # (H, W, 3) uint8 RGB frame
     return _overlay_np(image, mask, alpha)
 
 # %% ../nbs/00_core.ipynb #ced12865
-def plot_legend(ax=None, classes=CLASSES[1:]):
+def plot_legend(ax=None,              # a matplotlib axis; None = the current one
+                classes=CLASSES[1:],  # the `SegClass`es to list
+               ):
     "Draw the class colour legend on a matplotlib axis (or the current one)."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -132,7 +134,7 @@ def _existing(path: Path) -> Path:
 
 def is_disk_full(e: BaseException,                # an exception raised while writing
                  path: str | Path | None = None,  # where it was writing: a vague write error counts if its disk is full
-                ) -> bool:
+                ) -> bool:                        # True if the disk (of `path`) is full
     """Whether `e` means no space was left: ENOSPC or EDQUOT, a library's message saying so, or a write error on a full
     disk."""
     if isinstance(e, SurgsegError): return False
@@ -155,7 +157,7 @@ def _inject_full(path: Path):
 def disk_full_message(path: str | Path,    # the file or folder being written
                       what: str,           # what it is, e.g. "the prediction masks"
                       e: BaseException | None = None,  # the error (an exhausted quota is named as such)
-                     ) -> str:
+                     ) -> str:             # one line
     "The one line of a full disk: the path, what was being written, and what to do."
     quota = (isinstance(e, OSError) and e.errno == errno.EDQUOT) or "quota" in str(e or "").lower()
     why = "disk quota exceeded" if quota else "no space left on the device"
@@ -401,7 +403,7 @@ def read_mask(path: str | Path,           # PNG file
 
 def write_png(path: str | Path,    # destination .png
               image: np.ndarray,   # uint8 (H, W) grey or (H, W, 3) RGB
-              overwrite: bool = True,
+              overwrite: bool = True,  # replace an existing file (False: refuse)
               what: str = "an image"):  # what it is, for the one line of a full disk
     """Write an 8-bit PNG atomically with OpenCV's fastest lossless settings (zlib level 1, run-length): 5x PIL's
     default at 1080p."""
@@ -416,7 +418,7 @@ def write_png(path: str | Path,    # destination .png
 
 def write_mask(path: str | Path,  # destination .png
                mask: np.ndarray,  # (H, W) class ids 0..9
-               overwrite: bool = True,
+               overwrite: bool = True,  # replace an existing file (False: refuse)
                what: str = "a mask"):  # what it is, for the one line of a full disk
     "Write a mask as an 8-bit grayscale PNG (the official format), atomically."
     mask = np.asarray(mask)
@@ -425,7 +427,8 @@ def write_mask(path: str | Path,  # destination .png
         raise ValueError(f"{path}: mask values must be 0..{NUM_CLASSES - 1}")
     write_png(path, mask.astype(np.uint8, copy=False), overwrite, what)
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path,  # an image file
+            ) -> np.ndarray:    # (H, W, 3) uint8 RGB
     "Read an image as (H, W, 3) uint8 RGB, raising `SurgsegError` naming the file if unreadable."
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: image file is missing")
@@ -554,7 +557,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 def parse_bool(s,               # a bool, 0/1, or a string: true/false, yes/no, on/off, 1/0 (any case)
                name: str = "",  # what the value is, for the error message (a config key, a flag)
-              ) -> bool:
+              ) -> bool:        # the value
     "The one boolean parser: CLI flags, YAML values, papermill parameters and environment variables."
     if isinstance(s, (bool, np.bool_)): return bool(s)
     if isinstance(s, (int, np.integer)) and s in (0, 1): return bool(s)
@@ -574,7 +577,8 @@ def register_choices(key: str,         # the Config field (or CLI option) whose 
     if not any(s is names for s in srcs): srcs.append(names if isinstance(names, dict) else list(names))
     if noun: _NOUNS[key] = noun
 
-def choices(key: str) -> list[str] | None:
+def choices(key: str,              # a registry's name: a `REGISTERED` Config field
+           ) -> list[str] | None:  # the names, or None
     "The names registered for `key` so far, in registration order (None if nothing is registered: anything goes)."
     if key not in _CHOICES: return None
     return list(dict.fromkeys(n for s in _CHOICES[key] for n in s))
@@ -659,11 +663,16 @@ class Config:
         _check_together(self)
 
     @classmethod
-    def field_names(cls) -> list[str]: return [f.name for f in fields(cls)]
+    def field_names(cls) -> list[str]:  # every field, in order
+        return [f.name for f in fields(cls)]
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:  # field -> value
+        return asdict(self)
 
-    def update(self, overrides: dict | None = None, **kwargs) -> "Config":
+    def update(self,
+               overrides: dict | None = None,  # field -> value (strings are coerced, as from the command line)
+               **kwargs,
+              ) -> "Config":                   # a new, checked `Config`
         """A copy with `overrides` applied; unknown keys fail with the list of valid ones; values are coerced and
         checked."""
         d = {**(overrides or {}), **kwargs}
@@ -779,7 +788,7 @@ def _check_together(cfg) -> None:
 ENTRY_POINTS = ("python", "cli", "papermill")  # the doors a user comes in by
 _ENTRY: list = []                               # the doors declared, innermost last
 
-def current_entry() -> str:
+def current_entry() -> str:  # python, cli or papermill
     """The door in use: the innermost `entry_point` of this process, else `$SURGSEG_ENTRY` (inherited by workers), else
     python."""
     return _ENTRY[-1] if _ENTRY else os.environ.get("SURGSEG_ENTRY", "python")
@@ -800,7 +809,7 @@ def entry_point(name: str):  # cli, papermill or python
 def option(name: str,          # the option (a Config field or a keyword), e.g. "resume"
            value=None,         # the value to suggest; None = the option itself
            entry: str | None = None,  # the door; None = the one in use
-          ) -> str:
+          ) -> str:            # how the user writes it
     """Option `name` (set to `value`) as the user writes it: `--resume`, `--batch_size 2`; `resume=True` (in the
     parameters)."""
     entry = entry or current_entry()
@@ -830,7 +839,8 @@ def message(key: str,              # a key of MESSAGES
     return _OPTION.sub(opt, MESSAGES[key]).format(**fields)
 
 # %% ../nbs/00_core.ipynb #5a1e0b05
-def is_out_of_memory(e: BaseException) -> bool:
+def is_out_of_memory(e: BaseException,  # the exception raised
+                    ) -> bool:          # True for an out-of-memory error
     "Whether `e` is a (CUDA, MPS or host) out-of-memory error of torch."
     if type(e).__name__ == "OutOfMemoryError": return True
     return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e).lower() or isinstance(e,
@@ -841,7 +851,7 @@ def oom_error(e: BaseException,     # the out-of-memory error
               batch_size: int,      # images per step
               size: str,            # the resolution, e.g. "crops 512x512 at resolution 0.5"
               key: str = "oom_train",  # oom_train or oom_predict: what to suggest
-             ) -> SurgsegError:
+             ) -> SurgsegError:     # the error to raise
     "The one-line `SurgsegError` of running out of memory: the step, batch size and resolution, and what to try."
     device = "GPU" if "cuda" in str(e).lower() or type(e).__name__ == "OutOfMemoryError" else "host"
     return SurgsegError(message(key, device=device, step=step, batch_size=batch_size, size=size))
@@ -921,13 +931,16 @@ def read_yaml(path: str | Path):  # YAML file
     except yaml.YAMLError as e: raise SurgsegError(f"{path}: invalid YAML ({first_line(e)})") from None
     except (OSError, UnicodeDecodeError) as e: raise SurgsegError(f"{path}: unreadable ({type(e).__name__})") from None
 
-def save_config(cfg: Config, path: str | Path):
+def save_config(cfg: Config,       # the settings to save
+                path: str | Path,  # the YAML file to write
+               ):
     "Write every field of `cfg` as YAML, atomically."
     with atomic_write(path) as tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 def load_config(path: str | Path | None = None,  # YAML file ("" or None = defaults only)
                 overrides: dict | None = None,   # values that win over the file
-                **kwargs) -> Config:
+                **kwargs,
+               ) -> Config:                      # the checked settings
     "Defaults, then the YAML file at `path`, then `overrides` and keyword arguments; every value checked."
     cfg = Config()
     if path:
@@ -940,18 +953,18 @@ def load_config(path: str | Path | None = None,  # YAML file ("" or None = defau
     return cfg.update(overrides, **kwargs)
 
 # %% ../nbs/00_core.ipynb #d50829cc
-def get_device() -> str:
+def get_device() -> str:  # cuda, mps or cpu
     "The best available torch device: cuda, mps or cpu."
     import torch
     if torch.cuda.is_available(): return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available(): return "mps"
     return "cpu"
 
-def surgseg_home() -> Path:
+def surgseg_home() -> Path:  # the folder (not created)
     "Where surgseg keeps generated data and caches: `$SURGSEG_HOME`, default `~/.cache/surgseg`."
     return Path(os.environ.get("SURGSEG_HOME", "~/.cache/surgseg")).expanduser()
 
-def default_data_dir() -> Path:
+def default_data_dir() -> Path:  # the folder (not created)
     """The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new
     folder)."""
     return surgseg_home() / "synthetic-v3"  # = synthetic.SYNTHETIC_VERSION (checked by its tests)

@@ -33,11 +33,13 @@ VIDEO_FILE = "video_left.avi"        # the video inside each video folder
 _VIDEO_RE = re.compile(r"video_(\d+)(?:_(\d+))?$")
 _MASK_RE = re.compile(r"^\d{9}\.png$")
 
-def natural_key(name: str) -> list:
+def natural_key(name: str,  # a file or folder name
+               ) -> list:   # text and number parts, numbers as ints
     "Sort key that orders `video_2` before `video_10`."
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
-def operation_of(name: str) -> str:
+def operation_of(name: str,  # a video folder name
+                ) -> str:    # its operation id
     "The operation id of a video folder name: `video_11_2` -> `11`, `video_03` -> `03`."
     m = _VIDEO_RE.match(name)
     return m.group(1) if m else name.removeprefix("video_")
@@ -59,7 +61,9 @@ class Video:
         "Where the extracted frames go: `<video folder>/rgb`."
         return self.path / "rgb"
 
-    def rgb_path(self, frame: int) -> Path:
+    def rgb_path(self,
+                 frame: int,  # frame number in the video
+                ) -> Path:    # `rgb_dir/{frame:09d}.png`
         "The extracted image of `frame`."
         return self.rgb_dir / f"{frame:09d}.png"
 
@@ -68,7 +72,7 @@ class Video:
 
 def load_video(path: str | Path,  # a video_* folder
                split: str = "",   # the split folder it was found in
-              ) -> Video:
+              ) -> Video:         # the video's description
     "Describe one video folder (no file is opened)."
     path = Path(path)
     seg = path / "segmentation"
@@ -105,7 +109,7 @@ def find_videos(root: str | Path,  # dataset root, split folder, or one video fo
 # %% ../nbs/01_data_extraction.ipynb #f113df48
 _VIDEO_ENTRIES = {VIDEO_FILE, "segmentation", "rgb", "action_discrete.txt", "action_continuous.txt"}
 
-def known_counts() -> dict:
+def known_counts() -> dict:  # video_dir -> counts
     """The released dataset's per-folder mask counts (shipped with surgseg): {video_dir: dict(split, n_masks,
     first_frame, last_frame)}."""
     text = resources.files("surgseg").joinpath("assets/sarrarp50_frame_counts.csv").read_text()
@@ -229,7 +233,7 @@ class VideoProbe:
 
 def probe_video(path: str | Path,    # video file
                 demux: bool = True,  # False: the header only (declared frame count, 0 if none; no timestamps)
-               ) -> VideoProbe:
+               ) -> VideoProbe:      # the video's metadata
     "The one reader of a video's metadata: demux `path` (no decoding): size, fps, frame count, timestamps, keyframes."
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: video file is missing")
@@ -421,7 +425,8 @@ def read_frames(path: str | Path,   # video file
     return FrameReader(path, frames, method, verify, probe)
 
 # %% ../nbs/01_data_extraction.ipynb #c4e1ba37
-def is_synthetic(v: Video) -> bool:
+def is_synthetic(v: Video,  # a video
+                ) -> bool:  # True if its dataset root is a synthetic stand-in
     "Whether `v` belongs to a synthetic stand-in (its dataset root holds `SYNTHETIC_MARKER`)."
     return any((p / SYNTHETIC_MARKER).is_file() for p in (v.path.parent, v.path.parent.parent))
 
@@ -526,7 +531,7 @@ def validate_dataset(root: str | Path,        # dataset root (or split folder, o
 # %% ../nbs/01_data_extraction.ipynb #cd10c60a
 def png_complete(path: str | Path,       # a PNG file
                  size: tuple | None = None, # expected (H, W), if known
-                ) -> bool:
+                ) -> bool:               # True if whole
     "True if `path` is a whole PNG (signature, IHDR of the expected size, IEND at the end); cheap, no decoding."
     try:
         with open(path, "rb") as f:
@@ -546,7 +551,7 @@ def _step(fps: int) -> int:
 def target_frames(video: Video,     # the video folder
                   n_frames: int,    # frames in its video
                   fps: int = 1,     # 1 = the annotated frames; 10 = every 6th frame as well
-                 ) -> list[int]:
+                 ) -> list[int]:    # sorted frame numbers
     "Frame numbers to extract: every (60/fps)-th frame of the video, and every frame that has a mask."
     return sorted(set(range(0, n_frames, _step(fps))) | set(video.frames))
 
@@ -592,7 +597,7 @@ def extract_video(v: Video,              # the video folder
                   method: str = "auto",  # "auto" (seek where proven exact), "seek" (fail if not exact) or "sequential"
                   verify: int = 2,       # targets checked against a sequential decode before seeking
                   writers: int = 1,      # PNG writer threads
-                 ) -> Extracted:
+                 ) -> Extracted:         # what was done
     "Extract one video's target frames to `v.rgb_dir`, skipping complete ones; one process at a time per video."
     if (e := already_extracted(v, fps)) is not None: return e
     pr = probe_video(v.video)
@@ -741,10 +746,11 @@ def crop_window(mask: np.ndarray,          # (H, W) class ids at working resolut
     return int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1)), -1
 
 def crop_pad(a: np.ndarray,   # (H, W) or (H, W, C) array
-             y0: int, x0: int, # top-left corner (may be negative: padding)
-             size: tuple,      # (h, w) of the crop
-             fill=0,           # value of the padding
-            ) -> np.ndarray:   # (h, w[, C]) crop
+             y0: int,         # top row of the window in `a` (negative: padded)
+             x0: int,         # top-left corner (may be negative: padding)
+             size: tuple,     # (h, w) of the crop
+             fill=0,          # value of the padding
+            ) -> np.ndarray:  # (h, w[, C]) crop
     "The window of `size` at (y0, x0) of `a`, padded with `fill` where it leaves `a`."
     h, w = size
     if 0 <= y0 and 0 <= x0 and y0 + h <= a.shape[0] and x0 + w <= a.shape[1]: return a[y0:y0 + h, x0:x0 + w]
@@ -792,7 +798,9 @@ class SegDataset:
 
     def __len__(self): return len(self.items)
 
-    def size_of(self, i: int) -> tuple:
+    def size_of(self,
+                i: int,     # item index
+               ) -> tuple:  # (H0, W0)
         "Full-resolution (H0, W0) of item i (from its mask's PNG header)."
         name = self.items[i][0]
         if name not in self._sizes: self._sizes[name] = _png_size(self.items[i][3])
@@ -803,16 +811,22 @@ class SegDataset:
         "Full-resolution (H0, W0) of the frames (of item 0; see `size_of` when videos differ)."
         return self.size_of(0)
 
-    def work_size(self, i: int) -> tuple:
+    def work_size(self,
+                  i: int,     # item index
+                 ) -> tuple:  # (H, W)
         "Working (H, W) of item i: round(full size * scale)."
         h, w = self.size_of(i)
         return max(1, round(h * self.scale)), max(1, round(w * self.scale))
 
-    def out_size(self, i: int) -> tuple:
+    def out_size(self,
+                 i: int,     # item index
+                ) -> tuple:  # (H, W)
         "(H, W) of item i as served: the crop size when cropping, else the working size."
         return self.crop or self.work_size(i)
 
-    def full_mask(self, i: int) -> np.ndarray:
+    def full_mask(self,
+                  i: int,          # item index
+                 ) -> np.ndarray:  # (H0, W0) uint8 class ids
         "The original full-resolution mask of item i, for scoring."
         return read_mask(self.items[i][3], self.size_of(i))
 

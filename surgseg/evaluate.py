@@ -94,7 +94,11 @@ def score_pair(pair: tuple,           # (video, gt_path, pred_path or None)
 # %% ../nbs/07a_evaluate.ipynb #7d715171
 class PredictionFolderError(SurgsegError):
     "A prediction folder that fails the toolkit's checks; `.problems` lists every violation."
-    def __init__(self, pred, problems: list[str], shown: int = 5):
+    def __init__(self,
+                 pred,                 # the prediction folder
+                 problems: list[str],  # every violation, one line each
+                 shown: int = 5,       # how many the message lists
+                ):
         self.problems = list(problems)
         more = f"; ... and {len(problems) - shown} more" if len(problems) > shown else ""
         super().__init__(f"{pred}: {len(problems)} problem(s): " + "; ".join(self.problems[:shown]) + more)
@@ -138,7 +142,8 @@ def evaluate(ref: str | Path,             # reference root (video_*/segmentation
     return results
 
 # %% ../nbs/07a_evaluate.ipynb #c1e0ef18
-def result_tables(results: dict) -> dict[str, pd.DataFrame]:
+def result_tables(results: dict,                # an `evaluate` result
+                 ) -> dict[str, pd.DataFrame]:  # file name -> table
     "The CSV tables of a result: file name -> DataFrame (toolkit column names where the toolkit has the file)."
     pv = results["per_video"]
     per_video = pd.DataFrame({"video_id": [v.split("_", 1)[1] for v in pv.index], "seg_mIoU": pv.miou.values,
@@ -174,7 +179,8 @@ def write_results(results: dict,     # from `evaluate` or `ScoreAccumulator.comp
     return [out / name for name in texts]
 
 # %% ../nbs/07a_evaluate.ipynb #a328bba5
-def summary(results: dict) -> str:
+def summary(results: dict,  # an `evaluate` result
+           ) -> str:        # a few lines of text
     "A short text summary: per-class table, where each class loses its score, and the official numbers."
     pc = results["per_class"].rename(columns={"iou": "IoU", "nsd": "NSD", "pooled_iou": "pooled IoU*"})
     lines = [pc.to_string(float_format=lambda x: f"{x:.4f}"), ""]

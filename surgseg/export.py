@@ -125,7 +125,9 @@ class OnnxSegmenter(nn.Module):
 
     def __repr__(self): return f"OnnxSegmenter({self.path}, threads={self.threads})"
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                images: torch.Tensor,  # (B, 3, H, W) float32 in [0, 1]
+               ) -> torch.Tensor:      # (B, 10, H, W) logits
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise SurgsegError(f"{self.path}: expected float images (B, 3, H, W) in [0, 1], got {tuple(images.shape)} "
                                f"{images.dtype}")
@@ -262,7 +264,8 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
     return manifest
 
 # %% ../nbs/08b_export.ipynb #b9f15d4a
-def export_summary(manifest: dict) -> str:
+def export_summary(manifest: dict,  # an export's manifest (`export_onnx`)
+                  ) -> str:         # one line
     "One line describing an export and its parity, for the command line."
     p = manifest["parity"]
     return (f"{manifest['file']}: {manifest['model']} opset {manifest['opset']} ({manifest['exporter']}), "

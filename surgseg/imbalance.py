@@ -31,12 +31,14 @@ def mask_pixel_counts(path: str | Path,  # a mask PNG (8-bit, values 0..9)
 # %% ../nbs/02_imbalance_study.ipynb #f23f7ffa
 CACHE_FILE = Path(".surgseg") / "frame_table.csv"  # the cache, relative to the dataset root
 
-def dataset_root(video) -> Path:
+def dataset_root(video,     # a `Video`
+                ) -> Path:  # its dataset root
     "The dataset root a video belongs to: the parent of its split folder (train/, test/, ...), else its own parent."
     p = Path(video.path)
     return p.parent.parent if video.split and p.parent.name == video.split else p.parent
 
-def video_fingerprint(video) -> str:
+def video_fingerprint(video,    # a `Video`
+                     ) -> str:  # hex digest
     "A hash of a video's mask file names, sizes and modification times: it changes whenever a mask does."
     h = hashlib.sha1()
     for p in video.mask_paths:

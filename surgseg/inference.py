@@ -55,8 +55,10 @@ class Predictor:
         self._resizers = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | list,  # run folder (best/, else last/) or checkpoint; list: ensemble
-                        **kwargs) -> "Predictor":
+    def from_checkpoint(cls,
+                        path: str | Path | list,  # run folder (best/, else last/) or checkpoint; list: ensemble
+                        **kwargs,
+                       ) -> "Predictor":          # the predictor
         "Load a run's model and config (several: an ensemble, `load_ensemble`); keyword arguments as for `Predictor`."
         model, cfg, ckpt = load_ensemble(path) if isinstance(path, (list, tuple)) else load_checkpoint(path)
         return cls(model, cfg, checkpoint=ckpt, **kwargs)
@@ -76,7 +78,10 @@ class Predictor:
         "Whether the post-processing wants the second most likely class."
         return bool(getattr(self.postprocess, "needs_second", False))
 
-    def working_size(self, h: int, w: int) -> tuple[int, int]:
+    def working_size(self,
+                     h: int,               # full-resolution height
+                     w: int,               # full-resolution width
+                    ) -> tuple[int, int]:  # (h, w) at working resolution
         "The (h, w) at which the model sees a frame of full size (h, w)."
         return max(1, round(h * self.scale)), max(1, round(w * self.scale))
 
@@ -247,7 +252,7 @@ class ProbSmoother:
             self.next -= 1
         return out
 
-    def flush(self) -> list[tuple]:
+    def flush(self) -> list[tuple]:  # (key, log-probabilities) pairs, in order
         "The frames still waiting for later frames (the end of a video), then start afresh."
         out = [self._centred(i) for i in range(self.next, len(self.buf))] if self.centred else []
         self.reset()
@@ -344,11 +349,14 @@ def stream_top2(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (ke
             bar.update(1)
 
 @patch
-def predict_stream(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
-                    total: int | None = None, desc: str = "predict", progress: bool = True,
-                    smooth: float | None = None,  # temporal smoothing for this stream; None = the predictor's `smooth`
-                    evidence: list | None = None, # a list: gets each frame's `presence_evidence` (see `stream_top2`)
-                   ) -> Iterator[tuple]:  # (key, image, mask), in input order
+def predict_stream(self: Predictor,
+                   items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
+                   total: int | None = None,                 # frames, for the progress bar (None: unknown)
+                   desc: str = "predict",                    # the progress bar's label
+                   progress: bool = True,                    # show a progress bar
+                   smooth: float | None = None,              # this stream's temporal smoothing; None = the predictor's
+                   evidence: list | None = None,             # a list: gets each frame's `presence_evidence`
+                  ) -> Iterator[tuple]:                      # (key, image, mask), in input order
     "Post-processed masks of a stream of (key, frame) pairs, through the pipeline (post-processing in its own thread)."
     maps = self.stream_top2(items, self.needs_second, total, desc, progress, smooth, evidence)
     if self.postprocess is None:
@@ -358,9 +366,12 @@ def predict_stream(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # 
     yield from _prefetch(((k, im, self.finish(a, b)) for k, im, a, b in maps), 2 * self.batch_size)
 
 @patch
-def stream_logits(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
-                  total: int | None = None, desc: str = "logits", progress: bool = True,
-                 ) -> Iterator[tuple]:  # (key, image, (C, h, w) logits at the working resolution), in input order
+def stream_logits(self: Predictor,
+                  items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
+                  total: int | None = None,                 # frames, for the progress bar (None: unknown)
+                  desc: str = "logits",                     # the progress bar's label
+                  progress: bool = True,                    # show a progress bar
+                 ) -> Iterator[tuple]:                      # (key, image, (C, h, w) working-resolution logits)
     """The model's raw logits of a stream of frames (decoding and the model as a pipeline, batched as `stream_top2`
     batches)."""
     frames = _prefetch(items, 2 * self.batch_size)
@@ -371,7 +382,8 @@ def stream_logits(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (
                 bar.update(1)
 
 # %% ../nbs/08_inference.ipynb #001752e8
-def check_output_dir(out: str | Path):
+def check_output_dir(out: str | Path,  # the output folder asked for
+                    ):
     "Refuse an output folder that is a file or already holds files."
     out = Path(out)
     if out.exists() and not out.is_dir(): raise SurgsegError(f"{out}: exists and is not a folder")
@@ -454,7 +466,9 @@ class VideoWriter:
                                                 options={"preset": self.preset} if codec == "libx264" else {})
         self.stream.width, self.stream.height, self.stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
 
-    def write(self, rgb: np.ndarray):
+    def write(self,
+              rgb: np.ndarray,  # (H, W, 3) uint8 RGB frame of the writer's size
+             ):
         "Append one frame."
         import av
         h, w = rgb.shape[:2]

@@ -85,17 +85,26 @@ class SegLoss(nn.Module):
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
         return self.loss(logits.float(), target.long())
 
-    def loss(self, logits, target): raise NotImplementedError
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
+        raise NotImplementedError
 
 # %% ../nbs/04_losses.ipynb #e5a8d6e8
 class CELoss(SegLoss):
     "Cross-entropy averaged over valid pixels, optionally class-weighted (weighted mean, as torch)."
-    def __init__(self, weight: torch.Tensor | None = None,  # (C,) class weights, None = equal
-                 ignore_index: int = 255):
+    def __init__(self,
+                 weight: torch.Tensor | None = None,  # (C,) class weights, None = equal
+                 ignore_index: int = 255,             # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         per_px = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
         denom = valid.sum() if self.weight is None else (self.weight[target.masked_fill(~valid, 0)] * valid).sum()
@@ -104,15 +113,20 @@ class CELoss(SegLoss):
 # %% ../nbs/04_losses.ipynb #de37ea26
 class DiceLoss(SegLoss):
     "1 - soft Dice per image and class, averaged over the classes present in each image (`absent`: over all classes)."
-    def __init__(self, smooth: float = 1.0,         # s, in pixels, added to numerator and denominator
+    def __init__(self,
+                 smooth: float = 1.0,               # s, in pixels, added to numerator and denominator
                  squared: bool = True,              # V-Net denominator sum p^2 (False: sum p, as smp)
                  include_background: bool = False,  # also average class 0 (the official score does not)
                  absent: bool = False,              # also average absent classes (1 - s/(sum p^2 + s)): alarms count
-                 ignore_index: int = 255):
+                 ignore_index: int = 255,           # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.smooth, self.squared, self.include_background, self.absent = smooth, squared, include_background, absent
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         valid = (target != self.ignore_index).unsqueeze(1)
         p = logits.softmax(1) * valid
         g = F.one_hot(target.masked_fill(~valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
@@ -127,13 +141,18 @@ class DiceLoss(SegLoss):
 # %% ../nbs/04_losses.ipynb #d5ab135d
 class FocalLoss(SegLoss):
     "Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t, averaged over valid pixels."
-    def __init__(self, gamma: float = 2.0,   # focusing parameter; 0 = cross-entropy
-                 alpha: float = -1.0,        # weight of foreground pixels (background: 1 - alpha); < 0 = off
-                 ignore_index: int = 255):
+    def __init__(self,
+                 gamma: float = 2.0,       # focusing parameter; 0 = cross-entropy
+                 alpha: float = -1.0,      # weight of foreground pixels (background: 1 - alpha); < 0 = off
+                 ignore_index: int = 255,  # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.gamma, self.alpha = gamma, alpha
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         valid = target != self.ignore_index
         t = target.masked_fill(~valid, 0).unsqueeze(1)
         logp_t = logits.log_softmax(1).gather(1, t).squeeze(1)
@@ -144,14 +163,19 @@ class FocalLoss(SegLoss):
 # %% ../nbs/04_losses.ipynb #1b31d470
 class CompoundLoss(SegLoss):
     "Weighted sum of named loss terms; `.last` holds each term's latest value."
-    def __init__(self, terms: dict,          # name: (weight, SegLoss)
-                 ignore_index: int = 255):
+    def __init__(self,
+                 terms: dict,              # name: (weight, SegLoss)
+                 ignore_index: int = 255,  # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.weights = {k: float(w) for k, (w, _) in terms.items()}
         self.terms = nn.ModuleDict({k: m for k, (_, m) in terms.items()})
         self.last = {}
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         parts = {k: m(logits, target) for k, m in self.terms.items() if self.weights[k] != 0}
         self.last = {k: v.detach() for k, v in parts.items()}
         return sum((self.weights[k] * v for k, v in parts.items()), logits.new_zeros(()))

