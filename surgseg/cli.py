@@ -26,7 +26,14 @@ def flag_names(name: str,  # a keyword, e.g. "data_dir"
 # %% ../nbs/10_cli.ipynb #429e181f
 class BoolFlag(argparse.Action):
     "`--x` sets True and `--no-x` False; with `value=True`, `--x VALUE` too (true/false, yes/no, on/off, 1/0)."
-    def __init__(self, option_strings, dest, default=None, help=None, value=False, **kwargs):
+    def __init__(self,
+                 option_strings,  # the flag's spellings (argparse)
+                 dest,            # the attribute it sets (argparse)
+                 default=None,    # the value when the flag is not given
+                 help=None,       # one line for --help
+                 value=False,     # also accept `--x VALUE` (true/false, yes/no, on/off, 1/0)
+                 **kwargs,
+                ):
         bodies = [o[2:] for o in option_strings]
         self.negatives = list(dict.fromkeys([f"--no-{b}" for b in bodies] + [f"--no_{b}" for b in bodies]))
         super().__init__(list(option_strings) + self.negatives, dest, nargs="?" if value else 0, default=default,
@@ -41,12 +48,16 @@ class BoolFlag(argparse.Action):
             if given: parser.error(f"argument {option_string}: takes no value")
             return setattr(namespace, self.dest, False)
         try: setattr(namespace, self.dest, parse_bool(values) if given else True)
-        except (SurgsegError, ValueError): parser.error(f"argument {option_string}: {values!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+        except (SurgsegError, ValueError):
+            parser.error(f"argument {option_string}: {values!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
 
 # %% ../nbs/10_cli.ipynb #0f547937
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "argparse's help with only the shown spelling of each flag (`action.shown`) and its value named once."
-    def __init__(self, prog): super().__init__(prog, max_help_position=34, width=100)
+    def __init__(self,
+                 prog,  # the program name argparse shows in the usage line
+                ):
+        super().__init__(prog, max_help_position=34, width=100)
 
     def _format_action_invocation(self, action):
         if not action.option_strings: return super()._format_action_invocation(action)
@@ -56,9 +67,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line on stderr (`surgseg CMD: error: ...`) and exit code 2."
-    def __init__(self, *args, **kwargs): super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
-    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    def error(self,
+              message,  # what is wrong with the command line
+             ):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 # %% ../nbs/10_cli.ipynb #c76a15d1
 _UNSET = object()
@@ -75,7 +90,8 @@ def add(p,                  # a parser or an argument group
         **kwargs):          # more of add_argument: type, choices, required, nargs, action, ...
     "Add the option `--name` (and its dashed twin) to `p`, its default written into the help; returns the action."
     shown = default if shown is _UNSET else shown
-    h = help.replace("%", "%%") + ("" if shown is None or kwargs.get("required") else f" [default: {_shown_value(shown)}]")
+    suffix = "" if shown is None or kwargs.get("required") else f" [default: {_shown_value(shown)}]"
+    h = help.replace("%", "%%") + suffix
     a = p.add_argument(*flag_names(name), dest=name, default=default, help=h, **kwargs)
     if not hasattr(a, "shown"): a.shown = flag_names(name)[:1]
     return a
@@ -103,29 +119,34 @@ COMMANDS: dict[str, Command] = {}
 class UsageError(SurgsegError):
     "A wrong value on the command line (or in its --config file), found after parsing: exit code 2, like argparse's."
 
-def parser(cmd: str) -> Parser:
+def parser(cmd: str,    # a subcommand name, a key of `COMMANDS`
+          ) -> Parser:  # its parser, options added
     "The argument parser of subcommand `cmd`."
     p = Parser(prog=f"surgseg {cmd}", description=COMMANDS[cmd].help)
     COMMANDS[cmd].args(p)
     return p
 
 # %% ../nbs/10_cli.ipynb #35b8838f
-def synth_args(p):
+def synth_args(p,  # the subcommand's parser: its options are added here
+              ):
     "Options of `synthetic.generate`; the defaults are the synthetic default dataset's (`synthetic.SYNTHETIC_DEFAULT`)."
     from surgseg.synthetic import SYNTHETIC_DEFAULT as D
     p.add_argument("root", help="dataset root to create (must not exist or be empty)")
     add(p, "n_train", "training operations", D["n_train"], type=int)
     add(p, "n_test", "test videos", D["n_test"], type=int)
-    add(p, "seconds", "seconds per video (60 fps; each part of a split operation gets half)", float(D["seconds"]), type=float)
+    add(p, "seconds", "seconds per video (60 fps; each part of a split operation gets half)", float(D["seconds"]),
+        type=float)
     add(p, "width", "frame width (even, up to 1920)", D["size"][1], type=int)
     add(p, "height", "frame height (even, up to 1080)", D["size"][0], type=int)
     add(p, "codec", "video codec: MJPG or MP4V (MPEG-4)", "MJPG")
     add(p, "seed", "random seed (same seed, same dataset)", 0, type=int)
     add(p, "split_ops", "training operations split into video_XX_1 and video_XX_2", D["split_ops"], type=int)
-    add(p, "first_test", "number of the first test video (41 as released; 0 = right after the training ones)", D["first_test"], type=int)
+    add(p, "first_test", "number of the first test video (41 as released; 0 = right after the training ones)",
+        D["first_test"], type=int)
     add(p, "workers", "parallel processes (default: one per core)", type=int)
 
-def run_synth(a):
+def run_synth(a,  # the parsed options of the subcommand
+             ):
     "Generate the synthetic SAR-RARP50 stand-in; say how many videos and masks were written."
     import time
     from surgseg.synthetic import generate
@@ -135,35 +156,43 @@ def run_synth(a):
                  first_test=a.first_test)
     vids = sorted(r.glob("*/video_*/video_left.avi"))
     masks = sum(len(list((v.parent / "segmentation").glob("*.png"))) for v in vids)
-    print(f"wrote {len(vids)} videos, {masks} masks ({a.width}x{a.height}, {a.codec}) to {r} in {time.time() - t:.1f} s")
+    print(f"wrote {len(vids)} videos, {masks} masks ({a.width}x{a.height}, {a.codec}) to {r} in {time.time() - t:.1f} "
+          "s")
 
 COMMANDS["synth"] = Command("generate the synthetic SAR-RARP50 stand-in in the official layout", synth_args, run_synth)
 
 # %% ../nbs/10_cli.ipynb #7ff850cb
-def unpack_args(p):
+def unpack_args(p,  # the subcommand's parser: its options are added here
+               ):
     "Options of `data.unpack`."
     from surgseg.data import SPLITS
     p.add_argument("zips", nargs="+", help="zip archives of SAR-RARP50")
     add(p, "to", "dataset root to unpack into", required=True)
-    add(p, "split", "put every video in this split folder (default: from the archive or the released table)", choices=SPLITS)
+    add(p, "split", "put every video in this split folder (default: from the archive or the released table)",
+        choices=SPLITS)
 
-def run_unpack(a):
+def run_unpack(a,  # the parsed options of the subcommand
+              ):
     "Unpack the archives (nothing escapes the root, nothing is overwritten, resumable); say what was written."
     from surgseg.data import unpack
     r = unpack(a.zips, a.to, a.split)
-    print(f"{a.to}: unpacked {r['written']} files ({r['identical']} already there, {r['ignored']} outside video folders ignored)")
+    print(f"{a.to}: unpacked {r['written']} files ({r['identical']} already there, {r['ignored']} outside video "
+          "folders ignored)")
 
-COMMANDS["unpack"] = Command("unpack the dataset's zip archives into the official layout, safely", unpack_args, run_unpack)
+COMMANDS["unpack"] = Command("unpack the dataset's zip archives into the official layout, safely", unpack_args,
+                             run_unpack)
 
 # %% ../nbs/10_cli.ipynb #63999099
-def validate_args(p):
+def validate_args(p,  # the subcommand's parser: its options are added here
+                 ):
     "Options of `data.validate_dataset`."
     p.add_argument("root", help="dataset root (train/, test/, ... or video_* folders)")
     add(p, "known", "compare mask counts with the released dataset's (default: when it looks like the released data)",
         action=BoolFlag)
     add(p, "workers", "processes (default: one per core)", type=int)
 
-def run_validate(a):
+def run_validate(a,  # the parsed options of the subcommand
+                ):
     "Print every problem of the dataset root and exit 1 if there is any; else one line of what is there."
     from surgseg.data import find_videos, validate_dataset
     problems = validate_dataset(a.root, known=a.known, workers=a.workers)
@@ -179,14 +208,16 @@ def run_validate(a):
 COMMANDS["validate"] = Command("check a dataset root: layout, videos, masks, frame counts", validate_args, run_validate)
 
 # %% ../nbs/10_cli.ipynb #930edd38
-def extract_args(p):
+def extract_args(p,  # the subcommand's parser: its options are added here
+                ):
     "Options of `data.extract_frames`."
     p.add_argument("root", help="dataset root (train/, test/, ... or video_* folders)")
     add(p, "fps", "1 = the annotated frames; 10 = every 6th frame as well (must divide 60)", 1, type=int)
     add(p, "workers", "processes (default: one per core)", type=int)
     add(p, "sequential", "decode every frame instead of seeking (the reference method)", False, action=BoolFlag)
 
-def run_extract(a):
+def run_extract(a,  # the parsed options of the subcommand
+               ):
     "Extract the frames (resumable); say how many were written and how each video was decoded."
     from surgseg.data import extract_frames
     res = extract_frames(a.root, fps=a.fps, workers=a.workers, method="sequential" if a.sequential else "auto")
@@ -199,14 +230,16 @@ def run_extract(a):
 COMMANDS["extract"] = Command("extract the annotated frames of every video to video_*/rgb/", extract_args, run_extract)
 
 # %% ../nbs/10_cli.ipynb #799dc5a0
-def stats_args(p):
+def stats_args(p,  # the subcommand's parser: its options are added here
+              ):
     "Options of `imbalance.write_stats`."
     p.add_argument("root", help="dataset root in the official layout")
     add(p, "out", "folder for the CSV files (default: ROOT/.surgseg/stats)")
     add(p, "min_pixels", "a frame contains a class only with at least this many pixels of it", 16, type=int)
     add(p, "workers", "counting processes (default: automatic)", type=int)
 
-def run_stats(a):
+def run_stats(a,  # the parsed options of the subcommand
+             ):
     "Write the class statistics as CSV files (all four or none) and print the class summary."
     from surgseg.imbalance import format_summary, write_stats
     table, summary, out = write_stats(a.root, a.out, a.min_pixels, a.workers)
@@ -225,11 +258,14 @@ def _config_flag(g,         # argument group
     "Add the flag of one Config field: a BoolFlag, a list, or a value with the registered names as choices."
     from surgseg.core import choices
     if isinstance(default, bool): return add(g, f.name, doc, None, shown=default, action=BoolFlag, value=True)
-    if "list" in str(f.type): return add(g, f.name, doc, None, shown=default, nargs="+", metavar="INT" if "int" in str(f.type) else "NAME")
+    if "list" in str(f.type):
+        return add(g, f.name, doc, None, shown=default, nargs="+", metavar="INT" if "int" in str(f.type) else "NAME")
     names = choices(f.name)
-    return add(g, f.name, doc, None, shown=default, choices=names, metavar=None if names else type(default).__name__.upper())
+    return add(g, f.name, doc, None, shown=default, choices=names,
+               metavar=None if names else type(default).__name__.upper())
 
-def train_args(p):
+def train_args(p,  # the subcommand's parser: its options are added here
+              ):
     "`--config`, then one flag per Config field in a group per Config section, the field's comment as help."
     from fastcore.docments import docments
     from surgseg.core import CONFIG_SECTIONS, Config
@@ -256,8 +292,10 @@ def train_config(a: argparse.Namespace,  # parsed `surgseg train` arguments
     except UsageError: raise
     except SurgsegError as e: raise UsageError(str(e)) from None
 
-def run_train(a):
-    "Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best validation score."
+def run_train(a,  # the parsed options of the subcommand
+             ):
+    """Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best
+    validation score."""
     cfg = train_config(a)
     import pandas as pd
     from accelerate import PartialState
@@ -265,8 +303,10 @@ def run_train(a):
     run = fit(cfg)
     if PartialState().is_main_process:
         m = pd.read_csv(run / "metrics.csv")
-        best = f"; best validation score {m['val_score'].max():.4f} (epoch {int(m.loc[m['val_score'].idxmax(), 'epoch'])})" \
-               if "val_score" in m else ""
+        best = ""
+        if "val_score" in m:
+            best_epoch = int(m.loc[m["val_score"].idxmax(), "epoch"])
+            best = f"; best validation score {m['val_score'].max():.4f} (epoch {best_epoch})"
         print(f"run folder: {run}{best}")
         if cfg.decisions:
             from surgseg.postprocess import tune_run_decisions
@@ -275,7 +315,8 @@ def run_train(a):
 COMMANDS["train"] = Command("train a model (Config fields as flags, --config YAML)", train_args, run_train)
 
 # %% ../nbs/10_cli.ipynb #bda6b10a
-def evaluate_args(p):
+def evaluate_args(p,  # the subcommand's parser: its options are added here
+                 ):
     "Options of `evaluate.evaluate`; with --checkpoint, those of the `Predictor` that first predicts REF's videos."
     p.add_argument("ref", help="reference root: video_*/segmentation/*.png (or a root holding test/)")
     p.add_argument("pred", help="prediction root in the same layout; with --checkpoint: the folder to predict into "
@@ -286,7 +327,8 @@ def evaluate_args(p):
     add(p, "allow_missing", "score missing predictions 0 instead of refusing the folder", False, action=BoolFlag)
     predictor_args(p.add_argument_group("predicting first (with --checkpoint)"), required=False)
 
-def run_evaluate(a):
+def run_evaluate(a,  # the parsed options of the subcommand
+                ):
     "Score the folder, print the summary and write the CSV files; exit 1 listing every problem of the folder."
     from pathlib import Path
     from surgseg.evaluate import PredictionFolderError, evaluate, layout_root, summary
@@ -299,7 +341,8 @@ def run_evaluate(a):
         print(f"predicted {a.pred} with {p}")
     try: res = evaluate(a.ref, a.pred, out=a.out or a.pred, workers=a.workers, tau=a.tau, allow_missing=a.allow_missing)
     except PredictionFolderError as e:
-        print(f"surgseg evaluate: {len(e.problems)} problem(s) in {a.pred}; nothing was scored or written:", file=sys.stderr)
+        print(f"surgseg evaluate: {len(e.problems)} problem(s) in {a.pred}; nothing was scored or written:",
+              file=sys.stderr)
         for p in e.problems: print(f"  {p}", file=sys.stderr)
         return 1
     print(summary(res))
@@ -308,13 +351,17 @@ def run_evaluate(a):
 COMMANDS["evaluate"] = Command("official SAR-RARP50 score of a prediction folder", evaluate_args, run_evaluate)
 
 # %% ../nbs/10_cli.ipynb #aa1f3ef5
-def predictor_args(p, tune: bool = False, required: bool = True):
+def predictor_args(p,                      # a predict subcommand's parser
+                   tune: bool = False,     # offer `--min_area tune`
+                   required: bool = True,  # --checkpoint must be given
+                  ):
     "The options of a `Predictor`, shared by the predict commands (`tune`: `--min_area tune` is offered)."
     add(p, "checkpoint", "run folder (uses best/, else last/) or checkpoint folder; several: an ensemble, their "
         "softmax probabilities averaged; with --backend onnxruntime also an .onnx file (a run folder uses "
         "RUN/export/model.onnx)",
         required=required, nargs="+", metavar="RUN")
-    add(p, "backend", "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
+    add(p, "backend",
+        "torch: the checkpoint's PyTorch model; onnxruntime: its ONNX export (`surgseg export`), on the CPU",
         "torch", choices=["torch", "onnxruntime"])
     add(p, "threads", "onnxruntime intra-op threads (default: torch's thread count)", type=checked("threads"))
     add(p, "tta", "horizontal-flip test-time augmentation (default: as the run's config says)", action=BoolFlag)
@@ -338,7 +385,8 @@ def predictor(a,          # parsed options of `predictor_args`
         raise SurgsegError(f"--device {a.device}: no CUDA device is available here")
     if a.backend == "onnxruntime" and a.device not in (None, "cpu"):
         raise UsageError(f"--device {a.device}: --backend onnxruntime runs on the CPU")
-    if a.threads is not None and a.backend != "onnxruntime": raise UsageError("--threads: only with --backend onnxruntime")
+    if a.threads is not None and a.backend != "onnxruntime":
+        raise UsageError("--threads: only with --backend onnxruntime")
     ckpts = a.checkpoint if isinstance(a.checkpoint, list) else [a.checkpoint]
     if len(ckpts) > 1 and a.backend == "onnxruntime":
         raise UsageError("--checkpoint: an ensemble (several) needs --backend torch")
@@ -362,13 +410,15 @@ def predictor(a,          # parsed options of `predictor_args`
     return p
 
 # %% ../nbs/10_cli.ipynb #8b679026
-def predict_args(p):
+def predict_args(p,  # the subcommand's parser: its options are added here
+                ):
     "Options of `inference.predict_split`."
     add(p, "data", "split folder holding video_* folders (e.g. ROOT/test)", required=True)
     add(p, "out", "prediction folder to create (must not exist or be empty)", required=True)
     predictor_args(p, tune=True)
 
-def run_predict(a):
+def run_predict(a,  # the parsed options of the subcommand
+               ):
     "Predict every annotated frame of a split in the official layout: OUT/video_XX/segmentation/{frame:09d}.png."
     from pathlib import Path
     from surgseg.data import find_videos
@@ -383,24 +433,28 @@ def run_predict(a):
 COMMANDS["predict"] = Command("predict a dataset split in the official layout", predict_args, run_predict)
 
 # %% ../nbs/10_cli.ipynb #217626fb
-def predict_image_args(p):
+def predict_image_args(p,  # the subcommand's parser: its options are added here
+                      ):
     "Options of `inference.predict_images`."
     p.add_argument("input", help="an image file or a folder of images")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
     add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
     predictor_args(p)
 
-def run_predict_image(a):
+def run_predict_image(a,  # the parsed options of the subcommand
+                     ):
     "Segment one image or a folder of images: OUT/masks/NAME.png and OUT/overlays/NAME.png."
     from surgseg.inference import check_output_dir, list_images, predict_images
-    files = list_images(a.input); check_output_dir(a.out)
+    files = list_images(a.input)
+    check_output_dir(a.out)
     predict_images(predictor(a), a.input, a.out, alpha=a.alpha)
     print(f"wrote {len(files)} masks and overlays to {a.out}")
 
 COMMANDS["predict-image"] = Command("segment one image or a folder of images", predict_image_args, run_predict_image)
 
 # %% ../nbs/10_cli.ipynb #6360aae4
-def predict_video_args(p):
+def predict_video_args(p,  # the subcommand's parser: its options are added here
+                      ):
     "Options of `inference.predict_video`."
     p.add_argument("video", help="a video file (.avi, .mp4)")
     add(p, "out", "output folder to create (must not exist or be empty)", required=True)
@@ -408,9 +462,11 @@ def predict_video_args(p):
     add(p, "start", "first second of the video to segment", 0.0, type=checked("start"))
     add(p, "end", "second at which to stop (exclusive) (default: the end of the video)", type=checked("end"))
     add(p, "masks", "write OUT/masks/{frame:09d}.png", True, action=BoolFlag)
-    add(p, "overlays", "also write one overlay PNG per segmented frame (the overlay video shows the same)", False, action=BoolFlag)
+    add(p, "overlays", "also write one overlay PNG per segmented frame (the overlay video shows the same)", False,
+        action=BoolFlag)
     add(p, "overlay_video", "write OUT/NAME_overlay.mp4", True, action=BoolFlag)
-    add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True, action=BoolFlag)
+    add(p, "legend", "draw the class legend into the overlay video (where the frame is large enough)", True,
+        action=BoolFlag)
     add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
     add(p, "smooth", "temporal smoothing of the class probabilities: weight of the past in [0, 1); 0 = off", 0.0,
         type=checked("smooth"))
@@ -418,7 +474,8 @@ def predict_video_args(p):
         action=BoolFlag)
     predictor_args(p)
 
-def run_predict_video(a):
+def run_predict_video(a,  # the parsed options of the subcommand
+                     ):
     "Segment a video: OUT/masks/{frame:09d}.png, OUT/overlays/{frame:09d}.png and OUT/NAME_overlay.mp4 (each optional)."
     from pathlib import Path
     from surgseg.data import probe_video
@@ -431,10 +488,12 @@ def run_predict_video(a):
     n = sum(1 for _ in (Path(a.out) / "masks").glob("*.png"))
     print(f"wrote {n} masks and {path}" if a.masks else f"wrote {path}")
 
-COMMANDS["predict-video"] = Command("segment a video, write masks and an overlay video", predict_video_args, run_predict_video)
+COMMANDS["predict-video"] = Command("segment a video, write masks and an overlay video", predict_video_args,
+                                    run_predict_video)
 
 # %% ../nbs/10_cli.ipynb #3f5b9d21
-def export_args(p):
+def export_args(p,  # the subcommand's parser: its options are added here
+               ):
     "Options of `export.export_onnx`."
     p.add_argument("run", help="run folder (uses best/, else last/) or checkpoint folder")
     add(p, "format", "export format", "onnx", choices=["onnx"])
@@ -446,7 +505,8 @@ def export_args(p):
     add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)",
         type=checked("threads"))
 
-def run_export(a):
+def run_export(a,  # the parsed options of the subcommand
+              ):
     "Export the run's model, check parity with PyTorch, print one line describing the export."
     from surgseg.export import export_onnx, export_summary
     m = export_onnx(a.run, out=a.out, opset=a.opset, dynamo=a.dynamo, merge_lora=a.merge_lora, overwrite=a.overwrite,
@@ -456,11 +516,12 @@ def run_export(a):
 COMMANDS["export"] = Command("export a run's model to ONNX (checked against PyTorch)", export_args, run_export)
 
 # %% ../nbs/10_cli.ipynb #ce69388a
-def top_parser() -> Parser:
+def top_parser() -> Parser:  # `surgseg`'s parser
     "The parser of `surgseg` itself: --help listing the subcommands, --version."
     from surgseg import __version__
     w = max(map(len, COMMANDS))
-    p = Parser(prog="surgseg", usage="surgseg [-h] [-V] <command> [options]   (surgseg <command> --help for its options)",
+    p = Parser(prog="surgseg",
+               usage="surgseg [-h] [-V] <command> [options]   (surgseg <command> --help for its options)",
                description="Surgical instrument segmentation on SAR-RARP50.",
                epilog="\n".join(["commands:"] + [f"  {k:<{w}}  {c.help}" for k, c in COMMANDS.items()]))
     p.add_argument("-V", "--version", action="version", version=__version__)
@@ -472,10 +533,14 @@ def log_to_stderr():
     lg, h = logging.getLogger("surgseg"), logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(message)s"))
     level, quiet = lg.level, bool(lg.handlers)   # a program that set up its own handlers keeps them alone
-    if not quiet: lg.addHandler(h); lg.setLevel(logging.INFO)
+    if not quiet:
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
     try: yield
     finally:
-        if not quiet: lg.removeHandler(h); lg.setLevel(level)
+        if not quiet:
+            lg.removeHandler(h)
+            lg.setLevel(level)
 
 def _exhaustion_line(cmd: str, e: BaseException) -> str | None:
     "The one line of a full disk that no writer named (None for other errors); memory running out is named where it is."

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #f51a55c7
 from __future__ import annotations
-import contextlib, dataclasses, errno, fnmatch, functools, importlib, json, logging, math, multiprocessing, os, pickle, re, secrets, shutil, socket, tempfile, time, warnings, zlib
+import contextlib, dataclasses, errno, fnmatch, functools, importlib, json, logging, math, multiprocessing, os, pickle
+import re, secrets, shutil, socket, tempfile, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, asdict
 from datetime import datetime
@@ -79,7 +80,8 @@ def _overlay_np(image, mask, alpha):
     out[fg] = (1 - alpha) * out[fg] + alpha * colorize(mask)[fg]
     return out.round().astype(np.uint8)
 
-_PALETTE_LUT = np.zeros((256, 1, 3), np.uint8); _PALETTE_LUT[:NUM_CLASSES, 0] = PALETTE  # class id -> RGB, as cv2.LUT wants it
+_PALETTE_LUT = np.zeros((256, 1, 3), np.uint8)
+_PALETTE_LUT[:NUM_CLASSES, 0] = PALETTE  # class id -> RGB, as cv2.LUT wants it
 
 def _overlay_cv(image, mask, alpha):
     "The same blend by OpenCV: palette look-up, weighted sum, background copied back (10x faster at 1080p)."
@@ -106,7 +108,9 @@ def overlay(image: np.ndarray,  # (H, W, 3) uint8 RGB frame
     return _overlay_np(image, mask, alpha)
 
 # %% ../nbs/00_core.ipynb #ced12865
-def plot_legend(ax=None, classes=CLASSES[1:]):
+def plot_legend(ax=None,              # a matplotlib axis; None = the current one
+                classes=CLASSES[1:],  # the `SegClass`es to list
+               ):
     "Draw the class colour legend on a matplotlib axis (or the current one)."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -128,10 +132,11 @@ def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent: path = path.parent
     return path
 
-def is_disk_full(e: BaseException,                 # an exception raised while writing
-                 path: str | Path | None = None,   # where it was writing: a library's vague write error counts if its disk is full
-                ) -> bool:
-    "Whether `e` means no space was left: ENOSPC or EDQUOT, a library's message saying so, or a write error on a full disk."
+def is_disk_full(e: BaseException,                # an exception raised while writing
+                 path: str | Path | None = None,  # where it was writing: a vague write error counts if its disk is full
+                ) -> bool:                        # True if the disk (of `path`) is full
+    """Whether `e` means no space was left: ENOSPC or EDQUOT, a library's message saying so, or a write error on a full
+    disk."""
     if isinstance(e, SurgsegError): return False
     if isinstance(e, OSError) and e.errno in DISK_FULL: return True
     if _FULL_TEXT.search(str(e)): return True
@@ -140,7 +145,8 @@ def is_disk_full(e: BaseException,                 # an exception raised while w
     except OSError: return False
 
 def _inject_full(path: Path):
-    "Test hook: the N-th write of a path matching `$SURGSEG_DISK_FULL_AT` (GLOB or GLOB@N), and every later one, fails with ENOSPC."
+    """Test hook: the N-th write of a path matching `$SURGSEG_DISK_FULL_AT` (GLOB or GLOB@N), and every later one, fails
+    with ENOSPC."""
     want = os.environ.get("SURGSEG_DISK_FULL_AT")
     if not want: return
     pat, n = (want.rsplit("@", 1) + ["1"])[:2] if "@" in want else (want, "1")
@@ -151,7 +157,7 @@ def _inject_full(path: Path):
 def disk_full_message(path: str | Path,    # the file or folder being written
                       what: str,           # what it is, e.g. "the prediction masks"
                       e: BaseException | None = None,  # the error (an exhausted quota is named as such)
-                     ) -> str:
+                     ) -> str:             # one line
     "The one line of a full disk: the path, what was being written, and what to do."
     quota = (isinstance(e, OSError) and e.errno == errno.EDQUOT) or "quota" in str(e or "").lower()
     why = "disk quota exceeded" if quota else "no space left on the device"
@@ -161,7 +167,8 @@ def disk_full_message(path: str | Path,    # the file or folder being written
 def writing(path: str | Path,   # the file or folder the block writes
             what: str = "a file",  # what it is, for the message ("the extracted frames", "a checkpoint")
            ):
-    "Inside the block, a full disk (ENOSPC, EDQUOT, or one injected for tests) becomes one `DiskFullError` naming `path` and `what`."
+    """Inside the block, a full disk (ENOSPC, EDQUOT, or one injected for tests) becomes one `DiskFullError` naming
+    `path` and `what`."""
     try:
         _inject_full(Path(path))
         yield
@@ -175,12 +182,15 @@ def _host_tag() -> str:
     return f"{zlib.crc32(socket.gethostname().encode()):08x}"
 
 def _writer_tag() -> str:
-    "Sixteen hex digits naming this writer (pid, host) in a temporary name, so a dead writer's leftovers are recognisable."
+    """Sixteen hex digits naming this writer (pid, host) in a temporary name, so a dead writer's leftovers are
+    recognisable."""
     return f"{os.getpid():08x}{_host_tag()}"
 
 def _umask() -> int:
     "The process umask (read without changing it for long)."
-    m = os.umask(0o022); os.umask(m); return m
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path,      # final file name
@@ -200,7 +210,8 @@ def atomic_write(path: str | Path,      # final file name
     try:
         with writing(path, what):
             yield Path(tmp)
-            if Path(tmp).exists(): os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+            if Path(tmp).exists():
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
@@ -217,8 +228,10 @@ def sha256_file(path: str | Path,  # the file to hash
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #e2cbccb6
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[0-9a-f]{6}\.partial$")        # atomic_folder's
-_TMPFILE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[a-z0-9_]{8}\.tmp(?P<suffix>.*)$")  # atomic_write's
+# atomic_folder's
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[0-9a-f]{6}\.partial$")
+# atomic_write's
+_TMPFILE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>[0-9a-f]{8})(?P<host>[0-9a-f]{8})[a-z0-9_]{8}\.tmp(?P<suffix>.*)$")
 
 def _pid_alive(pid: int) -> bool:
     "Whether process `pid` is running on this host (a zombie, killed but not yet reaped, counts as dead)."
@@ -238,15 +251,21 @@ def _dead_writer(m) -> bool: return m["host"] == _host_tag() and not _pid_alive(
 def clean_partials(parent: str | Path,       # folder holding outputs
                    name: str | None = None,  # only the leftovers of this output (None = of every output)
                   ) -> list[Path]:           # what was removed
-    "Remove what killed writers left in `parent` (partial folders, temporary files); settle a `.<name>.old` of a killed swap."
+    """Remove what killed writers left in `parent` (partial folders, temporary files); settle a `.<name>.old` of a
+    killed swap."""
     parent, removed, live = Path(parent), [], set()
     if not parent.is_dir(): return removed
     for p in parent.glob(".*"):
         if (m := _PARTIAL.match(p.name)) and name in (None, m["name"]):
-            if not _dead_writer(m): live.add(m["name"]); continue
-            shutil.rmtree(p, ignore_errors=True); removed.append(p)
+            if not _dead_writer(m):
+                live.add(m["name"])
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
         elif (m := _TMPFILE.match(p.name)) and name in (None, m["stem"] + m["suffix"]) and _dead_writer(m):
-            with contextlib.suppress(FileNotFoundError): p.unlink(); removed.append(p)
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
     for old in parent.glob(f".{name or '*'}.old"):
         out = parent / old.name[1:-len(".old")]
         if out.name in live: continue               # a live writer is between its two renames
@@ -260,9 +279,11 @@ def atomic_folder(path: str | Path,       # the folder to publish
                   what: str = "the output folder",  # what the folder is, for the one line of a full disk
                  ):                       # yields the hidden sibling folder to fill
     "Yield a temporary sibling folder; rename it to `path` only if the block succeeds."
-    path = Path(path).expanduser(); parent = path.parent
+    path = Path(path).expanduser()
+    parent = path.parent
     def occupied() -> bool: return path.exists() and (not path.is_dir() or any(path.iterdir()))
-    if not replace and occupied(): raise SurgsegError(f"{path}: already exists and is not empty (refusing to overwrite)")
+    if not replace and occupied():
+        raise SurgsegError(f"{path}: already exists and is not empty (refusing to overwrite)")
     tmp = parent / _partial_name(path.name)
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -274,12 +295,15 @@ def atomic_folder(path: str | Path,       # the folder to publish
     try:
         try:
             with writing(path, what): yield tmp
-        except DiskFullError as e:  # a file inside is named by its hidden partial path: name it where the user will look
+        # a file inside is named by its hidden partial path: name it where the user will look
+        except DiskFullError as e:
             raise DiskFullError(str(e).replace(str(tmp), str(path))) from None
         if replace and occupied():
             old = parent / f".{path.name}.old"
             if old.exists(): shutil.rmtree(old)
-            os.rename(path, old); os.rename(tmp, path); shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             try: os.rename(tmp, path)  # replaces an empty folder; fails on a non-empty one or a file
             except OSError: raise SurgsegError(f"{path}: appeared while writing (refusing to overwrite)") from None
@@ -298,9 +322,12 @@ def _read_lock(lock: Path) -> dict | None:
 @contextlib.contextmanager
 def output_lock(path: str | Path,  # the output (file or folder) to hold exclusively
                ):                  # yields the lock file
-    "Hold an exclusive lock on output `path`; a second holder fails naming the first; a dead holder's lock is taken over."
-    path = Path(path).expanduser(); lock = path.parent / f".{path.name}.lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().astimezone().isoformat(timespec="seconds")}
+    """Hold an exclusive lock on output `path`; a second holder fails naming the first; a dead holder's lock is taken
+    over."""
+    path = Path(path).expanduser()
+    lock = path.parent / f".{path.name}.lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "since": datetime.now().astimezone().isoformat(timespec="seconds")}
     for _ in range(100):
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -309,15 +336,20 @@ def output_lock(path: str | Path,  # the output (file or folder) to hold exclusi
             who = _read_lock(lock)
             if who is None:  # being written right now, or left empty by a writer killed in between
                 with contextlib.suppress(OSError):
-                    if time.time() - lock.stat().st_mtime < 5: time.sleep(0.05); continue
+                    if time.time() - lock.stat().st_mtime < 5:
+                        time.sleep(0.05)
+                        continue
             elif who.get("host") != me["host"] or _pid_alive(who["pid"]):
-                raise SurgsegError(f"{path}: in use by pid {who['pid']} on {who.get('host')} since {who.get('since')}") from None
+                raise SurgsegError(f"{path}: in use by pid {who['pid']} on {who.get('host')} "
+                                   f"since {who.get('since')}") from None
             stale = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):
-                os.rename(lock, stale); os.remove(stale)
+                os.rename(lock, stale)
+                os.remove(stale)
                 log.warning(f"{path}: took over the lock of pid {(who or {}).get('pid')}, which is no longer running")
             continue
-        except OSError as e: raise SurgsegError(f"{path}: cannot create its lock file {lock.name} ({e.strerror})") from None
+        except OSError as e:
+            raise SurgsegError(f"{path}: cannot create its lock file {lock.name} ({e.strerror})") from None
         try:
             with writing(lock, "its lock file"), os.fdopen(fd, "w") as f: json.dump(me, f)
         except BaseException:
@@ -330,15 +362,17 @@ def output_lock(path: str | Path,  # the output (file or folder) to hold exclusi
         if _read_lock(lock) == me: lock.unlink()
 
 # %% ../nbs/00_core.ipynb #844cc693
-_KINDS = {"P": "a palette", "RGB": "an RGB", "RGBA": "an RGBA", "I;16": "a 16-bit", "I;16B": "a 16-bit", "I": "a 32-bit",
+_KINDS = {"P": "a palette", "RGB": "an RGB", "RGBA": "an RGBA", "I;16": "a 16-bit", "I;16B": "a 16-bit",
+          "I": "a 32-bit",
           "LA": "a grey+alpha", "1": "a 1-bit", "F": "a floating-point"}
 _TOOLKIT_MISREADS = {"P": "the official toolkit would read its palette colours, not its class ids",
-                     "I;16": "the official toolkit would read it divided by 256", "I;16B": "the official toolkit would read it divided by 256",
+                     "I;16": "the official toolkit would read it divided by 256",
+                     "I;16B": "the official toolkit would read it divided by 256",
                      "I": "the official toolkit would read it divided by 256"}
 
 def read_mask(path: str | Path,           # PNG file
               shape: tuple | None = None,  # expected (H, W), if known
-              rgb_ok: bool = False,        # read like the official toolkit: a colour PNG with equal channels is its first channel
+              rgb_ok: bool = False,        # as the official toolkit reads: a colour PNG with equal channels is one
              ) -> np.ndarray:              # (H, W) uint8 class ids
     "Read a label mask, raising `SurgsegError` naming the file if it is not an 8-bit 0..9 grayscale PNG."
     path = Path(path)
@@ -354,11 +388,13 @@ def read_mask(path: str | Path,           # PNG file
     if rgb_ok and mode in ("RGB", "RGBA", "LA"):
         ch = arr[..., :3] if mode != "LA" else arr[..., :1]
         if (ch != ch[..., :1]).any():
-            raise SurgsegError(f"{path}: a colour image whose channels differ: the official toolkit would score its blue channel")
+            raise SurgsegError(f"{path}: a colour image whose channels differ: the official toolkit would score its "
+                               "blue channel")
         arr, mode = np.ascontiguousarray(ch[..., 0]), "L"
     if mode != "L":
         why = _TOOLKIT_MISREADS.get(mode, "")
-        raise SurgsegError(f"{path}: {_KINDS.get(mode, f'a {mode}')} image; masks must be 8-bit single-channel (mode L)" + (f": {why}" if why else ""))
+        raise SurgsegError(f"{path}: {_KINDS.get(mode, f'a {mode}')} image; masks must be 8-bit single-channel (mode "
+                           "L)" + (f": {why}" if why else ""))
     if shape is not None and arr.shape != tuple(shape):
         raise SurgsegError(f"{path}: size {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
     if arr.size and arr.max() >= NUM_CLASSES:
@@ -367,12 +403,14 @@ def read_mask(path: str | Path,           # PNG file
 
 def write_png(path: str | Path,    # destination .png
               image: np.ndarray,   # uint8 (H, W) grey or (H, W, 3) RGB
-              overwrite: bool = True,
+              overwrite: bool = True,  # replace an existing file (False: refuse)
               what: str = "an image"):  # what it is, for the one line of a full disk
-    "Write an 8-bit PNG atomically with OpenCV's fastest lossless settings (zlib level 1, run-length): 5x PIL's default at 1080p."
+    """Write an 8-bit PNG atomically with OpenCV's fastest lossless settings (zlib level 1, run-length): 5x PIL's
+    default at 1080p."""
     import cv2
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3): raise ValueError(f"{path}: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"{path}: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image,
                            [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
     if not ok: raise SurgsegError(f"{path}: PNG encoding failed")
@@ -380,7 +418,7 @@ def write_png(path: str | Path,    # destination .png
 
 def write_mask(path: str | Path,  # destination .png
                mask: np.ndarray,  # (H, W) class ids 0..9
-               overwrite: bool = True,
+               overwrite: bool = True,  # replace an existing file (False: refuse)
                what: str = "a mask"):  # what it is, for the one line of a full disk
     "Write a mask as an 8-bit grayscale PNG (the official format), atomically."
     mask = np.asarray(mask)
@@ -389,7 +427,8 @@ def write_mask(path: str | Path,  # destination .png
         raise ValueError(f"{path}: mask values must be 0..{NUM_CLASSES - 1}")
     write_png(path, mask.astype(np.uint8, copy=False), overwrite, what)
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path,  # an image file
+            ) -> np.ndarray:    # (H, W, 3) uint8 RGB
     "Read an image as (H, W, 3) uint8 RGB, raising `SurgsegError` naming the file if unreadable."
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: image file is missing")
@@ -450,7 +489,8 @@ def default_workers(n_tasks: int,               # number of tasks
                     workers: int | None = None,  # requested processes (None or 0 = all usable cores)
                    ) -> int:                     # processes to use (1 = in this process)
     "Number of worker processes: the request, or the usable cores, never more than the tasks."
-    if not workers: workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(int(workers), int(n_tasks)))
 
 def die_with_parent():
@@ -465,7 +505,8 @@ def _init_worker():
     die_with_parent()
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(k, "1")
     with contextlib.suppress(ImportError):
-        import cv2; cv2.setNumThreads(1)
+        import cv2
+        cv2.setNumThreads(1)
 
 def _call(fn, errors: str, item):
     "fn(item); with errors='return' a SurgsegError is returned instead of raised."
@@ -477,7 +518,9 @@ def _sendable(fn) -> bool:
     "Whether a spawned worker can import `fn` by name (not defined in a notebook or a script)."
     base = getattr(fn, "func", fn)
     if getattr(base, "__module__", None) in (None, "__main__"): return False
-    try: pickle.dumps(fn); return True
+    try:
+        pickle.dumps(fn)
+        return True
     except Exception: return False
 
 def parallel_map(fn,                         # top-level function of an installed module, called as fn(item)
@@ -490,16 +533,23 @@ def parallel_map(fn,                         # top-level function of an installe
                 ) -> list:                   # fn(item) for every item, in order
     "Map `fn` over `items` in a spawn process pool (in this process for one worker), in order, with a progress bar."
     if errors not in ("raise", "return"): raise ValueError(f"errors={errors!r}: choose from raise, return")
-    items = list(items); n = default_workers(len(items), workers)
+    items = list(items)
+    n = default_workers(len(items), workers)
     if n > 1 and not _sendable(fn):
-        warnings.warn(f"parallel_map: {getattr(fn, '__qualname__', fn)} is not a function of an installed module; running in this process")
+        warnings.warn(f"parallel_map: {getattr(fn, '__qualname__', fn)} is not a function of an installed module; "
+                      "running in this process")
         n = 1
     bar = partial(tqdm, total=len(items), desc=desc, unit=unit, disable=not progress, leave=False)
     if n == 1: return list(bar(map(partial(_call, fn, errors), items)))
-    mod = importlib.import_module("surgseg.core")  # workers import the installed helpers (also when this runs in a notebook)
+    # workers import the installed helpers (also when this runs in a notebook)
+    mod = importlib.import_module("surgseg.core")
     ex = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=mod._init_worker)
-    try: return list(bar(ex.map(partial(mod._call, fn, errors), items, chunksize=max(1, min(32, len(items) // (n * 8))))))
-    except BaseException: ex.shutdown(wait=True, cancel_futures=True); raise
+    try:
+        return list(bar(ex.map(partial(mod._call, fn, errors), items,
+                               chunksize=max(1, min(32, len(items) // (n * 8))))))
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
     finally: ex.shutdown(wait=True)
 
 # %% ../nbs/00_core.ipynb #cb1bcb4d
@@ -507,7 +557,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 def parse_bool(s,               # a bool, 0/1, or a string: true/false, yes/no, on/off, 1/0 (any case)
                name: str = "",  # what the value is, for the error message (a config key, a flag)
-              ) -> bool:
+              ) -> bool:        # the value
     "The one boolean parser: CLI flags, YAML values, papermill parameters and environment variables."
     if isinstance(s, (bool, np.bool_)): return bool(s)
     if isinstance(s, (int, np.integer)) and s in (0, 1): return bool(s)
@@ -527,7 +577,8 @@ def register_choices(key: str,         # the Config field (or CLI option) whose 
     if not any(s is names for s in srcs): srcs.append(names if isinstance(names, dict) else list(names))
     if noun: _NOUNS[key] = noun
 
-def choices(key: str) -> list[str] | None:
+def choices(key: str,              # a registry's name: a `REGISTERED` Config field
+           ) -> list[str] | None:  # the names, or None
     "The names registered for `key` so far, in registration order (None if nothing is registered: anything goes)."
     if key not in _CHOICES: return None
     return list(dict.fromkeys(n for s in _CHOICES[key] for n in s))
@@ -535,56 +586,57 @@ def choices(key: str) -> list[str] | None:
 # %% ../nbs/00_core.ipynb #3bb4878f
 PRECISIONS = ("no", "bf16", "fp16")           # mixed-precision modes (Accelerate's names)
 TRACKERS = ("tensorboard", "wandb", "none")   # experiment trackers `log_with` may list
-REGISTERED = ("loss", "class_weights", "sampler", "crop_weights", "model", "head", "finetune")  # name fields checked against `choices`
+# name fields checked against `choices`
+REGISTERED = ("loss", "class_weights", "sampler", "crop_weights", "model", "head", "finetune")
 
 @dataclass
 class Config:
     "Every setting of a surgseg experiment (field = papermill parameter = YAML key = CLI flag)."
     # data
-    data_dir: str = ""               # dataset root in the official layout; "" = the synthetic default (generated if missing)
-    out_dir: str = ""                # parent folder of run folders; "" = the run store, $SURGSEG_HOME/runs (core.runs_dir)
+    data_dir: str = ""               # dataset root, official layout; "" = the synthetic default (generated)
+    out_dir: str = ""                # parent folder of run folders; "" = the run store ($SURGSEG_HOME/runs)
     run_name: str = ""               # run folder name; "" = derived from model, loss and sampler
-    fps: int = 1                     # annotated frames per second to extract and train on (1 = the masks; must divide 60)
-    resolution: float = 0.5          # working resolution as a fraction of the full frame (0.5 = 960x540 on real data)
+    fps: int = 1                     # frames per second extracted and trained on (1 = the masks; divides 60)
+    resolution: float = 0.5          # working resolution, fraction of the frame (0.5 = 960x540 if real)
     low_res: bool = False            # halve `resolution` again for fast iterations
-    val_fraction: float = 0.2        # share of training operations held out for validation (split by operation)
-    folds: int = 0                   # k-fold cross-validation: this many folds of the training operations; 0 = off
-    fold: int = 0                    # with folds: the fold held out as this run's validation split (0 .. folds-1)
+    val_fraction: float = 0.2        # share of training operations held out for validation (by operation)
+    folds: int = 0                   # k-fold cross-validation: folds of the training operations; 0 = off
+    fold: int = 0                    # with folds: the fold held out as this run's validation split (0..folds-1)
     augment: bool = True             # spatial + colour augmentation of training images
     num_workers: int = 0             # data-loader worker processes
     # sampling
-    sampler: str = "repeat_factor"   # frame sampler: none, inverse_frequency, repeat_factor, class_balanced
+    sampler: str = "repeat_factor"   # none, inverse_frequency, repeat_factor, class_balanced
     sampler_threshold: float = 0.3   # repeat_factor: frame-fraction threshold t; class_balanced: temperature
     min_pixels: int = 16             # a frame "contains" a class only with at least this many pixels of it
     max_weight: float = 10.0         # clip per-frame sampling weights at this multiple of the mean
-    samples_per_epoch: int = 512     # frames (crops) drawn per epoch, whatever the dataset size (as nnU-Net's fixed epochs); 0 = the number of training frames
-    crop_size: int | list = 64       # train on crops of this many working-resolution pixels: one value (square) or two (H W); 0 = whole frames
-    crop_rare: float = 0.5           # with crop_size: share of crops centred on a pixel of a foreground class present in the frame (drawn as crop_weights says); the rest are random
-    crop_weights: str = "equal"      # with crop_rare: how a centred crop draws its class among those present: equal (nnU-Net) or rarity (1 / its share of training frames)
+    samples_per_epoch: int = 512     # frames (crops) per epoch, as nnU-Net's fixed epochs; 0 = all frames
+    crop_size: int | list = 64       # crop side(s) in working pixels: one (square) or two (H W); 0 = off
+    crop_rare: float = 0.5           # share of crops centred on a present foreground class; rest random
+    crop_weights: str = "equal"      # centred crops' class: equal (nnU-Net) or rarity (1 / frame share)
     # loss
     loss: str = "dice_ce"            # ce, wce, dice_ce, focal_ce
-    class_weights: str = "none"      # per-class CE weights: none, inverse, sqrt_inverse, median, one_minus_p
+    class_weights: str = "none"      # CE class weights: none, inverse, sqrt_inverse, median, one_minus_p
     ce_weight: float = 1.0           # weight of the cross-entropy term
     dice_weight: float = 1.0         # weight of the Dice term (dice_ce)
-    dice_absent: bool = False        # Dice term also over the classes absent from an image (penalises false alarms, but holds rare classes back)
+    dice_absent: bool = False        # Dice also over absent classes (false alarms count, rare held back)
     focal_weight: float = 1.0        # weight of the focal term (focal_ce)
     focal_gamma: float = 2.0         # focal loss focusing parameter
     focal_alpha: float = -1.0        # focal alpha (class balance); < 0 = off
     ignore_index: int = 255          # target value excluded from loss and score
     # model
-    model: str = "unet"              # unet, unetplusplus, fpn, deeplabv3plus, segformer, upernet, ..., dinov3
+    model: str = "unet"              # unet, unetplusplus, fpn, deeplabv3plus, segformer, upernet, dinov3
     encoder: str = "tu-tf_efficientnet_lite0"  # smp encoder name
-    weights: str = "default"         # encoder weights: default (offline ImageNet where shipped), none, or a local file/folder
+    weights: str = "default"         # encoder weights: default (offline ImageNet), none, or a local path
     dinov3: str = "facebook/dinov3-vits16-pretrain-lvd1689m"  # DINOv3 hub id or local folder
     finetune: str = "lora"           # DINOv3 backbone: frozen, lora, full
     lora_rank: int = 8               # LoRA rank
     lora_alpha: int = 16             # LoRA scaling alpha
     lora_dropout: float = 0.05       # LoRA dropout
     lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])  # modules given LoRA adapters
-    head: str = "mlp"                # DINOv3 head: mlp (per-token, last layer) or multilayer (fuses several layers)
+    head: str = "mlp"                # DINOv3 head: mlp (per token, last layer) or multilayer (fuses layers)
     head_layers: int = 4             # multilayer head: number of evenly spaced layers fused
     grad_checkpointing: bool = False # trade compute for memory in the backbone
-    pos_embed_rescale: float = 0.0   # DINOv3 training augmentation: rescale rotary patch coordinates by up to this factor; 0 = off
+    pos_embed_rescale: float = 0.0   # DINOv3 augmentation: rescale rotary patch coordinates; 0 = off
     # optimisation
     epochs: int = 3                  # passes over `samples_per_epoch` frames (crops)
     batch_size: int = 8              # images (crops) per step per device
@@ -594,18 +646,18 @@ class Config:
     warmup: float = 0.1              # share of steps spent warming up before the cosine decay
     grad_accum: int = 1              # gradient accumulation steps
     grad_clip: float = 1.0           # clip gradient norm; 0 = off
-    ema: float = 0.0                 # decay of an EMA of the weights per optimiser step (validated, saved); 0 = off
+    ema: float = 0.0                 # decay of an EMA of the weights per step (validated, saved); 0 = off
     precision: str = "no"            # mixed precision: no, bf16, fp16
     max_steps: int = 0               # stop each epoch after this many steps; 0 = full epoch (epoch slices)
-    save_every: int = 0              # also checkpoint last/ every this many optimizer steps within an epoch; 0 = at epoch ends only
+    save_every: int = 0              # also checkpoint last/ every this many steps in an epoch; 0 = off
     patience: int = 0                # early stopping after this many epochs without improvement; 0 = off
     seed: int = 42                   # seed of everything (split, sampler, init, augmentation)
     resume: bool = False             # continue the run in `out_dir/run_name` from its last checkpoint
-    log_with: str = "tensorboard"    # experiment tracker(s): tensorboard, wandb, none (comma-separated)
+    log_with: str = "tensorboard"    # trackers: tensorboard, wandb, none (comma-separated)
     # evaluation
     tta: bool = False                # horizontal-flip test-time augmentation
-    min_area: int | list = 0         # post-processing: drop connected components smaller than this (pixels, full res): one value, or nine (classes 1..9)
-    decisions: bool = True           # after training (surgseg train, papermill), tune per-class decisions (offsets, presence, min_area) to the official score on the validation videos; predict and evaluate apply them
+    min_area: int | list = 0         # drop components below this many pixels (full res): one value or nine
+    decisions: bool = True           # tune class decisions on validation after training; predict uses them
 
     def __post_init__(self):
         "Coerce every field to its type and check its range: a wrong value fails here, whichever way it came in."
@@ -613,12 +665,18 @@ class Config:
         _check_together(self)
 
     @classmethod
-    def field_names(cls) -> list[str]: return [f.name for f in fields(cls)]
+    def field_names(cls) -> list[str]:  # every field, in order
+        return [f.name for f in fields(cls)]
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:  # field -> value
+        return asdict(self)
 
-    def update(self, overrides: dict | None = None, **kwargs) -> "Config":
-        "A copy with `overrides` applied; unknown keys fail with the list of valid ones; values are coerced and checked."
+    def update(self,
+               overrides: dict | None = None,  # field -> value (strings are coerced, as from the command line)
+               **kwargs,
+              ) -> "Config":                   # a new, checked `Config`
+        """A copy with `overrides` applied; unknown keys fail with the list of valid ones; values are coerced and
+        checked."""
         d = {**(overrides or {}), **kwargs}
         valid = self.field_names()
         bad = [k for k in d if k not in valid]
@@ -648,9 +706,11 @@ def _coerce(key: str, typ: str, value):
         return str(value)
     if typ == "list":
         vals = value.replace(",", " ").split() if isinstance(value, str) else value
-        if not isinstance(vals, (list, tuple)) or not all(isinstance(v, str) for v in vals): raise bad("a list of names")
+        if not isinstance(vals, (list, tuple)) or not all(isinstance(v, str) for v in vals):
+            raise bad("a list of names")
         return list(vals)
-    if typ == "int | list":  # one integer, or as many as the key needs (min_area: one per instrument class; crop_size: H W)
+    # one integer, or as many as the key needs (min_area: one per instrument class; crop_size: H W)
+    if typ == "int | list":
         vals = value.replace(",", " ").split() if isinstance(value, str) else value
         if not isinstance(vals, (list, tuple)): return _coerce(key, "int", vals)
         vals = [_coerce(key, "int", v) for v in vals]
@@ -663,7 +723,8 @@ def _coerce(key: str, typ: str, value):
 _INT_LISTS = {"min_area": (NUM_CLASSES - 1, f"classes 1..{NUM_CLASSES - 1}"), "crop_size": (2, "height and width")}
 _FPS_OK = [d for d in range(1, MASK_STEP + 1) if MASK_STEP % d == 0]
 _RULES = {  # key: (test of a coerced value, what a valid value is)
-    "run_name": (lambda v: "/" not in v and "\\" not in v and v not in (".", ".."), "a folder name (no path separators)"),
+    "run_name": (lambda v: "/" not in v and "\\" not in v and v not in (".", ".."),
+                 "a folder name (no path separators)"),
     "fps": (lambda v: v in _FPS_OK, f"a divisor of {MASK_STEP}: {', '.join(map(str, _FPS_OK))}"),
     "resolution": (lambda v: 0 < v <= 1, "in (0, 1] (a fraction of the full frame)"),
     "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -674,9 +735,11 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
     "min_pixels": (lambda v: v >= 1, ">= 1"),
     "max_weight": (lambda v: v >= 1, ">= 1 (a multiple of the mean weight)"),
     "samples_per_epoch": (lambda v: v >= 0, ">= 0 (0 = the number of training frames)"),
-    "crop_size": (lambda v: min(v) >= 1 if isinstance(v, list) else v >= 0, "pixels >= 1 (one value, or H W), or 0 for whole frames"),
+    "crop_size": (lambda v: min(v) >= 1 if isinstance(v, list) else v >= 0,
+                  "pixels >= 1 (one value, or H W), or 0 for whole frames"),
     "crop_rare": (lambda v: 0 <= v <= 1, "in [0, 1] (a probability)"),
-    "ce_weight": (lambda v: v >= 0, ">= 0"), "dice_weight": (lambda v: v >= 0, ">= 0"), "focal_weight": (lambda v: v >= 0, ">= 0"),
+    "ce_weight": (lambda v: v >= 0, ">= 0"), "dice_weight": (lambda v: v >= 0, ">= 0"),
+          "focal_weight": (lambda v: v >= 0, ">= 0"),
     "focal_gamma": (lambda v: v >= 0, ">= 0"),
     "focal_alpha": (lambda v: v <= 1, "in [0, 1], or < 0 for off"),
     "ignore_index": (lambda v: not 0 <= v < NUM_CLASSES, f"not a class id (0..{NUM_CLASSES - 1}); usually 255"),
@@ -691,19 +754,23 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
     "grad_accum": (lambda v: v >= 1, ">= 1"), "grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "ema": (lambda v: 0 <= v < 1, "in [0, 1) (the decay per optimiser step; 0 = off)"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "max_steps": (lambda v: v >= 0, ">= 0 (0 = full epochs)"), "save_every": (lambda v: v >= 0, ">= 0 (0 = at epoch ends)"),
+    "max_steps": (lambda v: v >= 0, ">= 0 (0 = full epochs)"),
+          "save_every": (lambda v: v >= 0, ">= 0 (0 = at epoch ends)"),
     "patience": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
-    "log_with": (lambda v: all(n in TRACKERS for n in v.replace(",", " ").lower().split()), f"a comma-separated list of {', '.join(TRACKERS)}"),
+    "log_with": (lambda v: all(n in TRACKERS for n in v.replace(",", " ").lower().split()),
+                 f"a comma-separated list of {', '.join(TRACKERS)}"),
     "min_area": (lambda v: min(v if isinstance(v, list) else [v]) >= 0, "pixels >= 0"),
 }
 
 def _check(key: str, value):
-    "`value` if it is valid for config key `key`, else a one-line SurgsegError naming the key and the valid range or names."
+    """`value` if it is valid for config key `key`, else a one-line SurgsegError naming the key and the valid range or
+    names."""
     if key in _RULES and not _RULES[key][0](value):
         what = "is out of range" if isinstance(value, (int, float)) else "is not valid"
         raise SurgsegError(f"config key {key!r}: {value!r} {what}; must be {_RULES[key][1]}")
     if (names := choices(key)) is not None and value not in names:
-        raise SurgsegError(f"config key {key!r}: {value!r} is not a {_NOUNS.get(key, key.replace('_', ' '))}; choose from {', '.join(names)}")
+        raise SurgsegError(f"config key {key!r}: {value!r} is not a {_NOUNS.get(key, key.replace('_', ' '))}; choose "
+                           f"from {', '.join(names)}")
     return value
 
 # %% ../nbs/00_core.ipynb #e6a4768f
@@ -723,8 +790,9 @@ def _check_together(cfg) -> None:
 ENTRY_POINTS = ("python", "cli", "papermill")  # the doors a user comes in by
 _ENTRY: list = []                               # the doors declared, innermost last
 
-def current_entry() -> str:
-    "The door in use: the innermost `entry_point` of this process, else `$SURGSEG_ENTRY` (inherited by workers), else python."
+def current_entry() -> str:  # python, cli or papermill
+    """The door in use: the innermost `entry_point` of this process, else `$SURGSEG_ENTRY` (inherited by workers), else
+    python."""
     return _ENTRY[-1] if _ENTRY else os.environ.get("SURGSEG_ENTRY", "python")
 
 @contextlib.contextmanager
@@ -732,7 +800,8 @@ def entry_point(name: str):  # cli, papermill or python
     "Inside the block, messages name options as the door `name` writes them."
     if name not in ENTRY_POINTS: raise ValueError(f"entry point {name!r}: choose from {', '.join(ENTRY_POINTS)}")
     old = os.environ.get("SURGSEG_ENTRY")
-    _ENTRY.append(name); os.environ["SURGSEG_ENTRY"] = name
+    _ENTRY.append(name)
+    os.environ["SURGSEG_ENTRY"] = name
     try: yield
     finally:
         _ENTRY.pop()
@@ -742,8 +811,9 @@ def entry_point(name: str):  # cli, papermill or python
 def option(name: str,          # the option (a Config field or a keyword), e.g. "resume"
            value=None,         # the value to suggest; None = the option itself
            entry: str | None = None,  # the door; None = the one in use
-          ) -> str:
-    "Option `name` (set to `value`) as the user writes it: `--resume`, `--batch_size 2`; `resume=True` (in the parameters)."
+          ) -> str:            # how the user writes it
+    """Option `name` (set to `value`) as the user writes it: `--resume`, `--batch_size 2`; `resume=True` (in the
+    parameters)."""
     entry = entry or current_entry()
     if entry == "cli":
         if value is True or value is None: return f"--{name}"
@@ -771,17 +841,19 @@ def message(key: str,              # a key of MESSAGES
     return _OPTION.sub(opt, MESSAGES[key]).format(**fields)
 
 # %% ../nbs/00_core.ipynb #5a1e0b05
-def is_out_of_memory(e: BaseException) -> bool:
+def is_out_of_memory(e: BaseException,  # the exception raised
+                    ) -> bool:          # True for an out-of-memory error
     "Whether `e` is a (CUDA, MPS or host) out-of-memory error of torch."
     if type(e).__name__ == "OutOfMemoryError": return True
-    return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e).lower() or isinstance(e, MemoryError))
+    return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e).lower() or isinstance(e,
+                                                                                                           MemoryError))
 
 def oom_error(e: BaseException,     # the out-of-memory error
               step: str,            # what was running, e.g. "training (epoch 2, step 14)"
               batch_size: int,      # images per step
               size: str,            # the resolution, e.g. "crops 512x512 at resolution 0.5"
               key: str = "oom_train",  # oom_train or oom_predict: what to suggest
-             ) -> SurgsegError:
+             ) -> SurgsegError:     # the error to raise
     "The one-line `SurgsegError` of running out of memory: the step, batch size and resolution, and what to try."
     device = "GPU" if "cuda" in str(e).lower() or type(e).__name__ == "OutOfMemoryError" else "host"
     return SurgsegError(message(key, device=device, step=step, batch_size=batch_size, size=size))
@@ -820,13 +892,18 @@ def check_option(name: str,  # a key of OPTION_RULES
 
 # %% ../nbs/00_core.ipynb #6afb050f
 CONFIG_SECTIONS = {
-    "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "folds", "fold", "augment", "num_workers"],
-    "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size", "crop_rare",
+    "data": ["data_dir", "out_dir", "run_name", "fps", "resolution", "low_res", "val_fraction", "folds", "fold",
+             "augment", "num_workers"],
+    "sampling": ["sampler", "sampler_threshold", "min_pixels", "max_weight", "samples_per_epoch", "crop_size",
+                 "crop_rare",
                  "crop_weights"],
-    "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "dice_absent", "focal_weight", "focal_gamma", "focal_alpha", "ignore_index"],
-    "model": ["model", "encoder", "weights", "dinov3", "finetune", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+    "loss": ["loss", "class_weights", "ce_weight", "dice_weight", "dice_absent", "focal_weight", "focal_gamma",
+             "focal_alpha", "ignore_index"],
+    "model": ["model", "encoder", "weights", "dinov3", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
+              "lora_targets",
               "head", "head_layers", "grad_checkpointing", "pos_embed_rescale"],
-    "optimisation": ["epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "warmup", "grad_accum", "grad_clip", "ema", "precision",
+    "optimisation": ["epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "warmup", "grad_accum", "grad_clip",
+                     "ema", "precision",
                      "max_steps", "save_every", "patience", "seed", "resume", "log_with"],
     "evaluation": ["tta", "min_area", "decisions"],
 }  # section -> its Config fields, in field order
@@ -852,17 +929,21 @@ def read_yaml(path: str | Path):  # YAML file
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: file not found")
     try: return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e: raise SurgsegError(f"{path}: duplicate key {e.key!r} on line {e.line} (first on line {e.first})") from None
+    except _DuplicateKey as e:
+        raise SurgsegError(f"{path}: duplicate key {e.key!r} on line {e.line} (first on line {e.first})") from None
     except yaml.YAMLError as e: raise SurgsegError(f"{path}: invalid YAML ({first_line(e)})") from None
     except (OSError, UnicodeDecodeError) as e: raise SurgsegError(f"{path}: unreadable ({type(e).__name__})") from None
 
-def save_config(cfg: Config, path: str | Path):
+def save_config(cfg: Config,       # the settings to save
+                path: str | Path,  # the YAML file to write
+               ):
     "Write every field of `cfg` as YAML, atomically."
     with atomic_write(path) as tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 def load_config(path: str | Path | None = None,  # YAML file ("" or None = defaults only)
                 overrides: dict | None = None,   # values that win over the file
-                **kwargs) -> Config:
+                **kwargs,
+               ) -> Config:                      # the checked settings
     "Defaults, then the YAML file at `path`, then `overrides` and keyword arguments; every value checked."
     cfg = Config()
     if path:
@@ -875,14 +956,14 @@ def load_config(path: str | Path | None = None,  # YAML file ("" or None = defau
     return cfg.update(overrides, **kwargs)
 
 # %% ../nbs/00_core.ipynb #d50829cc
-def get_device() -> str:
+def get_device() -> str:  # cuda, mps or cpu
     "The best available torch device: cuda, mps or cpu."
     import torch
     if torch.cuda.is_available(): return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available(): return "mps"
     return "cpu"
 
-def surgseg_home() -> Path:
+def surgseg_home() -> Path:  # the folder (not created)
     "Where surgseg keeps generated data and caches: `$SURGSEG_HOME`, default `~/.cache/surgseg`."
     return Path(os.environ.get("SURGSEG_HOME", "~/.cache/surgseg")).expanduser()
 
@@ -894,5 +975,6 @@ def runs_dir(out_dir: str | Path = "",  # a parent folder of run folders; "" = t
     return (surgseg_home() / "runs" / sub).absolute()
 
 def default_data_dir() -> Path:
-    "The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new folder)."
+    """The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new
+    folder)."""
     return surgseg_home() / "synthetic-v3"  # = synthetic.SYNTHETIC_VERSION (checked by its tests)

@@ -33,11 +33,13 @@ VIDEO_FILE = "video_left.avi"        # the video inside each video folder
 _VIDEO_RE = re.compile(r"video_(\d+)(?:_(\d+))?$")
 _MASK_RE = re.compile(r"^\d{9}\.png$")
 
-def natural_key(name: str) -> list:
+def natural_key(name: str,  # a file or folder name
+               ) -> list:   # text and number parts, numbers as ints
     "Sort key that orders `video_2` before `video_10`."
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
-def operation_of(name: str) -> str:
+def operation_of(name: str,  # a video folder name
+                ) -> str:    # its operation id
     "The operation id of a video folder name: `video_11_2` -> `11`, `video_03` -> `03`."
     m = _VIDEO_RE.match(name)
     return m.group(1) if m else name.removeprefix("video_")
@@ -59,7 +61,9 @@ class Video:
         "Where the extracted frames go: `<video folder>/rgb`."
         return self.path / "rgb"
 
-    def rgb_path(self, frame: int) -> Path:
+    def rgb_path(self,
+                 frame: int,  # frame number in the video
+                ) -> Path:    # `rgb_dir/{frame:09d}.png`
         "The extracted image of `frame`."
         return self.rgb_dir / f"{frame:09d}.png"
 
@@ -68,12 +72,14 @@ class Video:
 
 def load_video(path: str | Path,  # a video_* folder
                split: str = "",   # the split folder it was found in
-              ) -> Video:
+              ) -> Video:         # the video's description
     "Describe one video folder (no file is opened)."
     path = Path(path)
     seg = path / "segmentation"
-    masks = sorted((p for p in seg.glob("*.png") if _MASK_RE.match(p.name)), key=lambda p: int(p.stem)) if seg.is_dir() else []
-    return Video(path.name, path, split, operation_of(path.name), path / VIDEO_FILE, masks, [int(p.stem) for p in masks])
+    masks = sorted((p for p in seg.glob("*.png") if _MASK_RE.match(p.name)),
+                   key=lambda p: int(p.stem)) if seg.is_dir() else []
+    return Video(path.name, path, split, operation_of(path.name), path / VIDEO_FILE, masks,
+                 [int(p.stem) for p in masks])
 
 # %% ../nbs/01_data_extraction.ipynb #e8388878
 def _is_video_dir(p: Path) -> bool:
@@ -89,9 +95,11 @@ def find_videos(root: str | Path,  # dataset root, split folder, or one video fo
     videos = []
     for split in SPLITS:
         if (root / split).is_dir():
-            videos += [load_video(p, split) for p in sorted((root / split).iterdir(), key=lambda p: natural_key(p.name)) if _is_video_dir(p)]
+            videos += [load_video(p, split) for p in sorted((root / split).iterdir(),
+                                                            key=lambda p: natural_key(p.name)) if _is_video_dir(p)]
     flat = root.name if root.name in SPLITS else ""
-    videos += [load_video(p, flat) for p in sorted(root.iterdir(), key=lambda p: natural_key(p.name)) if _is_video_dir(p)]
+    videos += [load_video(p, flat) for p in sorted(root.iterdir(),
+                                                   key=lambda p: natural_key(p.name)) if _is_video_dir(p)]
     if not videos:
         what = "empty folder" if not any(root.iterdir()) else "not the SAR-RARP50 layout"
         raise SurgsegError(f"{root}: {what}: no video_* folders with {VIDEO_FILE} or segmentation/ "
@@ -101,8 +109,9 @@ def find_videos(root: str | Path,  # dataset root, split folder, or one video fo
 # %% ../nbs/01_data_extraction.ipynb #f113df48
 _VIDEO_ENTRIES = {VIDEO_FILE, "segmentation", "rgb", "action_discrete.txt", "action_continuous.txt"}
 
-def known_counts() -> dict:
-    "The released dataset's per-folder mask counts (shipped with surgseg): {video_dir: dict(split, n_masks, first_frame, last_frame)}."
+def known_counts() -> dict:  # video_dir -> counts
+    """The released dataset's per-folder mask counts (shipped with surgseg): {video_dir: dict(split, n_masks,
+    first_frame, last_frame)}."""
     text = resources.files("surgseg").joinpath("assets/sarrarp50_frame_counts.csv").read_text()
     return {r["video_dir"]: dict(split=r["split"], n_masks=int(r["n_masks"]), first_frame=int(r["first_frame"]),
                                  last_frame=int(r["last_frame"])) for r in csv.DictReader(io.StringIO(text))}
@@ -118,7 +127,8 @@ def _member_parts(zpath: Path, info: zipfile.ZipInfo) -> tuple:
     name = info.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-        raise SurgsegError(f"{zpath}: member {info.filename!r} would be written outside the target folder (refusing to unpack)")
+        raise SurgsegError(f"{zpath}: member {info.filename!r} would be written outside the target folder (refusing to "
+                           "unpack)")
     if (info.external_attr >> 16) & 0o170000 == 0o120000:
         raise SurgsegError(f"{zpath}: member {info.filename!r} is a symbolic link (refusing to unpack)")
     return parts
@@ -130,13 +140,16 @@ def _plan_zip(zpath: Path, zf: zipfile.ZipFile, to: Path, split: str | None, kno
         parts = _member_parts(zpath, info)
         if info.is_dir(): continue
         j = next((k for k, p in enumerate(parts) if p in _VIDEO_ENTRIES), None)
-        if j is None: ignored += 1; continue
+        if j is None:
+            ignored += 1
+            continue
         video = _video_name(parts[j - 1] if j else zpath.stem)
         if video is None:
             raise SurgsegError(f"{zpath}: cannot tell which video {info.filename!r} belongs to "
                                "(expected a video_NN folder inside, or an archive named video_NN.zip)")
         wrap = [p.lower() for p in parts[:max(j - 1, 0)]]
-        sp = split or next((p for p in reversed(wrap) if p in SPLITS), None) or known.get(video, {}).get("split", "train")
+        sp = split or next((p for p in reversed(wrap) if p in SPLITS), None) or known.get(video, {}).get("split",
+                                                                                                         "train")
         plan.append((info, to / sp / video / Path(*parts[j:])))
     return plan, ignored
 
@@ -158,32 +171,41 @@ def unpack(zips: list,             # zip archives of the dataset
            split: str | None = None, # force this split folder (default: from the archive or the released table)
            progress: bool = True,  # show a progress bar
           ) -> dict:               # counts: written, identical (already there), ignored (not part of a video folder)
-    "Unpack SAR-RARP50 zip archives into the official layout: no path escapes `to`, nothing is overwritten, resumable, one process at a time."
+    """Unpack SAR-RARP50 zip archives into the official layout: no path escapes `to`, nothing is overwritten, resumable,
+    one process at a time."""
     to = Path(to)
     if to.exists() and not to.is_dir(): raise SurgsegError(f"{to}: exists and is not a folder")
-    if split is not None and split not in SPLITS: raise SurgsegError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if split is not None and split not in SPLITS:
+        raise SurgsegError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     known, archives, todo, ignored, identical, seen = known_counts(), [], [], 0, 0, {}
     try:
         for z in map(Path, zips):
             if not z.is_file(): raise SurgsegError(f"{z}: no such archive")
             try: zf = zipfile.ZipFile(z)
-            except (zipfile.BadZipFile, OSError) as e: raise SurgsegError(f"{z}: not a readable zip archive ({e})") from None
+            except (zipfile.BadZipFile, OSError) as e:
+                raise SurgsegError(f"{z}: not a readable zip archive ({e})") from None
             archives.append(zf)
             plan, ign = _plan_zip(z, zf, to, split, known)
             ignored += ign
             for info, dest in plan:                      # check everything before writing anything
                 if dest in seen:
-                    if seen[dest].CRC != info.CRC: raise SurgsegError(f"{z}: member {info.filename!r} and another archive member both unpack to {dest} with different contents")
+                    if seen[dest].CRC != info.CRC:
+                        raise SurgsegError(f"{z}: member {info.filename!r} and another archive member both unpack to "
+                                           f"{dest} with different contents")
                     continue
                 seen[dest] = info
                 if dest.exists():
-                    if dest.is_file() and dest.stat().st_size == info.file_size and _crc32(dest) == info.CRC: identical += 1; continue
-                    raise SurgsegError(f"{dest}: already exists and differs from {z.name}:{info.filename} (refusing to overwrite)")
+                    if dest.is_file() and dest.stat().st_size == info.file_size and _crc32(dest) == info.CRC:
+                        identical += 1
+                        continue
+                    raise SurgsegError(f"{dest}: already exists and differs from {z.name}:{info.filename} (refusing to "
+                                       "overwrite)")
                 todo.append((z, zf, info, dest))
         if not todo: return dict(written=0, identical=identical, ignored=ignored)
         _writable(to, "the dataset")
         with output_lock(to / "unpack"):                 # `to/.unpack.lock`: a second unpack into `to` is refused
-            for folder in sorted({dest.parent for *_, dest in todo}): clean_partials(folder)   # a killed unpack's temporary files
+            for folder in sorted({dest.parent for *_, dest in todo}):
+                clean_partials(folder)   # a killed unpack's temporary files
             for z, zf, info, dest in tqdm(todo, desc="unpack", unit="file", disable=not progress):
                 try:
                     with atomic_write(dest, overwrite=False) as tmp:
@@ -211,7 +233,7 @@ class VideoProbe:
 
 def probe_video(path: str | Path,    # video file
                 demux: bool = True,  # False: the header only (declared frame count, 0 if none; no timestamps)
-               ) -> VideoProbe:
+               ) -> VideoProbe:      # the video's metadata
     "The one reader of a video's metadata: demux `path` (no decoding): size, fps, frame count, timestamps, keyframes."
     path = Path(path)
     if not path.is_file(): raise SurgsegError(f"{path}: video file is missing")
@@ -287,11 +309,15 @@ def _decode_seeking(path: Path,         # video file
                     if fresh and fr.pts is not None and fr.pts < pts[k]: continue   # leading frames before the keyframe
                     fresh = False
                     if cur + 1 >= len(pts) or fr.pts != pts[cur + 1]:
-                        raise _SeekMismatch(f"after frame {cur} the decoder gave pts {fr.pts}, expected {pts[cur + 1] if cur + 1 < len(pts) else 'the end'}")
+                        raise _SeekMismatch(f"after frame {cur} the decoder gave pts {fr.pts}, expected "
+                                            f"{pts[cur + 1] if cur + 1 < len(pts) else 'the end'}")
                     cur += 1
-                    if cur == t: yield t, fr; break
+                    if cur == t:
+                        yield t, fr
+                        break
                 else: raise _SeekMismatch(f"the stream ended before frame {t}")
-            except av.error.FFmpegError as e: raise _SeekMismatch(f"decoder error near frame {t} ({first_line(e)})") from None
+            except av.error.FFmpegError as e:
+                raise _SeekMismatch(f"decoder error near frame {t} ({first_line(e)})") from None
 
 # %% ../nbs/01_data_extraction.ipynb #20738831
 def seek_cost(probe: VideoProbe,  # the video's probe
@@ -311,7 +337,8 @@ def seek_check(path: str | Path,   # video file
                frames: list,       # the frames to be read
                n: int = 2,         # how many of the first targets to check
               ) -> str:            # "" if seeking is exact here, else the reason it is not
-    "Prove on this video that seeking returns the pixels of a sequential decode (first `n` targets + the first real seek)."
+    """Prove on this video that seeking returns the pixels of a sequential decode (first `n` targets + the first real
+    seek)."""
     if not probe.pts: return probe.note or "no usable timestamps"
     frames = sorted(set(frames))
     check = frames[:n]
@@ -325,7 +352,8 @@ def seek_check(path: str | Path,   # video file
     if seen != probe.pts[:len(seen)]: return "decoded timestamps are not in presentation order"
     try:
         for t, fr in _decode_seeking(Path(path), probe, check, always_seek=True):
-            if not np.array_equal(fr.to_ndarray(format="rgb24"), ref[t]): return f"seeking to frame {t} gives different pixels"
+            if not np.array_equal(fr.to_ndarray(format="rgb24"), ref[t]):
+                return f"seeking to frame {t} gives different pixels"
     except _SeekMismatch as e: return str(e)
     return ""
 
@@ -334,57 +362,71 @@ class FrameReader:
     "Iterator of (frame number, RGB uint8 (H, W, 3)) over given frames of a video, in increasing order, each once."
     def __init__(self, path: str | Path,        # video file
                  frames: list,                  # frame numbers wanted (frame N = the N-th frame of a sequential decode)
-                 method: str = "auto",          # "auto": seek where proven exact, else decode in order; "seek": fail if not exact; "sequential"
+                 method: str = "auto",          # "auto": seek where proven exact, else decode; "seek"; or "sequential"
                  verify: int = 2,               # targets compared with a sequential decode before seeking
                  probe: VideoProbe | None = None, # the video's probe, if already made
                 ):
-        if method not in ("auto", "seek", "sequential"): raise SurgsegError(f"method {method!r} is not one of auto, seek, sequential")
+        if method not in ("auto", "seek", "sequential"):
+            raise SurgsegError(f"method {method!r} is not one of auto, seek, sequential")
         self.path, self.frames = Path(path), sorted(set(int(f) for f in frames))
         self.probe = pr = probe or probe_video(self.path)
         if self.frames and (self.frames[0] < 0 or self.frames[-1] >= pr.n_frames):
             bad = self.frames[0] if self.frames[0] < 0 else self.frames[-1]
-            raise SurgsegError(f"{self.path}: frame {bad} does not exist (the video has {pr.n_frames} frames, 0..{pr.n_frames - 1})")
+            raise SurgsegError(f"{self.path}: frame {bad} does not exist (the video has {pr.n_frames} frames, "
+                               f"0..{pr.n_frames - 1})")
         self.cost = seek_cost(pr, self.frames) if pr.pts and self.frames else 0
         note = "forced" if method == "sequential" else ""
         if method == "auto" and self.frames and self.cost > (self.frames[-1] + 1) / 2:
             note = f"keyframes too sparse: seeking would decode {self.cost / (self.frames[-1] + 1):.0%} of the frames"
         note = note or (seek_check(self.path, pr, self.frames, verify) if self.frames else "")
         if note and method == "seek": raise SurgsegError(f"{self.path}: seeking is not exact here ({note})")
-        self.method, self.note = "sequential" if note else "seek", note   # how the frames are (being) read, and why not by seeking
+        # how the frames are (being) read, and why not by seeking
+        self.method, self.note = "sequential" if note else "seek", note
         self._it = self._read()
 
     def _read(self):
         done = 0
-        if self.method == "seek":   # frame threads pay when each target needs many decoded frames, slice threads otherwise
+        # frame threads pay when each target needs many decoded frames, slice threads otherwise
+        if self.method == "seek":
             try:
-                for f, fr in _decode_seeking(self.path, self.probe, self.frames, threads="AUTO" if self.cost > 4 * len(self.frames) else "SLICE"):
-                    img = fr.to_ndarray(format="rgb24"); done += 1
+                for f, fr in _decode_seeking(self.path, self.probe, self.frames,
+                                             threads="AUTO" if self.cost > 4 * len(self.frames) else "SLICE"):
+                    img = fr.to_ndarray(format="rgb24")
+                    done += 1
                     yield f, img
             except _SeekMismatch as e: self.method, self.note = "sequential", f"seeking failed after {done} frames: {e}"
         want = set(self.frames[done:])
         if want:
             for i, fr in _decode_in_order(self.path, self.frames[-1]):
-                if i in want: img = fr.to_ndarray(format="rgb24"); done += 1; yield i, img
+                if i in want:
+                    img = fr.to_ndarray(format="rgb24")
+                    done += 1
+                    yield i, img
         if done < len(self.frames):
-            raise SurgsegError(f"{self.path}: decoding stopped before frame {self.frames[done]} ({self.probe.n_frames} frames expected)")
+            raise SurgsegError(f"{self.path}: decoding stopped before frame {self.frames[done]} ({self.probe.n_frames} "
+                               "frames expected)")
 
     def __iter__(self): return self
     def __next__(self): return next(self._it)
     def __len__(self): return len(self.frames)
     def close(self): self._it.close()   # stop early: closes the video
-    def __repr__(self): return f"FrameReader({self.path.name}, {len(self.frames)} frames, {self.method}{': ' + self.note if self.note else ''})"
+    def __repr__(self):
+        note = ": " + self.note if self.note else ""
+        return f"FrameReader({self.path.name}, {len(self.frames)} frames, {self.method}{note})"
 
 def read_frames(path: str | Path,   # video file
                 frames: list,       # frame numbers wanted (frame N = the N-th frame of a sequential decode)
-                method: str = "auto", # "auto": seek where proven exact, else decode in order; "seek": fail if not exact; "sequential"
+                method: str = "auto", # "auto": seek where proven exact, else decode; "seek"; or "sequential"
                 verify: int = 2,    # targets compared with a sequential decode before seeking
                 probe: VideoProbe | None = None, # the video's probe, if already made
                ) -> FrameReader:    # iterator of (frame number, RGB uint8 (H, W, 3)); `.method` and `.note` say how
-    "The one way to read given frames of a video: seeking where proven pixel-identical to a sequential decode, else decoding in order."
+    """The one way to read given frames of a video: seeking where proven pixel-identical to a sequential decode, else
+    decoding in order."""
     return FrameReader(path, frames, method, verify, probe)
 
 # %% ../nbs/01_data_extraction.ipynb #c4e1ba37
-def is_synthetic(v: Video) -> bool:
+def is_synthetic(v: Video,  # a video
+                ) -> bool:  # True if its dataset root is a synthetic stand-in
     "Whether `v` belongs to a synthetic stand-in (its dataset root holds `SYNTHETIC_MARKER`)."
     return any((p / SYNTHETIC_MARKER).is_file() for p in (v.path.parent, v.path.parent.parent))
 
@@ -411,7 +453,8 @@ def _stream_problems(v: Video,          # the video folder
     "Do the video and its masks belong together: 60 fps, and frames the size of the masks?"
     problems = []
     if probe.fps and abs(probe.fps - VIDEO_FPS) > 0.01:
-        problems.append(f"{v.video}: {probe.fps:g} fps, but SAR-RARP50 videos are {VIDEO_FPS} fps (a mask every {MASK_STEP} frames is 1 Hz)")
+        problems.append(f"{v.video}: {probe.fps:g} fps, but SAR-RARP50 videos are {VIDEO_FPS} fps (a mask every "
+                        f"{MASK_STEP} frames is 1 Hz)")
     ms = _mask_size(v)
     if ms and ms != (probe.height, probe.width):
         problems.append(f"{v.video}: frames are {probe.width}x{probe.height}, but its masks are {ms[1]}x{ms[0]}")
@@ -425,10 +468,13 @@ def _check_video(v: Video,             # the video folder
     "Every problem of one video folder, one line each."
     problems, size, n = [], None, None
     try:
-        pr = probe_video(v.video); n = pr.n_frames
+        pr = probe_video(v.video)
+        n = pr.n_frames
         size = _mask_size(v) or (pr.height, pr.width)   # a video/mask size mismatch is one problem, not one per mask
         problems += _stream_problems(v, pr)
-        r = read_frames(v.video, [0], "sequential", probe=pr); next(r); r.close()   # at least its first frame decodes
+        r = read_frames(v.video, [0], "sequential", probe=pr)
+        next(r)
+        r.close()   # at least its first frame decodes
     except SurgsegError as e: problems.append(str(e))
     seg = v.path / "segmentation"
     if not seg.is_dir(): problems.append(f"{seg}: missing (no masks)")
@@ -442,15 +488,18 @@ def _check_video(v: Video,             # the video folder
             size = size or m.shape   # without a video, every mask must match the first readable one
         except SurgsegError as e: problems.append(str(e))
     have = set(v.frames)
-    problems += [f"{p}: frame {f} is not a multiple of {MASK_STEP}" for p, f in zip(v.mask_paths, v.frames) if f % MASK_STEP]
+    problems += [f"{p}: frame {f} is not a multiple of {MASK_STEP}" for p,
+                 f in zip(v.mask_paths, v.frames) if f % MASK_STEP]
     if n is not None:
-        problems += [f"{p}: frame {f} is past the end of the video ({n} frames)" for p, f in zip(v.mask_paths, v.frames) if f >= n]
+        problems += [f"{p}: frame {f} is past the end of the video ({n} frames)" for p,
+                     f in zip(v.mask_paths, v.frames) if f >= n]
         expected = range(0, n, MASK_STEP)
     else: expected = range(0, max(have, default=-1) + 1, MASK_STEP)
     problems += [f"{seg / f'{f:09d}.png'}: missing (the video's {n if n is not None else '?'} frames imply "
                  f"{len(expected)} masks at frames 0, 60, ..., {expected[-1]})" for f in expected if f not in have]
     row = (known or {}).get(v.name)
-    if row and not force and (size != (1080, 1920) or not v.split.startswith(row["split"]) or is_synthetic(v)): row = None
+    if row and not force and (size != (1080, 1920) or not v.split.startswith(row["split"]) or is_synthetic(v)):
+        row = None
     if row and (len(v.frames) != row["n_masks"] or max(have, default=-1) != row["last_frame"]):
         problems.append(f"{seg}: {len(v.frames)} masks up to frame {max(have, default=-1)}; the released {v.name} has "
                         f"{row['n_masks']} masks up to frame {row['last_frame']}")
@@ -467,7 +516,7 @@ def _check_one(job: tuple) -> list[str]:
     return _check_video(Video(**fields), known, force)
 
 def validate_dataset(root: str | Path,        # dataset root (or split folder, or video folder)
-                     known: bool | None = None, # compare with the released per-folder counts: None = when it looks like the released data
+                     known: bool | None = None, # check the released per-folder counts; None = if it looks released
                      workers: int | None = None, # processes (None = one per core)
                      progress: bool = True,     # show a progress bar
                     ) -> list[str]:             # every problem, one line each naming the file; [] = valid
@@ -482,25 +531,27 @@ def validate_dataset(root: str | Path,        # dataset root (or split folder, o
 # %% ../nbs/01_data_extraction.ipynb #cd10c60a
 def png_complete(path: str | Path,       # a PNG file
                  size: tuple | None = None, # expected (H, W), if known
-                ) -> bool:
+                ) -> bool:               # True if whole
     "True if `path` is a whole PNG (signature, IHDR of the expected size, IEND at the end); cheap, no decoding."
     try:
         with open(path, "rb") as f:
             head = f.read(24)
-            f.seek(-12, os.SEEK_END); tail = f.read(12)
+            f.seek(-12, os.SEEK_END)
+            tail = f.read(12)
     except OSError: return False
     if len(head) < 24 or head[:8] != _PNG_SIG or head[12:16] != b"IHDR" or tail[4:8] != b"IEND": return False
     w, h = struct.unpack(">II", head[16:24])
     return size is None or (h, w) == tuple(size)
 
 def _step(fps: int) -> int:
-    if fps < 1 or MASK_STEP % fps: raise SurgsegError(f"fps {fps} must divide {MASK_STEP} (1 = the annotated frames, 10 = every 6th frame)")
+    if fps < 1 or MASK_STEP % fps:
+        raise SurgsegError(f"fps {fps} must divide {MASK_STEP} (1 = the annotated frames, 10 = every 6th frame)")
     return MASK_STEP // fps
 
 def target_frames(video: Video,     # the video folder
                   n_frames: int,    # frames in its video
                   fps: int = 1,     # 1 = the annotated frames; 10 = every 6th frame as well
-                 ) -> list[int]:
+                 ) -> list[int]:    # sorted frame numbers
     "Frame numbers to extract: every (60/fps)-th frame of the video, and every frame that has a mask."
     return sorted(set(range(0, n_frames, _step(fps))) | set(video.frames))
 
@@ -522,7 +573,8 @@ PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1] + (
 
 def _write_png(path: Path, rgb: np.ndarray):
     "Write an RGB frame as PNG (OpenCV wants BGR), atomically; a one-line error naming the file if it cannot."
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)  # in memory: a full disk is an OSError below
+    # in memory: a full disk is an OSError below
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)
     if not ok: raise SurgsegError(f"{path}: could not encode the frame")
     try:
         with atomic_write(path, what="the extracted frames") as tmp: tmp.write_bytes(buf.tobytes())
@@ -540,18 +592,19 @@ def already_extracted(v: Video,     # the video folder
         if n and all(png_complete(v.rgb_path(f)) for f in t): return Extracted(v.name, "done", 0, len(t))
     return None
 
-def extract_video(v: Video,                # the video folder
-                  fps: int = 1,            # 1 = the annotated frames; 10 = every 6th frame as well
-                  method: str = "auto",    # "auto" (seek where proven exact), "seek" (fail if not exact) or "sequential"
-                  verify: int = 2,         # targets checked against a sequential decode before seeking
-                  writers: int = 1,        # PNG writer threads
-                 ) -> Extracted:
+def extract_video(v: Video,              # the video folder
+                  fps: int = 1,          # 1 = the annotated frames; 10 = every 6th frame as well
+                  method: str = "auto",  # "auto" (seek where proven exact), "seek" (fail if not exact) or "sequential"
+                  verify: int = 2,       # targets checked against a sequential decode before seeking
+                  writers: int = 1,      # PNG writer threads
+                 ) -> Extracted:         # what was done
     "Extract one video's target frames to `v.rgb_dir`, skipping complete ones; one process at a time per video."
     if (e := already_extracted(v, fps)) is not None: return e
     pr = probe_video(v.video)
     problems = _stream_problems(v, pr)
     if v.frames and v.frames[-1] >= pr.n_frames:
-        problems.append(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, but {v.mask_paths[-1].name} is frame {v.frames[-1]}")
+        problems.append(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, but "
+                        f"{v.mask_paths[-1].name} is frame {v.frames[-1]}")
     if problems: raise SurgsegError(problems[0])
     targets = target_frames(v, pr.n_frames, fps)
     _writable(v.rgb_dir if v.rgb_dir.exists() else v.path, "the extracted frames")
@@ -577,7 +630,8 @@ def extract_frames(root_or_videos,          # dataset root, or a list of `Video`
                    verify: int = 2,         # targets checked against a sequential decode, per video
                    progress: bool = True,   # show a progress bar
                   ) -> list[Extracted]:     # one per video
-    "Extract the annotated frames of every video to `video_*/rgb/NNNNNNNNN.png`: exact, parallel, resumable, atomic, locked."
+    """Extract the annotated frames of every video to `video_*/rgb/NNNNNNNNN.png`: exact, parallel, resumable, atomic,
+    locked."""
     videos = find_videos(root_or_videos) if isinstance(root_or_videos, (str, Path)) else list(root_or_videos)
     _step(fps)
     res = [already_extracted(v, fps) for v in videos]   # a rerun of a finished extraction starts no processes
@@ -586,9 +640,12 @@ def extract_frames(root_or_videos,          # dataset root, or a list of `Video`
         n = default_workers(len(todo), workers)
         writers = max(1, default_workers(10**6) // n)   # cores left over by the video processes write PNGs
         jobs = [(vars(videos[i]), fps, method, verify, writers) for i in todo]
-        for i, r in zip(todo, parallel_map(_installed(_extract_one), jobs, n, "extract", progress, "video", errors="return")): res[i] = r
+        for i, r in zip(todo,
+                        parallel_map(_installed(_extract_one), jobs, n, "extract", progress, "video", errors="return")):
+            res[i] = r
     errors = [str(r) for r in res if isinstance(r, SurgsegError)]
-    if errors: raise SurgsegError(errors[0] + (f" (and {len(errors) - 1} more failed video(s))" if len(errors) > 1 else ""))
+    if errors:
+        raise SurgsegError(errors[0] + (f" (and {len(errors) - 1} more failed video(s))" if len(errors) > 1 else ""))
     return res
 
 # %% ../nbs/01_data_extraction.ipynb #16476339
@@ -610,8 +667,10 @@ def resolve_data_dir(data_dir: str | Path = "",  # dataset root; "" = the synthe
     "The dataset root to use: `data_dir`, or the synthetic stand-in (generated on first use) when it is empty."
     if data_dir is None or str(data_dir) == "": return Path(ensure_synthetic())
     root = Path(data_dir).expanduser()
-    if not root.exists(): raise SurgsegError(f"{root}: data folder not found (data_dir must be a dataset root in the official layout)")
-    if not root.is_dir(): raise SurgsegError(f"{root}: not a folder (data_dir must be a dataset root in the official layout)")
+    if not root.exists():
+        raise SurgsegError(f"{root}: data folder not found (data_dir must be a dataset root in the official layout)")
+    if not root.is_dir():
+        raise SurgsegError(f"{root}: not a folder (data_dir must be a dataset root in the official layout)")
     return root
 
 # %% ../nbs/01_data_extraction.ipynb #39c62960
@@ -626,12 +685,12 @@ def make_splits(cfg: Config,              # uses data_dir, val_fraction and seed
     return split_by_operation(videos, val_fraction=cfg.val_fraction, seed=cfg.seed)
 
 # %% ../nbs/01_data_extraction.ipynb #97487ed2
-def build_transforms(size: tuple,             # working (H, W)
-                     train: bool = False,     # training (augment) or evaluation (resize only)
-                     augment: bool = True,    # with train=True: False = resize only
-                     shrink: bool = True,     # the working size is smaller than the frame (area interpolation)
-                     fill_mask: int = 0,      # mask value of pixels brought in from outside the frame
-                     crop: bool = False,      # the input is already a crop of `size` at working resolution: no resize, no random resized crop
+def build_transforms(size: tuple,           # working (H, W)
+                     train: bool = False,   # training (augment) or evaluation (resize only)
+                     augment: bool = True,  # with train=True: False = resize only
+                     shrink: bool = True,   # the working size is smaller than the frame (area interpolation)
+                     fill_mask: int = 0,    # mask value of pixels brought in from outside the frame
+                     crop: bool = False,    # input is a working-resolution crop of `size`: no resize, no random crop
                     ):
     "The albumentations pipeline of a split: resize for evaluation; spatial + colour augmentation for training."
     import albumentations as A
@@ -640,7 +699,8 @@ def build_transforms(size: tuple,             # working (H, W)
     if crop:
         return A.Compose([] if not (train and augment) else [
             A.HorizontalFlip(p=0.5),
-            A.Affine(scale=(0.85, 1.2), translate_percent=(-0.06, 0.06), rotate=(-15, 15), border_mode=cv2.BORDER_CONSTANT,
+            A.Affine(scale=(0.85, 1.2), translate_percent=(-0.06, 0.06), rotate=(-15, 15),
+                     border_mode=cv2.BORDER_CONSTANT,
                      fill=0, fill_mask=fill_mask, p=0.5, **nn),
             *_colour(A)])
     if not (train and augment):
@@ -664,27 +724,33 @@ def crop_window(mask: np.ndarray,          # (H, W) class ids at working resolut
                 size: tuple,               # (h, w) of the crop
                 rare: float,               # probability of centring the crop on a foreground class present in `mask`
                 rng: np.random.Generator,  # the draw's generator (seeded by the caller)
-                class_weights=None,        # (classes,) weight of each class as a crop centre; None = all foreground classes equal
-               ) -> tuple:                 # (y0, x0, centre class or -1 for a random crop); y0/x0 < 0 or past the end = padding
-    "Top-left corner of a crop of `size`: centred on a pixel of a drawn present class with probability `rare`, else uniform."
-    H, W = mask.shape; h, w = size
-    lo, hi = (min(0, H - h), min(0, W - w)), (max(0, H - h), max(0, W - w))  # corners keeping the frame inside, or the crop inside
+                class_weights=None,        # (classes,) weight of each class as a crop centre; None = foreground equal
+               ) -> tuple:                 # (y0, x0, centre class or -1 if random); y0/x0 < 0 or past the end = padding
+    """Top-left corner of a crop of `size`: centred on a pixel of a drawn present class with probability `rare`, else
+    uniform."""
+    H, W = mask.shape
+    h, w = size
+    # corners keeping the frame inside, or the crop inside
+    lo, hi = (min(0, H - h), min(0, W - w)), (max(0, H - h), max(0, W - w))
     if rare > 0 and rng.random() < rare:
         counts = np.bincount(mask.ravel(), minlength=len(class_weights) if class_weights is not None else 1)
         wts = np.ones(len(counts)) if class_weights is None else np.asarray(class_weights, np.float64)[:len(counts)]
-        wts = np.where(counts[:len(wts)] > 0, wts, 0.0); wts[0] = 0.0   # present foreground classes only
+        wts = np.where(counts[:len(wts)] > 0, wts, 0.0)
+        wts[0] = 0.0   # present foreground classes only
         if wts.sum() > 0:
-            cum = np.cumsum(wts); c = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(wts) - 1)
+            cum = np.cumsum(wts)
+            c = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(wts) - 1)
             k = int(rng.integers(counts[c]))
             y, x = np.divmod(np.flatnonzero(mask.ravel() == c)[k], W)
             return int(np.clip(y - h // 2, lo[0], hi[0])), int(np.clip(x - w // 2, lo[1], hi[1])), c
     return int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1)), -1
 
 def crop_pad(a: np.ndarray,   # (H, W) or (H, W, C) array
-             y0: int, x0: int, # top-left corner (may be negative: padding)
-             size: tuple,      # (h, w) of the crop
-             fill=0,           # value of the padding
-            ) -> np.ndarray:   # (h, w[, C]) crop
+             y0: int,         # top row of the window in `a` (negative: padded)
+             x0: int,         # top-left corner (may be negative: padding)
+             size: tuple,     # (h, w) of the crop
+             fill=0,          # value of the padding
+            ) -> np.ndarray:  # (h, w[, C]) crop
     "The window of `size` at (y0, x0) of `a`, padded with `fill` where it leaves `a`."
     h, w = size
     if 0 <= y0 and 0 <= x0 and y0 + h <= a.shape[0] and x0 + w <= a.shape[1]: return a[y0:y0 + h, x0:x0 + w]
@@ -696,25 +762,27 @@ def crop_pad(a: np.ndarray,   # (H, W) or (H, W, C) array
 # %% ../nbs/01_data_extraction.ipynb #3cb1d657
 class SegDataset:
     "(image, mask) pairs of the extracted frames of `videos`, at a working scale, augmented for training."
-    def __init__(self, videos,                 # list of `Video`, or a dataset root
-                 scale: float = 1.0,           # working size = round(full size * scale)
-                 train: bool = False,          # training: augment; evaluation: resize only
-                 augment: bool = True,         # with train=True: False = resize only
-                 fps: int = 1,                 # frame rate of the items: masked frames at this rate
-                 seed: int | None = None,      # augmentation seed (None = from torch's seed, so `set_seed` fixes it)
-                 fill_mask: int = 0,           # mask value of pixels the affine brings in from outside the frame
-                 crop_size=0,                  # training: crops of this size at working resolution, int or (h, w); 0 = whole frames
-                 crop_rare: float = 0.0,       # training crops: probability of centring on a present foreground class (`crop_window`)
-                 class_weights=None,           # (classes,) weights of the classes as crop centres; None = all foreground classes equal
+    def __init__(self, videos,             # list of `Video`, or a dataset root
+                 scale: float = 1.0,       # working size = round(full size * scale)
+                 train: bool = False,      # training: augment; evaluation: resize only
+                 augment: bool = True,     # with train=True: False = resize only
+                 fps: int = 1,             # frame rate of the items: masked frames at this rate
+                 seed: int | None = None,  # augmentation seed (None = from torch's seed, so `set_seed` fixes it)
+                 fill_mask: int = 0,       # mask value of pixels the affine brings in from outside the frame
+                 crop_size=0,              # training: crops of this size (working resolution), int or (h, w); 0 = off
+                 crop_rare: float = 0.0,   # training crops: chance of centring on a present class (`crop_window`)
+                 class_weights=None,       # (classes,) weights of the classes as crop centres; None = foreground equal
                 ):
         self.videos = find_videos(videos) if isinstance(videos, (str, Path)) else list(videos)
         if scale <= 0: raise SurgsegError(f"scale {scale} must be positive")
         step = _step(fps)
         self.scale, self.train, self.augment, self.fill_mask = scale, train, augment, fill_mask
         cs = [int(v) for v in (crop_size if isinstance(crop_size, (list, tuple)) else [crop_size] * 2)]
-        if len(cs) != 2 or (min(cs) < 1 and cs != [0, 0]): raise SurgsegError(f"crop_size {crop_size!r}: expected pixels >= 1 (one value or h, w), or 0")
+        if len(cs) != 2 or (min(cs) < 1 and cs != [0, 0]):
+            raise SurgsegError(f"crop_size {crop_size!r}: expected pixels >= 1 (one value or h, w), or 0")
         if not 0 <= crop_rare <= 1: raise SurgsegError(f"crop_rare {crop_rare}: must be in [0, 1]")
-        self.crop = tuple(cs) if train and cs != [0, 0] else None   # crops are for training only: evaluation sees whole frames
+        # crops are for training only: evaluation sees whole frames
+        self.crop = tuple(cs) if train and cs != [0, 0] else None
         self.crop_rare, self.class_weights = float(crop_rare), class_weights
         self.items = [(v.name, f, v.rgb_path(f), p) for v in sorted(self.videos, key=lambda v: natural_key(v.name))
                       for f, p in zip(v.frames, v.mask_paths) if f % step == 0]
@@ -730,7 +798,9 @@ class SegDataset:
 
     def __len__(self): return len(self.items)
 
-    def size_of(self, i: int) -> tuple:
+    def size_of(self,
+                i: int,     # item index
+               ) -> tuple:  # (H0, W0)
         "Full-resolution (H0, W0) of item i (from its mask's PNG header)."
         name = self.items[i][0]
         if name not in self._sizes: self._sizes[name] = _png_size(self.items[i][3])
@@ -741,16 +811,22 @@ class SegDataset:
         "Full-resolution (H0, W0) of the frames (of item 0; see `size_of` when videos differ)."
         return self.size_of(0)
 
-    def work_size(self, i: int) -> tuple:
+    def work_size(self,
+                  i: int,     # item index
+                 ) -> tuple:  # (H, W)
         "Working (H, W) of item i: round(full size * scale)."
         h, w = self.size_of(i)
         return max(1, round(h * self.scale)), max(1, round(w * self.scale))
 
-    def out_size(self, i: int) -> tuple:
+    def out_size(self,
+                 i: int,     # item index
+                ) -> tuple:  # (H, W)
         "(H, W) of item i as served: the crop size when cropping, else the working size."
         return self.crop or self.work_size(i)
 
-    def full_mask(self, i: int) -> np.ndarray:
+    def full_mask(self,
+                  i: int,          # item index
+                 ) -> np.ndarray:  # (H0, W0) uint8 class ids
         "The original full-resolution mask of item i, for scoring."
         return read_mask(self.items[i][3], self.size_of(i))
 
@@ -764,7 +840,8 @@ class SegDataset:
             for t in self._tfs.values(): t.set_random_seed((wi.seed if wi else self.seed) % 2**32)
         size = self.out_size(i)
         if size not in self._tfs:
-            t = build_transforms(size, self.train, self.augment, shrink=self.scale < 1, fill_mask=self.fill_mask, crop=bool(self.crop))
+            t = build_transforms(size, self.train, self.augment, shrink=self.scale < 1, fill_mask=self.fill_mask,
+                                 crop=bool(self.crop))
             t.set_random_seed(((wi.seed if wi else self.seed) + len(self._tfs)) % 2**32)
             self._tfs[size] = t
         return self._tfs[size]
@@ -779,17 +856,22 @@ class SegDataset:
         img = cv2.imread(str(rgb), cv2.IMREAD_COLOR)
         if img is None: raise SurgsegError(f"{rgb}: unreadable image")
         size = self.size_of(i)
-        if img.shape[:2] != size: raise SurgsegError(f"{rgb}: size {img.shape[1]}x{img.shape[0]}, but its mask is {size[1]}x{size[0]}")
+        if img.shape[:2] != size:
+            raise SurgsegError(f"{rgb}: size {img.shape[1]}x{img.shape[0]}, but its mask is {size[1]}x{size[0]}")
         tf = self._transform(i)
-        if seed is not None: tf.set_random_seed(int(seed) % 2**32)   # a function of the draw, not of the process's history
+        if seed is not None:
+            tf.set_random_seed(int(seed) % 2**32)   # a function of the draw, not of the process's history
         img, mask = cv2.cvtColor(img, cv2.COLOR_BGR2RGB), read_mask(mp, size)
-        if self.crop: img, mask = self._crop(i, img, mask, tf.random_generator)  # before the other augmentations: they run on the crop
+        if self.crop:
+            # before the other augmentations: they run on the crop
+            img, mask = self._crop(i, img, mask, tf.random_generator)
         out = tf(image=img, mask=mask)
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
         return dict(image=image, mask=torch.from_numpy(out["mask"].astype(np.int64)), index=i)
 
     def _crop(self, i: int, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple:
-        "Item i's image and mask brought to working resolution, then cropped by `crop_window` with the pipeline's seeded generator."
+        """Item i's image and mask brought to working resolution, then cropped by `crop_window` with the pipeline's
+        seeded generator."""
         h, w = self.work_size(i)
         if (h, w) != img.shape[:2]:
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)

@@ -46,7 +46,8 @@ def match_predictions(ref: str | Path,              # reference root
     refs, ref_root = reference_masks(ref), layout_root(ref)
     pred_root = layout_root(pred, "prediction")
     pred_videos = {d.name: d for d in pred_root.glob("video_*") if d.is_dir()}
-    problems = [f"{pred_videos[v]}: not a video of the reference set {ref_root}" for v in sorted(set(pred_videos) - set(refs))]
+    problems = [f"{pred_videos[v]}: not a video of the reference set {ref_root}"
+                for v in sorted(set(pred_videos) - set(refs))]
     pairs = []
     for video, masks in refs.items():
         seg = pred_root / video / "segmentation"
@@ -75,7 +76,8 @@ def score_pair(pair: tuple,           # (video, gt_path, pred_path or None)
                tau: float = 10.0,     # NSD tolerance in pixels
                score: bool = True,    # False: only check the files
               ) -> tuple:             # (video, frame, (iou, nsd, confusion, missing, colour) or None, problem or None)
-    "Read one ground-truth/prediction pair (the prediction as the toolkit reads it) and score it; a bad file gives its problem."
+    """Read one ground-truth/prediction pair (the prediction as the toolkit reads it) and score it; a bad file gives its
+    problem."""
     video, gt_path, pred_path = pair
     frame = int(gt_path.stem) if gt_path.stem.isdigit() else gt_path.stem
     try: gt = read_mask(gt_path)
@@ -92,7 +94,11 @@ def score_pair(pair: tuple,           # (video, gt_path, pred_path or None)
 # %% ../nbs/07a_evaluate.ipynb #7d715171
 class PredictionFolderError(SurgsegError):
     "A prediction folder that fails the toolkit's checks; `.problems` lists every violation."
-    def __init__(self, pred, problems: list[str], shown: int = 5):
+    def __init__(self,
+                 pred,                 # the prediction folder
+                 problems: list[str],  # every violation, one line each
+                 shown: int = 5,       # how many the message lists
+                ):
         self.problems = list(problems)
         more = f"; ... and {len(problems) - shown} more" if len(problems) > shown else ""
         super().__init__(f"{pred}: {len(problems)} problem(s): " + "; ".join(self.problems[:shown]) + more)
@@ -121,9 +127,13 @@ def evaluate(ref: str | Path,             # reference root (video_*/segmentation
     with output_lock(out) if out is not None else contextlib.nullcontext():  # one writer of `out` at a time
         pairs, problems = match_predictions(ref, pred, allow_missing)
         acc, n_colour = ScoreAccumulator(tau), 0
-        for video, frame, res, problem in parallel_map(partial(score_pair, tau=tau), pairs, workers, "scoring", progress, unit="frame"):
-            if problem: problems.append(problem); continue
-            acc.add(video, *res[:3], frame=frame, missing=res[3]); n_colour += res[4]
+        for video, frame, res, problem in parallel_map(partial(score_pair, tau=tau), pairs, workers, "scoring",
+                                                       progress, unit="frame"):
+            if problem:
+                problems.append(problem)
+                continue
+            acc.add(video, *res[:3], frame=frame, missing=res[3])
+            n_colour += res[4]
         if problems: raise PredictionFolderError(pred, problems)
         results = acc.compute()
         results.update(ref=str(layout_root(ref)), pred=str(layout_root(pred, "prediction")), n_colour=int(n_colour),
@@ -132,7 +142,8 @@ def evaluate(ref: str | Path,             # reference root (video_*/segmentation
     return results
 
 # %% ../nbs/07a_evaluate.ipynb #c1e0ef18
-def result_tables(results: dict) -> dict[str, pd.DataFrame]:
+def result_tables(results: dict,                # an `evaluate` result
+                 ) -> dict[str, pd.DataFrame]:  # file name -> table
     "The CSV tables of a result: file name -> DataFrame (toolkit column names where the toolkit has the file)."
     pv = results["per_video"]
     per_video = pd.DataFrame({"video_id": [v.split("_", 1)[1] for v in pv.index], "seg_mIoU": pv.miou.values,
@@ -153,39 +164,48 @@ def result_tables(results: dict) -> dict[str, pd.DataFrame]:
 def write_results(results: dict,     # from `evaluate` or `ScoreAccumulator.compute()`
                   out: str | Path,   # folder to write into (created if needed)
                  ) -> list[Path]:    # the files written
-    "Write the result tables as CSV files into `out`: all to temporary files first, then renamed, final_results.csv last."
+    """Write the result tables as CSV files into `out`: all to temporary files first, then renamed, final_results.csv
+    last."""
     out = Path(out)
     if out.exists() and not out.is_dir(): raise SurgsegError(f"{out}: exists and is not a folder")
     tables = result_tables(results)
-    texts = {name: tables[name].to_csv(index=False) for name in ["final_results.csv", *tables]}  # final first: renamed last
+    # final first: renamed last
+    texts = {name: tables[name].to_csv(index=False) for name in ["final_results.csv", *tables]}
     for name in texts:  # leftovers of a killed writer (atomic_write's temporary names)
         for t in out.glob(f".{Path(name).stem}.*.tmp.csv"): t.unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:  # every file written before any is renamed; renamed in reverse order
-        for name, text in texts.items(): stack.enter_context(atomic_write(out / name, what="the result tables")).write_text(text)
+        for name, text in texts.items():
+            stack.enter_context(atomic_write(out / name, what="the result tables")).write_text(text)
     return [out / name for name in texts]
 
 # %% ../nbs/07a_evaluate.ipynb #a328bba5
-def summary(results: dict) -> str:
+def summary(results: dict,  # an `evaluate` result
+           ) -> str:        # a few lines of text
     "A short text summary: per-class table, where each class loses its score, and the official numbers."
     pc = results["per_class"].rename(columns={"iou": "IoU", "nsd": "NSD", "pooled_iou": "pooled IoU*"})
     lines = [pc.to_string(float_format=lambda x: f"{x:.4f}"), ""]
     bd = results.get("breakdown")
     if bd is not None:
         cols = {"iou": "IoU", "false_alarm": "lost: false alarms", "miss": "misses", "delineation": "delineation",
-                "frames_present": "frames present", "frames_false_alarm": "false-alarm frames", "frames_miss": "missed frames"}
-        lines += ["where each class loses its IoU (1 - IoU = false alarms + misses + delineation; NSD alike in per_class_breakdown.csv):",
-                  bd.set_index("class")[list(cols)].rename(columns=cols).to_string(float_format=lambda x: f"{x:.4f}"), ""]
+                "frames_present": "frames present", "frames_false_alarm": "false-alarm frames",
+                "frames_miss": "missed frames"}
+        lines += ["where each class loses its IoU (1 - IoU = false alarms + misses + delineation; NSD alike in "
+                  "per_class_breakdown.csv):",
+                  bd.set_index("class")[list(cols)].rename(columns=cols).to_string(float_format=lambda x: f"{x:.4f}"),
+                  ""]
     lines += [f"mIoU {results['miou']:.4f}   mNSD {results['mnsd']:.4f}   "
               f"segmentation score {results['score']:.4f}   (tau {results['tau']:g} px; "
               f"{results['n_videos']} videos, {results['n_frames']} frames, {results['n_missing']} missing)",
               "* pooled IoU: total intersection / total union over all frames; not the official definition"]
     if results.get("n_colour"):
-        lines.append(f"note: {results['n_colour']} prediction file(s) are 3-channel PNGs with equal channels: scored as their "
+        lines.append(f"note: {results['n_colour']} prediction file(s) are 3-channel PNGs with equal channels: scored "
+                     "as their "
                      "first channel, exactly as the official toolkit reads them (not an error)")
     return "\n".join(lines)
 
 # %% ../nbs/07a_evaluate.ipynb #4338281c
-ERROR_KINDS = {1: ("missed", "#FF3B30"), 2: ("spurious", "#FFD60A"), 3: ("wrong class", "#FF00FF")}  # kind: (name, colour)
+# kind: (name, colour)
+ERROR_KINDS = {1: ("missed", "#FF3B30"), 2: ("spurious", "#FFD60A"), 3: ("wrong class", "#FF00FF")}
 
 def error_kinds(gt: np.ndarray,    # (H, W) ground-truth class ids
                 pred: np.ndarray,  # (H, W) predicted class ids
@@ -227,7 +247,9 @@ def error_panel(rgb: np.ndarray,     # (H, W, 3) uint8 frame
     panels = [(title or "frame", rgb), ("ground truth", colorize(gt)), ("prediction", colorize(pred)),
               ("errors", error_image(rgb, gt, pred))]
     for ax, (t, im) in zip(axs, panels):
-        ax.imshow(im, interpolation="nearest"); ax.set_title(t, fontsize=9); ax.axis("off")
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
     if legend:  # both legends right of the errors panel: the error kinds on top, the classes below
         kinds = axs[3].legend(handles=[Patch(color=c, label=n) for n, c in ERROR_KINDS.values()],
                               loc="upper left", bbox_to_anchor=(1.02, 1.05), fontsize=7, frameon=False)
@@ -240,7 +262,8 @@ def confusion_table(cm: np.ndarray,  # (10, 10) pixel counts, rows = ground trut
                    ) -> pd.DataFrame:  # row-normalised shares; rows of absent classes are NaN
     "The confusion matrix normalised by row (share of each true class's pixels per predicted class), labelled."
     cm = np.asarray(cm, dtype=np.float64)
-    if cm.shape != (NUM_CLASSES, NUM_CLASSES): raise ValueError(f"confusion matrix must be {NUM_CLASSES}x{NUM_CLASSES}, got {cm.shape}")
+    if cm.shape != (NUM_CLASSES, NUM_CLASSES):
+        raise ValueError(f"confusion matrix must be {NUM_CLASSES}x{NUM_CLASSES}, got {cm.shape}")
     rows = cm.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"): share = np.where(rows > 0, cm / rows, np.nan)
     names = [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)]
@@ -255,6 +278,7 @@ def plot_confusion(cm: np.ndarray,  # (10, 10) pixel counts, rows = ground truth
     ax = ax or plt.subplots(figsize=(7.5, 6))[1]
     labels = t.map(lambda v: f"{v:.2f}" if v >= 0.005 else "")
     sns.heatmap(t, ax=ax, vmin=0, vmax=1, cmap="rocket_r", annot=labels, fmt="", annot_kws={"fontsize": 7},
-                square=True, linewidths=0.5, linecolor="#eeeeee", cbar_kws={"label": "share of the true class's pixels"})
+                square=True, linewidths=0.5, linecolor="#eeeeee",
+                cbar_kws={"label": "share of the true class's pixels"})
     ax.set_title("confusion matrix, normalised by ground truth (rows)", fontsize=10)
     return ax

@@ -42,7 +42,8 @@ def export_ready(model: nn.Module,        # a surgseg model (a `models.Segmenter
 # %% ../nbs/08b_export.ipynb #ea99f3e0
 @contextlib.contextmanager
 def _quiet_fds():
-    "Send what C++ code prints to the process's stdout/stderr (the exporter's constant-folding notes) to a temporary file."
+    """Send what C++ code prints to the process's stdout/stderr (the exporter's constant-folding notes) to a temporary
+    file."""
     saved, sink = [], tempfile.TemporaryFile()
     try:
         for fd in (1, 2):
@@ -51,7 +52,9 @@ def _quiet_fds():
             os.dup2(sink.fileno(), fd)
         yield
     finally:
-        for fd, old in saved: os.dup2(old, fd); os.close(old)
+        for fd, old in saved:
+            os.dup2(old, fd)
+            os.close(old)
         sink.close()
 
 def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo: bool):
@@ -61,7 +64,8 @@ def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dyn
         warnings.simplefilter("ignore")  # tracer and deprecation notes; parity is checked afterwards
         if dynamo:
             Dim = torch.export.Dim
-            shapes = ({0: Dim("batch", min=1, max=1024), 2: Dim("height", min=32, max=8192), 3: Dim("width", min=32, max=8192)},)
+            shapes = ({0: Dim("batch", min=1, max=1024), 2: Dim("height", min=32, max=8192),
+                       3: Dim("width", min=32, max=8192)},)
             torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, dynamic_shapes=shapes, verbose=False,
                               **names).save(str(path))
         else:
@@ -73,7 +77,8 @@ def _stamp(path: Path, cfg: Config):
     "Record the run's Config in the ONNX file's metadata, so the file alone rebuilds the `Predictor`."
     import onnx
     m = onnx.load(str(path))
-    e = m.metadata_props.add(); e.key, e.value = CONFIG_KEY, json.dumps(cfg.to_dict())
+    e = m.metadata_props.add()
+    e.key, e.value = CONFIG_KEY, json.dumps(cfg.to_dict())
     onnx.save(m, str(path))
 
 # %% ../nbs/08b_export.ipynb #72bd74b1
@@ -101,7 +106,7 @@ class OnnxSegmenter(nn.Module):
     "An exported model run by onnxruntime: float (B,3,H,W) in [0,1] in, logits (B,10,H,W) out, as a surgseg model."
     def __init__(self, path: str | Path,           # the .onnx file
                  threads: int | None = None,       # onnxruntime intra-op threads; None = torch's current thread count
-                 providers: tuple = ("CPUExecutionProvider",),  # onnxruntime execution providers, in order of preference
+                 providers: tuple = ("CPUExecutionProvider",),  # onnxruntime execution providers, preferred first
                 ):
         super().__init__()
         import onnxruntime as ort
@@ -111,16 +116,21 @@ class OnnxSegmenter(nn.Module):
         so.intra_op_num_threads = torch.get_num_threads() if threads is None else check_option("threads", threads)
         so.inter_op_num_threads, so.log_severity_level = 1, 3
         try: self.session = ort.InferenceSession(str(self.path), so, providers=list(providers))
-        except Exception as e: raise SurgsegError(f"{self.path}: not a loadable ONNX model ({type(e).__name__}: {first_line(e, 200)})") from None
+        except Exception as e:
+            raise SurgsegError(f"{self.path}: not a loadable ONNX model "
+                               f"({type(e).__name__}: {first_line(e, 200)})") from None
         i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name, self.input_shape = i.name, o.name, list(i.shape)
         self.threads = so.intra_op_num_threads
 
     def __repr__(self): return f"OnnxSegmenter({self.path}, threads={self.threads})"
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                images: torch.Tensor,  # (B, 3, H, W) float32 in [0, 1]
+               ) -> torch.Tensor:      # (B, 10, H, W) logits
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise SurgsegError(f"{self.path}: expected float images (B, 3, H, W) in [0, 1], got {tuple(images.shape)} {images.dtype}")
+            raise SurgsegError(f"{self.path}: expected float images (B, 3, H, W) in [0, 1], got {tuple(images.shape)} "
+                               f"{images.dtype}")
         if any(isinstance(d, int) and d != n for d, n in zip(self.input_shape, images.shape)):
             raise SurgsegError(f"{self.path}: exported for input {self.input_shape}, got {list(images.shape)}")
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -134,20 +144,23 @@ def _batch(frames: list, cfg: Config) -> torch.Tensor:
     return torch.from_numpy(np.stack([p.resize(f) for f in frames])).permute(0, 3, 1, 2).float().div_(255)
 
 def _float64(model: nn.Module) -> nn.Module | None:
-    "A float64 copy of `model`: the reference both float32 implementations are measured against (None if it cannot be made)."
+    """A float64 copy of `model`: the reference both float32 implementations are measured against (None if it cannot be
+    made)."""
     try: return copy.deepcopy(model).cpu().double().eval()
     except Exception: return None
 
 def _compare(ref: nn.Module, other: nn.Module, x: torch.Tensor, full: tuple | None = None,
              exact: nn.Module | None = None) -> dict:
-    "Logit and class differences of two models on one batch (and of their full-resolution masks when `full`=(H, W)); with `exact` (a float64 copy of `ref`) how far each is from the float64 logits of the first image."
+    """Logit and class differences of two models on one batch (and of their full-resolution masks when `full`=(H, W));
+    with `exact` (a float64 copy of `ref`) how far each is from the float64 logits of the first image."""
     with torch.inference_mode(): a, b = ref(x).float(), other(x).float()
     r = dict(input="x".join(map(str, x.shape)), max_abs=float((a - b).abs().max()), logit_scale=float(a.abs().max()),
              argmax_diff=int((a.argmax(1) != b.argmax(1)).sum()), pixels=int(a[:, 0].numel()))
     if exact is not None:  # on the first image only: float64 runs several times slower
         try:
             with torch.inference_mode(): e = exact(x[:1].double())
-            r["torch_vs_f64"], r["onnx_vs_f64"] = float((a[:1].double() - e).abs().max()), float((b[:1].double() - e).abs().max())
+            r["torch_vs_f64"] = float((a[:1].double() - e).abs().max())
+            r["onnx_vs_f64"] = float((b[:1].double() - e).abs().max())
         except Exception: pass  # a model with an operation that has no float64 kernel: no float64 reference
     if full is not None:
         r["mask_diff"] = int((full_res_masks(a, full) != full_res_masks(b, full)).sum())
@@ -165,7 +178,8 @@ def parity(ref: nn.Module,     # the PyTorch model (CPU, float32)
     f64 = _float64(ref) if exact else None
     x = _batch(frames, cfg)
     h, w = x.shape[-2:]
-    odd = F.interpolate(x[:1], size=(h + 13, w + 29), mode="bilinear", align_corners=False)  # batch 1, sizes no stride divides
+    # batch 1, sizes no stride divides
+    odd = F.interpolate(x[:1], size=(h + 13, w + 29), mode="bilinear", align_corners=False)
     return [_compare(ref, other, x, frames[0].shape[:2], f64), _compare(ref, other, odd, exact=f64)]
 
 # %% ../nbs/08b_export.ipynb #fdd44cd1
@@ -181,7 +195,8 @@ def _load_source(source) -> tuple:
 
 # %% ../nbs/08b_export.ipynb #42409c5c
 def _vs_float64(rows: list[dict]) -> dict | None:
-    "The largest distance of each backend's logits from the float64 logits, over the parity checks (None if not measured)."
+    """The largest distance of each backend's logits from the float64 logits, over the parity checks (None if not
+    measured)."""
     if not all("torch_vs_f64" in r for r in rows): return None
     return dict(torch=max(r["torch_vs_f64"] for r in rows), onnxruntime=max(r["onnx_vs_f64"] for r in rows))
 
@@ -195,7 +210,8 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
                 overwrite: bool = False,       # replace an existing export
                 threads: int | None = None,    # onnxruntime threads for the parity check
                ) -> dict:                      # the manifest (also written as `out` with suffix .json)
-    "Export a model to ONNX with dynamic batch/height/width, check parity with PyTorch, publish file + manifest atomically."
+    """Export a model to ONNX with dynamic batch/height/width, check parity with PyTorch, publish file + manifest
+    atomically."""
     model, cfg, run, ckpt = _load_source(source)
     if out is None:
         if run is None: raise SurgsegError("export_onnx: pass `out` (an .onnx path) to export a model from memory")
@@ -204,9 +220,11 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
     if out.suffix != ".onnx": raise SurgsegError(f"{out}: the export file name must end in .onnx")
     man_path = out.with_suffix(".json")
     for p in (out, man_path):
-        if p.exists() and not overwrite: raise SurgsegError(f"{p}: already exists (refusing to overwrite; pass overwrite=True / --overwrite)")
+        if p.exists() and not overwrite:
+            raise SurgsegError(f"{p}: already exists (refusing to overwrite; pass overwrite=True / --overwrite)")
     frames, where = sample_frames() if frames is None else (list(frames), f"{len(frames)} given frames")
-    ref = export_ready(model, merge_lora=False)  # the model as trained (adapters unmerged): what parity is measured against
+    # the model as trained (adapters unmerged): what parity is measured against
+    ref = export_ready(model, merge_lora=False)
     ready = export_ready(model, merge_lora)
     x = _batch(frames[:2], cfg)
     if len(x) < 2: x = torch.cat([x, x])  # an example batch of 2 keeps the batch dimension free
@@ -223,15 +241,18 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
         _stamp(tmp, cfg)
         try: rows = parity(ref, OnnxSegmenter(tmp, threads), frames, cfg)
         except Exception as e:  # e.g. a graph whose sizes were fixed while tracing, run at another size
-            raise SurgsegError(f"{out}: the exported graph fails the parity check ({type(e).__name__}: {first_line(e, 200)}); nothing written") from None
+            raise SurgsegError(f"{out}: the exported graph fails the parity check ({type(e).__name__}: "
+                               f"{first_line(e, 200)}); nothing written") from None
         worst, scale = max(r["max_abs"] for r in rows), max(r["logit_scale"] for r in rows)
         if not worst <= atol * max(1.0, scale):
-            raise SurgsegError(f"{out}: parity check failed: max |logit difference| {worst:.3g} (logits up to {scale:.3g}); nothing written")
+            raise SurgsegError(f"{out}: parity check failed: max |logit difference| {worst:.3g} (logits up to "
+                               f"{scale:.3g}); nothing written")
         sha, size = sha256_file(tmp), tmp.stat().st_size
     import onnx, onnxruntime
     manifest = dict(
         file=out.name, format="onnx", opset=opset, exporter="dynamo" if dynamo else "torchscript",
-        checkpoint=str(ckpt) if ckpt else None, model=cfg.model, encoder=cfg.encoder if cfg.model != "dinov3" else cfg.dinov3,
+        checkpoint=str(ckpt) if ckpt else None, model=cfg.model,
+                    encoder=cfg.encoder if cfg.model != "dinov3" else cfg.dinov3,
         lora_merged=bool(merge_lora and isinstance(model, DinoV3Segmenter) and cfg.finetune == "lora"),
         input=dict(name=INPUT_NAME, shape=["batch", 3, "height", "width"], dtype="float32", range="[0, 1] RGB"),
         output=dict(name=OUTPUT_NAME, shape=["batch", 10, "height", "width"], dtype="float32"),
@@ -243,13 +264,15 @@ def export_onnx(source,                       # run folder, checkpoint folder, o
     return manifest
 
 # %% ../nbs/08b_export.ipynb #b9f15d4a
-def export_summary(manifest: dict) -> str:
+def export_summary(manifest: dict,  # an export's manifest (`export_onnx`)
+                  ) -> str:         # one line
     "One line describing an export and its parity, for the command line."
     p = manifest["parity"]
     return (f"{manifest['file']}: {manifest['model']} opset {manifest['opset']} ({manifest['exporter']}), "
             f"{manifest['bytes'] / 2**20:.1f} MiB; parity on {p['frames']}: max |logit diff| {p['max_abs']:.2e} "
             f"({'<=' if p['within_atol'] else '>'} {p['atol']:g}), {p['argmax_diff']} argmax pixels differ"
-            + (f"; from float64 logits: PyTorch {p['float64']['torch']:.2e}, onnxruntime {p['float64']['onnxruntime']:.2e}"
+            + (f"; from float64 logits: PyTorch {p['float64']['torch']:.2e}, onnxruntime "
+               f"{p['float64']['onnxruntime']:.2e}"
                if p.get("float64") else ""))
 
 # %% ../nbs/08b_export.ipynb #b256c5d1
@@ -277,7 +300,8 @@ def load_onnx(source: str | Path,          # an .onnx file or a run folder with 
     if CONFIG_KEY not in meta:
         raise SurgsegError(f"{path}: no surgseg config in its metadata (not exported by surgseg); pass cfg=")
     try: return model, Config().update(json.loads(meta[CONFIG_KEY]))
-    except (ValueError, SurgsegError) as e: raise SurgsegError(f"{path}: unreadable surgseg config in its metadata ({first_line(e, 200)})") from None
+    except (ValueError, SurgsegError) as e:
+        raise SurgsegError(f"{path}: unreadable surgseg config in its metadata ({first_line(e, 200)})") from None
 
 def onnx_predictor(source: str | Path,         # an .onnx file or a run folder with an export
                    threads: int | None = None, # onnxruntime intra-op threads

@@ -31,12 +31,14 @@ def mask_pixel_counts(path: str | Path,  # a mask PNG (8-bit, values 0..9)
 # %% ../nbs/02_imbalance_study.ipynb #f23f7ffa
 CACHE_FILE = Path(".surgseg") / "frame_table.csv"  # the cache, relative to the dataset root
 
-def dataset_root(video) -> Path:
+def dataset_root(video,     # a `Video`
+                ) -> Path:  # its dataset root
     "The dataset root a video belongs to: the parent of its split folder (train/, test/, ...), else its own parent."
     p = Path(video.path)
     return p.parent.parent if video.split and p.parent.name == video.split else p.parent
 
-def video_fingerprint(video) -> str:
+def video_fingerprint(video,    # a `Video`
+                     ) -> str:  # hex digest
     "A hash of a video's mask file names, sizes and modification times: it changes whenever a mask does."
     h = hashlib.sha1()
     for p in video.mask_paths:
@@ -55,7 +57,8 @@ def count_masks(paths: list,               # mask files
     paths = [str(p) for p in paths]
     if not paths: return np.zeros((0, NUM_CLASSES), np.int64)
     if workers is None: workers = min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_MIN else 1
-    fn = importlib.import_module("surgseg.imbalance").mask_pixel_counts  # workers import it (also when this runs in the notebook)
+    # workers import it (also when this runs in the notebook)
+    fn = importlib.import_module("surgseg.imbalance").mask_pixel_counts
     return np.stack(parallel_map(fn, paths, workers, desc="counting class pixels", unit="mask"))
 
 # %% ../nbs/02_imbalance_study.ipynb #0bcc8cb7
@@ -69,9 +72,11 @@ def _read_cache(path: Path) -> pd.DataFrame | None:
     try:
         df = pd.read_csv(path, dtype={c: str for c in _KEY_COLS if c != "frame"}, keep_default_na=False)
     except Exception as e:
-        warnings.warn(f"{path}: unreadable cache ({type(e).__name__}), recomputing"); return None
+        warnings.warn(f"{path}: unreadable cache ({type(e).__name__}), recomputing")
+        return None
     if list(df.columns) != _KEY_COLS + PX:
-        warnings.warn(f"{path}: cache has unexpected columns, recomputing"); return None
+        warnings.warn(f"{path}: cache has unexpected columns, recomputing")
+        return None
     return df
 
 def _root_rows(root: Path, videos: list, workers, cache: bool) -> pd.DataFrame:
@@ -87,11 +92,13 @@ def _root_rows(root: Path, videos: list, workers, cache: bool) -> pd.DataFrame:
                 for i in todo for f, p in zip(videos[i].frames, videos[i].mask_paths)]
         new = pd.DataFrame(rows, columns=_KEY_COLS)
         new[PX] = count_masks([root / r[5] for r in rows], workers)
-        stale = fresh["key"].isin({keys[i] for i in todo}) | ~fresh["key"].map(lambda k: (root / k).is_dir()).astype(bool)
+        gone = ~fresh["key"].map(lambda k: (root / k).is_dir()).astype(bool)
+        stale = fresh["key"].isin({keys[i] for i in todo}) | gone
         fresh = pd.concat([fresh[~stale], new], ignore_index=True) if (~stale).any() else new
         if cache:
             try:
-                clean_partials((root / CACHE_FILE).parent, CACHE_FILE.name)  # temporary files of writers killed mid-write
+                # temporary files of writers killed mid-write
+                clean_partials((root / CACHE_FILE).parent, CACHE_FILE.name)
                 with atomic_write(root / CACHE_FILE, what="the statistics cache") as tmp: fresh.to_csv(tmp, index=False)
             except DiskFullError: raise  # a full disk stops here, in one line: the CSV files would not fit either
             except (OSError, SurgsegError) as e:
@@ -109,7 +116,8 @@ def frame_table(root_or_videos,             # dataset root in the official layou
     "Per-mask class pixel counts and presence flags of a dataset, cached next to the data."
     if min_pixels < 1: raise SurgsegError(f"min_pixels must be at least 1, got {min_pixels}")
     videos = find_videos(root_or_videos) if isinstance(root_or_videos, (str, os.PathLike)) else list(root_or_videos)
-    if not any(v.mask_paths for v in videos): raise SurgsegError(f"{root_or_videos}: no masks found (expected video_*/segmentation/*.png)")
+    if not any(v.mask_paths for v in videos):
+        raise SurgsegError(f"{root_or_videos}: no masks found (expected video_*/segmentation/*.png)")
     by_root = {}
     for v in videos: by_root.setdefault(dataset_root(v), []).append(v)
     df = pd.concat([_root_rows(r, vs, workers, cache) for r, vs in by_root.items()], ignore_index=True)
@@ -144,7 +152,7 @@ def video_presence(table: pd.DataFrame,            # a `frame_table`
 
 def cooccurrence(table: pd.DataFrame,            # a `frame_table`
                  min_pixels: int | None = None,  # re-threshold presence (None = the table's has_* flags)
-                ) -> pd.DataFrame:               # classes x classes: P(column present | row present); NaN for absent rows
+                ) -> pd.DataFrame:               # classes x classes: P(column present | row present); NaN: absent rows
     "How often class j is in a frame, given that class i is."
     h = _presence(table, min_pixels).astype(np.float64)
     both, n = h.T @ h, h.sum(0)
@@ -163,13 +171,14 @@ def _with_reference(summary: pd.DataFrame, col: str, reference, label: str, ref_
     "Long-form table of one summary column beside a reference, for a grouped bar plot."
     d = pd.DataFrame({"class": summary["name"], "share": summary[col].to_numpy(), "source": label})
     if reference is not None:
-        d = pd.concat([d, pd.DataFrame({"class": summary["name"], "share": np.asarray(reference, float), "source": ref_label})])
+        d = pd.concat([d, pd.DataFrame({"class": summary["name"], "share": np.asarray(reference, float),
+                                        "source": ref_label})])
     return d
 
 def plot_class_shares(summary: pd.DataFrame,                # a `class_summary`
                       label: str = "this dataset",          # legend name of `summary`
-                      pixel_reference="real",               # (10,) pixel shares to compare with; "real" = SAR-RARP50's; None = none
-                      frame_reference="real",               # (10,) frame shares to compare with; "real" = SAR-RARP50's; None = none
+                      pixel_reference="real",     # (10,) pixel shares to compare with; "real": SAR-RARP50's; None: none
+                      frame_reference="real",     # (10,) frame shares to compare with; "real": SAR-RARP50's; None: none
                       ref_label: str = "SAR-RARP50 (real)", # legend name of the references
                      ):
     "Two panels: pixel share per class (log scale) and the share of frames containing each class."
@@ -181,9 +190,11 @@ def plot_class_shares(summary: pd.DataFrame,                # a `class_summary`
     for ax, col, ref, title in [(axs[0], "pixel_share", pixel_reference, "share of pixels (log scale)"),
                                 (axs[1], "frame_share", frame_reference, "share of frames containing the class")]:
         sns.barplot(_with_reference(summary, col, ref, label, ref_label), x="class", y="share", hue="source", ax=ax)
-        ax.set(title=title, xlabel="", ylabel=""); ax.tick_params(axis="x", rotation=60)
+        ax.set(title=title, xlabel="", ylabel="")
+        ax.tick_params(axis="x", rotation=60)
         for lbl in ax.get_xticklabels(): lbl.set_ha("right")
-    axs[0].set_yscale("log"); axs[1].set_ylim(0, 1.05)
+    axs[0].set_yscale("log")
+    axs[1].set_ylim(0, 1.05)
     fig.tight_layout()
     return fig
 
@@ -223,7 +234,8 @@ def write_stats(root: str | Path,             # dataset root in the official lay
     files = {"frames.csv": table, "classes.csv": summary, "videos.csv": video_presence(table),
              "cooccurrence.csv": cooccurrence(table)}
     if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in files)):
-        raise SurgsegError(f"{out}: holds {other[0]}, not a stats folder; choose a new or empty folder for the CSV files")
+        raise SurgsegError(f"{out}: holds {other[0]}, not a stats folder; choose a new or empty folder for the CSV "
+                           "files")
     with output_lock(out), atomic_folder(out, replace=True, what="the statistics CSV files") as tmp:
         for name, df in files.items(): df.to_csv(tmp / name, index=name != "frames.csv")
     return table, summary, out

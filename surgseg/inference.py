@@ -15,10 +15,12 @@ from fastcore.basics import patch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import (CLASSES, PALETTE, Config, SurgsegError, atomic_folder, get_device, output_lock, overlay, write_mask, write_png,
+from .core import (CLASSES, PALETTE, Config, SurgsegError, atomic_folder, get_device, output_lock, overlay,
+                          write_mask, write_png,
                           read_rgb)
 from .core import BackgroundWriter, OptionError, check_option, is_out_of_memory, oom_error, option
-from .data import VideoProbe, build_transforms, find_videos, png_complete, probe_video, read_frames, target_frames
+from .data import (VideoProbe, build_transforms, find_videos, png_complete, probe_video, read_frames,
+                          target_frames)
 import cv2
 from .models import full_res_masks
 from .runs import load_checkpoint
@@ -39,8 +41,8 @@ class Predictor:
                  batch_size: int = 4,           # frames per forward pass
                  amp: bool = True,              # autocast on a GPU (bf16 where supported, else fp16)
                  checkpoint: Path | list | None = None,# where the model (each member) came from (for messages)
-                 smooth: float = 0.0,           # temporal smoothing of class probabilities over consecutive frames of a stream: weight of the past in [0, 1); 0 = off
-                 smooth_centred: bool = False,  # smooth over a centred window (offline: needs later frames) instead of causally (live)
+                 smooth: float = 0.0,           # smoothing of a stream's class probabilities: past's weight, [0, 1)
+                 smooth_centred: bool = False,  # smooth over a centred window (offline), not causally (live)
                 ):
         self.cfg, self.device = cfg, torch.device(device or get_device())
         self.models = [m.eval().to(self.device) for m in (model if isinstance(model, (list, tuple)) else [model])]
@@ -53,8 +55,10 @@ class Predictor:
         self._resizers = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | list,  # run folder (best/, else last/) or checkpoint; list: ensemble
-                        **kwargs) -> "Predictor":
+    def from_checkpoint(cls,
+                        path: str | Path | list,  # run folder (best/, else last/) or checkpoint; list: ensemble
+                        **kwargs,
+                       ) -> "Predictor":          # the predictor
         "Load a run's model and config (several: an ensemble, `load_ensemble`); keyword arguments as for `Predictor`."
         model, cfg, ckpt = load_ensemble(path) if isinstance(path, (list, tuple)) else load_checkpoint(path)
         return cls(model, cfg, checkpoint=ckpt, **kwargs)
@@ -74,7 +78,10 @@ class Predictor:
         "Whether the post-processing wants the second most likely class."
         return bool(getattr(self.postprocess, "needs_second", False))
 
-    def working_size(self, h: int, w: int) -> tuple[int, int]:
+    def working_size(self,
+                     h: int,               # full-resolution height
+                     w: int,               # full-resolution width
+                    ) -> tuple[int, int]:  # (h, w) at working resolution
         "The (h, w) at which the model sees a frame of full size (h, w)."
         return max(1, round(h * self.scale)), max(1, round(w * self.scale))
 
@@ -106,7 +113,8 @@ def _oom(self: Predictor, e: BaseException, images: list[np.ndarray]) -> Surgseg
 @torch.inference_mode()
 def scores(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
            ) -> torch.Tensor:  # (B, 10, h, w) float32 logits, working resolution (with TTA or an ensemble: see above)
-    "Logits of a batch of frames at the working resolution (an ensemble's: `average_probabilities` of its members'); running out of memory is one line (`core.oom_error`)."
+    """Logits of a batch of frames at the working resolution (an ensemble's: `average_probabilities` of its members');
+    running out of memory is one line (`core.oom_error`)."""
     n, out = len(images), []
     try:
         x = _to_batch([self.resize(im) for im in images], self.device)
@@ -154,8 +162,9 @@ def presence_evidence(logits: torch.Tensor,  # (B, C, h, w) logits at the workin
 @patch
 def decision_bias(self: Predictor, logits: torch.Tensor,  # (B, C, h, w) logits at the working resolution
                   evidence: list | None = None,           # a list: gets each frame's `presence_evidence` row, in order
-                 ) -> torch.Tensor | None:                # (B, C) added to the upsampled scores before the argmax; None = no rule
-    "The per-frame class biases of the post-processing's decision rule (its `bias(presence)`, e.g. `postprocess.Decisions`)."
+                 ) -> torch.Tensor | None:    # (B, C) added to the upsampled scores before the argmax; None = no rule
+    """The per-frame class biases of the post-processing's decision rule (its `bias(presence)`, e.g.
+    `postprocess.Decisions`)."""
     rule = getattr(self.postprocess, "bias", None)
     if rule is None and evidence is None: return None
     pmax = presence_evidence(logits)
@@ -195,9 +204,9 @@ def predict(self: Predictor, image: np.ndarray | str | Path,  # uint8 (H, W, 3) 
 # %% ../nbs/08_inference.ipynb #4bf30ab7
 class ProbSmoother:
     "Smooth class probabilities over consecutive frames: causal EMA (live) or a centred exponential window (offline)."
-    def __init__(self, alpha: float = 0.0,        # weight of the past, in [0, 1); 0 = off (logits pass through)
-                 centred: bool = False,           # centred window (holds `radius` frames back) instead of a causal EMA
-                 radius: int | None = None,       # half-width of the centred window; None = where alpha^d < 5% (at most 16)
+    def __init__(self, alpha: float = 0.0,   # weight of the past, in [0, 1); 0 = off (logits pass through)
+                 centred: bool = False,      # centred window (holds `radius` frames back) instead of a causal EMA
+                 radius: int | None = None,  # half-width of the centred window; None = where alpha^d < 5% (at most 16)
                 ):
         alpha = check_option("smooth", alpha)
         self.alpha, self.centred = float(alpha), bool(centred)
@@ -205,7 +214,9 @@ class ProbSmoother:
         self.radius = int(auto if radius is None else radius)
         self.reset()
 
-    def __repr__(self): return f"ProbSmoother(alpha={self.alpha}, {'centred, radius=' + str(self.radius) if self.centred else 'causal'})"
+    def __repr__(self):
+        kind = f"centred, radius={self.radius}" if self.centred else "causal"
+        return f"ProbSmoother(alpha={self.alpha}, {kind})"
 
     def reset(self):
         "Forget the past (a new video starts)."
@@ -215,7 +226,10 @@ class ProbSmoother:
         "Key and smoothed log-probabilities of buffered frame i."
         acc, tot = 0, 0.0
         for j, (_, p) in enumerate(self.buf):
-            if abs(j - i) <= self.radius: w = self.alpha ** abs(j - i); acc = acc + w * p; tot += w
+            if abs(j - i) <= self.radius:
+                w = self.alpha ** abs(j - i)
+                acc = acc + w * p
+                tot += w
         return self.buf[i][0], (acc / tot).clamp_min(1e-12).log()
 
     def push(self, key,                # anything naming the frame
@@ -231,11 +245,14 @@ class ProbSmoother:
             return out + [(key, self.state.clamp_min(1e-12).log())]
         self.buf.append((key, p))
         while self.next < len(self.buf) and len(self.buf) - 1 - self.next >= self.radius:
-            out.append(self._centred(self.next)); self.next += 1
-        while self.next > self.radius: self.buf.popleft(); self.next -= 1
+            out.append(self._centred(self.next))
+            self.next += 1
+        while self.next > self.radius:
+            self.buf.popleft()
+            self.next -= 1
         return out
 
-    def flush(self) -> list[tuple]:
+    def flush(self) -> list[tuple]:  # (key, log-probabilities) pairs, in order
         "The frames still waiting for later frames (the end of a video), then start afresh."
         out = [self._centred(i) for i in range(self.next, len(self.buf))] if self.centred else []
         self.reset()
@@ -248,7 +265,9 @@ def _prefetch(items: Iterable, size: int = 8) -> Iterator:
     done, stop = object(), threading.Event()
     def put(x) -> bool:  # False once the consumer has gone
         while not stop.is_set():
-            try: q.put(x, timeout=0.1); return True
+            try:
+                q.put(x, timeout=0.1)
+                return True
             except queue.Full: pass
         return False
     def work():
@@ -259,20 +278,25 @@ def _prefetch(items: Iterable, size: int = 8) -> Iterator:
         except BaseException as e: put(e)
         finally:
             if hasattr(items, "close"): items.close()  # a generator's files (a video container) are closed here
-    t = threading.Thread(target=work, daemon=True); t.start()
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
     try:
         while (it := q.get()) is not done:
             if isinstance(it, BaseException): raise it
             yield it
     finally:
         stop.set()
-        t.join()  # it ends after its current item: no thread outlives the stream (one left inside torch at exit aborts the process)
+        # it ends after its current item: no thread outlives the stream (one left inside torch at exit aborts the
+        # process)
+        t.join()
 
 def _batches(items: Iterable[tuple[Any, np.ndarray]], batch_size: int) -> Iterator[list]:
     "Group (key, image) pairs into lists of at most `batch_size` consecutive images of the same size."
     batch = []
     for key, im in items:
-        if batch and (len(batch) == batch_size or batch[-1][1].shape != im.shape): yield batch; batch = []
+        if batch and (len(batch) == batch_size or batch[-1][1].shape != im.shape):
+            yield batch
+            batch = []
         batch.append((key, im))
     if batch: yield batch
 
@@ -292,7 +316,8 @@ def _maps_of(predictor, logit_batches: Iterable[tuple], second: bool, smooth: fl
             yield (k, im, r[0][0], r[1][0]) if second else (k, im, r[0], None)
     for batch, logits in logit_batches:
         if sm.alpha == 0:  # no smoothing: the whole batch in one call (measured faster than frame by frame)
-            r = full_res_masks(logits, batch[0][1].shape[:2], top2=second, bias=predictor.decision_bias(logits, evidence))
+            r = full_res_masks(logits, batch[0][1].shape[:2], top2=second,
+                               bias=predictor.decision_bias(logits, evidence))
             yield from ((k, im, r[0][i], r[1][i]) if second else (k, im, r[i], None) for i, (k, im) in enumerate(batch))
             continue
         if evidence is not None: evidence.extend(presence_evidence(logits))  # of the raw logits, before smoothing
@@ -308,40 +333,57 @@ def stream_top2(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (ke
                  desc: str = "predict",    # progress bar label
                  progress: bool = True,    # show a progress bar (with frames/s)
                  smooth: float | None = None, # temporal smoothing for this stream; None = the predictor's `smooth`
-                 evidence: list | None = None, # a list: gets each frame's `presence_evidence` (raw logits) before the frame is yielded
+                 evidence: list | None = None, # a list: gets each frame's `presence_evidence` before it is yielded
                 ) -> Iterator[tuple]:      # (key, image, top1, top2 or None), in input order
-    "Top-1/top-2 class maps (decision rule applied, masks not post-processed) of a stream of frames: decoding, model and upsampling run as a pipeline."
+    """Top-1/top-2 class maps (decision rule applied, masks not post-processed) of a stream of frames: decoding, model
+    and upsampling run as a pipeline."""
     q = 2 * self.batch_size
     smooth = self.smooth if smooth is None else float(smooth)
     frames = _prefetch(items, q)                                                          # 1: decoding
     logits = _prefetch(_logits_of(self, _batches(frames, self.batch_size)), 2)            # 2: batches, the model
-    maps = _prefetch(_maps_of(self, logits, second, smooth, self.smooth_centred, evidence), q)  # 3: smoothing, upsampling, argmax
+    # 3: smoothing, upsampling, argmax
+    maps = _prefetch(_maps_of(self, logits, second, smooth, self.smooth_centred, evidence), q)
     with tqdm(total=total, desc=desc, unit="frame", disable=not progress, leave=False, smoothing=0.1) as bar:
-        for r in maps: yield r; bar.update(1)
+        for r in maps:
+            yield r
+            bar.update(1)
 
 @patch
-def predict_stream(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
-                    total: int | None = None, desc: str = "predict", progress: bool = True,
-                    smooth: float | None = None,  # temporal smoothing for this stream; None = the predictor's `smooth`
-                    evidence: list | None = None, # a list: gets each frame's `presence_evidence` (see `stream_top2`)
-                   ) -> Iterator[tuple]:  # (key, image, mask), in input order
+def predict_stream(self: Predictor,
+                   items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
+                   total: int | None = None,                 # frames, for the progress bar (None: unknown)
+                   desc: str = "predict",                    # the progress bar's label
+                   progress: bool = True,                    # show a progress bar
+                   smooth: float | None = None,              # this stream's temporal smoothing; None = the predictor's
+                   evidence: list | None = None,             # a list: gets each frame's `presence_evidence`
+                  ) -> Iterator[tuple]:                      # (key, image, mask), in input order
     "Post-processed masks of a stream of (key, frame) pairs, through the pipeline (post-processing in its own thread)."
     maps = self.stream_top2(items, self.needs_second, total, desc, progress, smooth, evidence)
-    if self.postprocess is None: yield from ((k, im, a) for k, im, a, _ in maps); return
-    yield from _prefetch(((k, im, self.finish(a, b)) for k, im, a, b in maps), 2 * self.batch_size)  # 4: post-processing
+    if self.postprocess is None:
+        yield from ((k, im, a) for k, im, a, _ in maps)
+        return
+    # 4: post-processing
+    yield from _prefetch(((k, im, self.finish(a, b)) for k, im, a, b in maps), 2 * self.batch_size)
 
 @patch
-def stream_logits(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
-                  total: int | None = None, desc: str = "logits", progress: bool = True,
-                 ) -> Iterator[tuple]:  # (key, image, (C, h, w) logits at the working resolution), in input order
-    "The model's raw logits of a stream of frames (decoding and the model as a pipeline, batched as `stream_top2` batches)."
+def stream_logits(self: Predictor,
+                  items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
+                  total: int | None = None,                 # frames, for the progress bar (None: unknown)
+                  desc: str = "logits",                     # the progress bar's label
+                  progress: bool = True,                    # show a progress bar
+                 ) -> Iterator[tuple]:                      # (key, image, (C, h, w) working-resolution logits)
+    """The model's raw logits of a stream of frames (decoding and the model as a pipeline, batched as `stream_top2`
+    batches)."""
     frames = _prefetch(items, 2 * self.batch_size)
     with tqdm(total=total, desc=desc, unit="frame", disable=not progress, leave=False, smoothing=0.1) as bar:
         for batch, logits in _prefetch(_logits_of(self, _batches(frames, self.batch_size)), 2):
-            for (k, im), l in zip(batch, logits): yield k, im, l; bar.update(1)
+            for (k, im), l in zip(batch, logits):
+                yield k, im, l
+                bar.update(1)
 
 # %% ../nbs/08_inference.ipynb #001752e8
-def check_output_dir(out: str | Path):
+def check_output_dir(out: str | Path,  # the output folder asked for
+                    ):
     "Refuse an output folder that is a file or already holds files."
     out = Path(out)
     if out.exists() and not out.is_dir(): raise SurgsegError(f"{out}: exists and is not a folder")
@@ -409,9 +451,9 @@ from .core import writing
 
 class VideoWriter:
     "Write RGB frames to an .mp4 with PyAV (H.264 if available, else MPEG-4), odd sizes padded to even."
-    def __init__(self, path: str | Path,        # the .mp4 file to write
-                 fps: float,                    # frame rate
-                 preset: str = "veryfast",      # x264 speed preset (ultrafast ... veryslow): encoding time against file size
+    def __init__(self, path: str | Path,    # the .mp4 file to write
+                 fps: float,                # frame rate
+                 preset: str = "veryfast",  # x264 speed preset (ultrafast ... veryslow): encoding time vs file size
                 ):
         import av
         self.path, self.fps, self.preset, self.stream = Path(path), fps, preset, None
@@ -424,7 +466,9 @@ class VideoWriter:
                                                 options={"preset": self.preset} if codec == "libx264" else {})
         self.stream.width, self.stream.height, self.stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
 
-    def write(self, rgb: np.ndarray):
+    def write(self,
+              rgb: np.ndarray,  # (H, W, 3) uint8 RGB frame of the writer's size
+             ):
         "Append one frame."
         import av
         h, w = rgb.shape[:2]
@@ -442,27 +486,31 @@ class VideoWriter:
                     for pkt in self.stream.encode(): self.container.mux(pkt)
                 self.container.close()   # writes the trailer
         finally:
-            with contextlib.suppress(Exception): self.container.close()  # after a failed flush: free the file all the same
+            with contextlib.suppress(Exception):
+                self.container.close()  # after a failed flush: free the file all the same
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
 # %% ../nbs/08_inference.ipynb #1662b3bc
-def draw_legend(rgb: np.ndarray,        # (H, W, 3) uint8 frame (not modified)
-                classes=CLASSES[1:],    # the classes to list
-               ) -> np.ndarray:         # a copy with the legend in its top-left corner; the frame itself if too small for it
+def draw_legend(rgb: np.ndarray,      # (H, W, 3) uint8 frame (not modified)
+                classes=CLASSES[1:],  # the classes to list
+               ) -> np.ndarray:       # a copy with the legend in its top-left corner; the frame itself if too small
     "Draw a colour key of the classes (a swatch and the name per class, on a darkened box) into a frame."
     h, w = rgb.shape[:2]
     line = max(10, round(h / 40))                       # pixels per legend row: 27 at 1080p, 14 at 540p
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.55 * line / 22, max(1, round(line / 20))
     tw = max(cv2.getTextSize(c.name, font, scale, thick)[0][0] for c in classes)
-    pad = max(2, line // 4); bw, bh = pad * 3 + line + tw, pad * 2 + line * len(classes)
+    pad = max(2, line // 4)
+    bw, bh = pad * 3 + line + tw, pad * 2 + line * len(classes)
     if bh + 2 * pad > h or bw + 2 * pad > w // 2: return rgb
-    out = rgb.copy(); x0 = y0 = pad
+    out = rgb.copy()
+    x0 = y0 = pad
     out[y0:y0 + bh, x0:x0 + bw] = (out[y0:y0 + bh, x0:x0 + bw] * 0.35).astype(np.uint8)
     for k, c in enumerate(classes):
         y = y0 + pad + k * line
-        cv2.rectangle(out, (x0 + pad, y + 2), (x0 + pad + line - 4, y + line - 3), tuple(int(v) for v in PALETTE[c.id]), -1)
+        cv2.rectangle(out, (x0 + pad, y + 2), (x0 + pad + line - 4, y + line - 3), tuple(int(v) for v in PALETTE[c.id]),
+                      -1)
         cv2.putText(out, c.name, (x0 + 2 * pad + line, y + line - 4), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
 
@@ -471,7 +519,8 @@ def _frame_range(video: Path, n_frames: int, fps: float, every: int, start: floa
     "The frame numbers to segment: every `every`-th frame from `start` seconds up to `end` seconds (exclusive)."
     first = round(start * fps)
     last = n_frames if end is None else min(n_frames, round(end * fps))
-    if first >= n_frames: raise SurgsegError(f"{video}: start={start:g}s is past the end of the video ({n_frames / fps:.2f}s)")
+    if first >= n_frames:
+        raise SurgsegError(f"{video}: start={start:g}s is past the end of the video ({n_frames / fps:.2f}s)")
     return list(range(first, last, every))
 
 def predict_video(predictor: Predictor,     # the model (its `smooth` setting smooths over consecutive segmented frames)
@@ -485,10 +534,11 @@ def predict_video(predictor: Predictor,     # the model (its `smooth` setting sm
                   end: float | None = None, # second at which to stop (exclusive); None = the end of the video
                   masks: bool = True,       # write masks/{frame:09d}.png (False: the overlay video only)
                   overlay_video: bool = True, # write NAME_overlay.mp4 (False: masks only)
-                  legend: bool = True,      # draw the class legend into the overlay video (where the frame is large enough)
+                  legend: bool = True,      # draw the class legend into the overlay video (if the frame is big enough)
                   probe: VideoProbe | None = None,  # the video's `data.probe_video`, if made already; None: probe here
                  ) -> Path:                 # the overlay video written, else the output folder
-    "Segment a video: masks/{frame:09d}.png and NAME_overlay.mp4 (overlays/{frame:09d}.png on request), as a pipeline, atomically."
+    """Segment a video: masks/{frame:09d}.png and NAME_overlay.mp4 (overlays/{frame:09d}.png on request), as a pipeline,
+    atomically."""
     video, out = Path(video), Path(out)
     every, alpha, t0 = check_option("every", every), check_option("alpha", alpha), check_option("start", start)
     t1 = None if end is None else check_option("end", end)
@@ -529,10 +579,12 @@ def _frames_of(v) -> list[int]:
 def _video_frames(v, frames: list[int]) -> Iterator[tuple[int, np.ndarray]]:
     "`frames` of video `v` as RGB: from `rgb/` when all are extracted, else decoded by `data.read_frames`."
     if all(png_complete(v.rgb_path(f)) for f in frames):
-        yield from ((f, read_rgb(v.rgb_path(f))) for f in frames); return
+        yield from ((f, read_rgb(v.rgb_path(f))) for f in frames)
+        return
     pr = probe_video(v.video)
     if frames and frames[-1] >= pr.n_frames:
-        raise SurgsegError(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, but frame {frames[-1]} is annotated")
+        raise SurgsegError(f"{v.video}: video is shorter than its masks: {pr.n_frames} frames, but frame {frames[-1]} "
+                           "is annotated")
     yield from read_frames(v.video, frames, probe=pr)
 
 def split_frames(videos,  # list of `surgseg.data.Video` (or a dataset root)
@@ -545,29 +597,35 @@ def split_frames(videos,  # list of `surgseg.data.Video` (or a dataset root)
             if mp is not None:
                 with Image.open(mp) as m: w, h = m.size
                 if (h, w) != im.shape[:2]:
-                    raise SurgsegError(f"{mp}: mask is {w}x{h} but frame {f} of {v.name} is {im.shape[1]}x{im.shape[0]}")
+                    raise SurgsegError(f"{mp}: mask is {w}x{h} but frame {f} of {v.name} is "
+                                       f"{im.shape[1]}x{im.shape[0]}")
             yield (v, f, mp), im
 
 # %% ../nbs/08_inference.ipynb #6a524fc3
 def predict_split(predictor,                 # a `Predictor`, or a run or checkpoint folder (then: its raw model)
-                  data_root,                 # split root holding video_* folders (e.g. ROOT/test), a dataset root, or a list of `Video`
+                  data_root,                 # split root (e.g. ROOT/test), dataset root, or a list of `Video`
                   out: str | Path,           # prediction folder to create (must be new or empty)
                   progress: bool = True,     # show a progress bar
-                  evidence: list | None = None, # a list: gets one dict per frame, {"video", "frame", "p_1".."p_9"}: max softmax probabilities
-                  **kwargs,                  # `Predictor` settings when `predictor` is a folder (tta, batch_size, device, amp)
+                  evidence: list | None = None, # a list: gets per frame {"video", "frame", "p_1".."p_9"} (max softmax)
+                  **kwargs,                  # `Predictor` settings if `predictor` is a folder (tta, device, ...)
                  ) -> Path:                  # `out`
     "Predict every annotated frame of a split into `out/video_XX/segmentation/{frame:09d}.png` (official layout)."
     out = Path(out)
     check_output_dir(out)
     videos = _as_videos(data_root)
-    if isinstance(predictor, Predictor) and kwargs: raise SurgsegError("predict_split: pass settings to the Predictor, not beside it")
+    if isinstance(predictor, Predictor) and kwargs:
+        raise SurgsegError("predict_split: pass settings to the Predictor, not beside it")
     if not isinstance(predictor, Predictor):
-        predictor = Predictor.from_checkpoint(predictor, **kwargs)  # the raw model: `postprocess.load_predictor` adds decisions
+        # the raw model: `postprocess.load_predictor` adds decisions
+        predictor = Predictor.from_checkpoint(predictor, **kwargs)
     p, raw = predictor, ([] if evidence is not None else None)
     total = sum(len(v.frames) for v in videos) or None
     with new_output(out) as tmp, BackgroundWriter(2, WRITE_DEPTH) as w:
         for i, ((v, f, _), _, mask) in enumerate(p.predict_stream(split_frames(videos), total=total, desc="predict",
-                                                                  progress=progress, smooth=0, evidence=raw)):  # never smoothed: frames 1 s apart
+                                                                  # never smoothed: frames 1 s apart
+                                                                  progress=progress, smooth=0, evidence=raw)):
             w.put(write_mask, tmp / v.name / "segmentation" / f"{f:09d}.png", mask, False)
-            if raw is not None: evidence.append({"video": v.name, "frame": int(f), **{f"p_{c}": float(raw[i][c]) for c in range(1, len(raw[i]))}})
+            if raw is not None:
+                evidence.append({"video": v.name, "frame": int(f),
+                                 **{f"p_{c}": float(raw[i][c]) for c in range(1, len(raw[i]))}})
     return out

@@ -56,29 +56,36 @@ class Outcome:
         return self.state == "done"
 
 # %% ../nbs/09a_launch.ipynb #5adc13e1
-def read_record(job: Job) -> dict | None:
+def read_record(job: Job,         # the run
+               ) -> dict | None:  # the record, or None
     "The job record in the run folder (`job.json`), or None if there is none (readable)."
     try: d = json.loads((job.run_dir / JOB_FILE).read_text())
     except (OSError, ValueError): return None
     return d if isinstance(d, dict) else None
 
-def write_record(job: Job, **rec) -> dict:
+def write_record(job: Job,  # the run
+                 **rec,
+                ) -> dict:  # the record written
     "Record how and where `job` was launched in its run folder (`job.json`, atomically); return the record."
     rec = {**rec, **dict(name=job.name, host=socket.gethostname(), time=time.time(),
                          when=datetime.now().astimezone().isoformat(timespec="seconds"), log=str(job.log))}
     with atomic_write(job.run_dir / JOB_FILE) as tmp: tmp.write_text(json.dumps(rec, indent=1))
     return rec
 
-def store_result(job: Job, result) -> None:
+def store_result(job: Job,  # the run
+                 result,    # what its function returned (picklable)
+                ) -> None:
     "Keep `fn`'s result in the run folder (`result.pkl`, atomically): the run is finished."
     with atomic_write(job.run_dir / RESULT_FILE) as tmp: tmp.write_bytes(pickle.dumps(result))
 
-def stored_result(job: Job) -> tuple[bool, Any]:
+def stored_result(job: Job,              # the run
+                 ) -> tuple[bool, Any]:  # (found, result)
     "(True, result) if the run folder holds `fn`'s result, else (False, None)."
     try: return True, pickle.loads((job.run_dir / RESULT_FILE).read_bytes())
     except (OSError, EOFError, pickle.UnpicklingError): return False, None
 
-def last_line(path: str | Path) -> str:
+def last_line(path: str | Path,  # a text file (a run's log)
+             ) -> str:           # its last non-empty line, or ''
     "The last non-empty line of a text file (carriage returns split lines too), or '' if there is none."
     try:
         with open(path, "rb") as f:
@@ -90,7 +97,7 @@ def last_line(path: str | Path) -> str:
     return lines[-1] if lines else ""
 
 # %% ../nbs/09a_launch.ipynb #8190e95d
-def visible_gpus() -> list[str]:
+def visible_gpus() -> list[str]:  # GPU names, as CUDA_VISIBLE_DEVICES writes them
     "The GPUs this process may use, named as `CUDA_VISIBLE_DEVICES` names them (their indices when it is unset)."
     import torch
     n = torch.cuda.device_count()
@@ -120,7 +127,7 @@ def run_env(devices: str | None,  # the run's CUDA_VISIBLE_DEVICES (None: leave 
 # %% ../nbs/09a_launch.ipynb #a5bc5974
 _CLI = "import sys; from surgseg.cli import main; sys.exit(main(sys.argv[1:]))"
 
-def free_port() -> int:
+def free_port() -> int:  # a port number
     "A TCP port free on this machine right now (for a multi-GPU run's rendezvous)."
     with socket.socket() as s:
         s.bind(("", 0))
@@ -140,7 +147,10 @@ def train_command(args: list[str],          # `surgseg` arguments, e.g. ["train"
             "--num_machines", "1", "--main_process_port", str(port or free_port()), script, *map(str, args)]
 
 # %% ../nbs/09a_launch.ipynb #546daf12
-def failure_line(job: Job, e: BaseException, before: str = "") -> str:
+def failure_line(job: Job,          # the run that failed
+                 e: BaseException,  # why it failed
+                 before: str = "",  # the run's output so far (its last line is quoted)
+                ) -> str:           # one line
     "One line saying why `job` failed: the exception, and the last line the run wrote before it."
     msg = " ".join(f"{type(e).__name__}: {e}".split())
     return f"{job.name} failed: {msg}" + (f" (last output: {before})" if before and before not in msg else "")
@@ -169,7 +179,8 @@ def run_job(job: Job,      # the run
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "READY"}
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
+def slurm_states(job_ids: list[str],  # SLURM job ids
+                ) -> dict[str, str]:  # job id -> state
     "The SLURM state of each job id (`sacct`, one call for all; 'UNKNOWN' when it lists none)."
     w = submitit.SlurmJob.watcher
     for j in job_ids: w.register_job(j)
@@ -190,7 +201,8 @@ def job_active(rec: dict,                  # a job record (`job.json`)
 
 # %% ../nbs/09a_launch.ipynb #048deadb
 @contextlib.contextmanager
-def output_to(path: Path):
+def output_to(path: Path,  # a log file (appended to)
+             ):
     "Send this process's stdout and stderr (file descriptors too, so its children's) to the end of `path`."
     sys.stdout.flush()
     sys.stderr.flush()
@@ -225,7 +237,10 @@ def stop_children(timeout: float = 60,  # seconds to wait for them
 
 class SubmititRun(Checkpointable):
     "One run in a submitit job (a SLURM array task or a local process); requeued on timeout, it calls itself again."
-    def __init__(self, cluster: str, folder: str):  # "slurm" or "local"; submitit's folder (with %j)
+    def __init__(self,
+                 cluster: str,  # submitit's cluster: "slurm" or "local"
+                 folder: str,   # "slurm" or "local"; submitit's folder (with %j)
+                ):
         self.cluster, self.folder = cluster, folder
 
     def __call__(self, job: Job, fn: Callable, threads: int = 1):

@@ -43,21 +43,24 @@ def class_weights(class_pixels,             # (C,) pixel count (or share) of eac
     if scheme not in WEIGHT_SCHEMES:
         raise SurgsegError(f"{scheme!r} is not a class-weight scheme; choose from {', '.join(WEIGHT_SCHEMES)}")
     n = np.asarray(class_pixels, dtype=np.float64).reshape(-1)
-    if not np.isfinite(n).all() or (n < 0).any(): raise SurgsegError(f"class_pixels: counts must be finite and >= 0, got {n.tolist()}")
+    if not np.isfinite(n).all() or (n < 0).any():
+        raise SurgsegError(f"class_pixels: counts must be finite and >= 0, got {n.tolist()}")
     if n.sum() <= 0: raise SurgsegError("class_pixels: every class has 0 pixels; cannot derive class weights")
     seen = n > 0
     f = n[seen] / n.sum()
     if scheme == "median" and image_pixels is not None:
         m = np.asarray(image_pixels, dtype=np.float64).reshape(-1)
         if m.shape != n.shape or not (m[seen] >= n[seen]).all():
-            raise SurgsegError(f"image_pixels: expected {len(n)} totals, each at least the class's own pixels, got {m.tolist()}")
+            raise SurgsegError(f"image_pixels: expected {len(n)} totals, each at least the class's own pixels, got "
+                               f"{m.tolist()}")
         f = n[seen] / m[seen]
     w = np.zeros_like(n)
     w[seen] = WEIGHT_SCHEMES[scheme](f)
     if not seen.all():
         if scheme != "none":
             names = [CLASS_NAMES[c] if len(n) == NUM_CLASSES else str(c) for c in np.flatnonzero(~seen)]
-            warnings.warn(f"class_weights: no pixels of class(es) {', '.join(names)}; giving them the largest observed weight")
+            warnings.warn(f"class_weights: no pixels of class(es) {', '.join(names)}; giving them the largest observed "
+                          "weight")
         w[~seen] = w[seen].max()
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
@@ -65,30 +68,43 @@ def class_weights(class_pixels,             # (C,) pixel count (or share) of eac
 class SegLoss(nn.Module):
     "Base class: validate, upsample logits bilinearly to the target size, cast to float32, then `self.loss`."
     def __init__(self, ignore_index: int = 255):  # target value that contributes nothing
-        super().__init__(); self.ignore_index = ignore_index
+        super().__init__()
+        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor,  # (B, C, h, w) raw scores
                 target: torch.Tensor,        # (B, H, W) long class ids (or ignore_index)
                ) -> torch.Tensor:            # scalar loss
         if logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]:
-            raise ValueError(f"expected logits (B, C, h, w) and target (B, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}")
+            raise ValueError(f"expected logits (B, C, h, w) and target (B, H, W), got {tuple(logits.shape)} and "
+                             f"{tuple(target.shape)}")
         bad = (target != self.ignore_index) & ((target < 0) | (target >= logits.shape[1]))
-        if bad.any(): raise ValueError(f"target value {int(target[bad][0])} is not a class id (0..{logits.shape[1] - 1}) nor ignore_index {self.ignore_index}")
+        if bad.any():
+            raise ValueError(f"target value {int(target[bad][0])} is not a class id (0..{logits.shape[1] - 1}) nor "
+                             f"ignore_index {self.ignore_index}")
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
         return self.loss(logits.float(), target.long())
 
-    def loss(self, logits, target): raise NotImplementedError
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
+        raise NotImplementedError
 
 # %% ../nbs/04_losses.ipynb #e5a8d6e8
 class CELoss(SegLoss):
     "Cross-entropy averaged over valid pixels, optionally class-weighted (weighted mean, as torch)."
-    def __init__(self, weight: torch.Tensor | None = None,  # (C,) class weights, None = equal
-                 ignore_index: int = 255):
+    def __init__(self,
+                 weight: torch.Tensor | None = None,  # (C,) class weights, None = equal
+                 ignore_index: int = 255,             # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         per_px = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
         denom = valid.sum() if self.weight is None else (self.weight[target.masked_fill(~valid, 0)] * valid).sum()
@@ -97,15 +113,20 @@ class CELoss(SegLoss):
 # %% ../nbs/04_losses.ipynb #de37ea26
 class DiceLoss(SegLoss):
     "1 - soft Dice per image and class, averaged over the classes present in each image (`absent`: over all classes)."
-    def __init__(self, smooth: float = 1.0,              # s, in pixels, added to numerator and denominator
-                 squared: bool = True,                   # V-Net denominator sum p^2 (False: sum p, as smp)
-                 include_background: bool = False,       # also average class 0 (the official score does not)
-                 absent: bool = False,                   # also average absent classes: 1 - s/(sum p^2 + s), so false alarms count
-                 ignore_index: int = 255):
+    def __init__(self,
+                 smooth: float = 1.0,               # s, in pixels, added to numerator and denominator
+                 squared: bool = True,              # V-Net denominator sum p^2 (False: sum p, as smp)
+                 include_background: bool = False,  # also average class 0 (the official score does not)
+                 absent: bool = False,              # also average absent classes (1 - s/(sum p^2 + s)): alarms count
+                 ignore_index: int = 255,           # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.smooth, self.squared, self.include_background, self.absent = smooth, squared, include_background, absent
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         valid = (target != self.ignore_index).unsqueeze(1)
         p = logits.softmax(1) * valid
         g = F.one_hot(target.masked_fill(~valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
@@ -120,12 +141,18 @@ class DiceLoss(SegLoss):
 # %% ../nbs/04_losses.ipynb #d5ab135d
 class FocalLoss(SegLoss):
     "Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t, averaged over valid pixels."
-    def __init__(self, gamma: float = 2.0,   # focusing parameter; 0 = cross-entropy
-                 alpha: float = -1.0,        # weight of foreground pixels (background: 1 - alpha); < 0 = off
-                 ignore_index: int = 255):
-        super().__init__(ignore_index); self.gamma, self.alpha = gamma, alpha
+    def __init__(self,
+                 gamma: float = 2.0,       # focusing parameter; 0 = cross-entropy
+                 alpha: float = -1.0,      # weight of foreground pixels (background: 1 - alpha); < 0 = off
+                 ignore_index: int = 255,  # target value that contributes nothing
+                ):
+        super().__init__(ignore_index)
+        self.gamma, self.alpha = gamma, alpha
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         valid = target != self.ignore_index
         t = target.masked_fill(~valid, 0).unsqueeze(1)
         logp_t = logits.log_softmax(1).gather(1, t).squeeze(1)
@@ -136,14 +163,19 @@ class FocalLoss(SegLoss):
 # %% ../nbs/04_losses.ipynb #1b31d470
 class CompoundLoss(SegLoss):
     "Weighted sum of named loss terms; `.last` holds each term's latest value."
-    def __init__(self, terms: dict,          # name: (weight, SegLoss)
-                 ignore_index: int = 255):
+    def __init__(self,
+                 terms: dict,              # name: (weight, SegLoss)
+                 ignore_index: int = 255,  # target value that contributes nothing
+                ):
         super().__init__(ignore_index)
         self.weights = {k: float(w) for k, (w, _) in terms.items()}
         self.terms = nn.ModuleDict({k: m for k, (_, m) in terms.items()})
         self.last = {}
 
-    def loss(self, logits, target):
+    def loss(self,
+             logits,  # (B, C, H, W) float32 at the target's size
+             target,  # (B, H, W) class ids
+            ):
         parts = {k: m(logits, target) for k, m in self.terms.items() if self.weights[k] != 0}
         self.last = {k: v.detach() for k, v in parts.items()}
         return sum((self.weights[k] * v for k, v in parts.items()), logits.new_zeros(()))
@@ -158,9 +190,12 @@ LOSSES = {  # name: builder(cfg, class_weight_tensor_or_None) -> SegLoss
     "ce": lambda cfg, w: CELoss(w, cfg.ignore_index),
     "wce": _wce,
     "dice_ce": lambda cfg, w: CompoundLoss({"ce": (cfg.ce_weight, CELoss(w, cfg.ignore_index)),
-                                            "dice": (cfg.dice_weight, DiceLoss(absent=cfg.dice_absent, ignore_index=cfg.ignore_index))}, cfg.ignore_index),
+                                            "dice": (cfg.dice_weight,
+                                                     DiceLoss(absent=cfg.dice_absent, ignore_index=cfg.ignore_index))},
+                                           cfg.ignore_index),
     "focal_ce": lambda cfg, w: CompoundLoss({"ce": (cfg.ce_weight, CELoss(w, cfg.ignore_index)),
-                                             "focal": (cfg.focal_weight, FocalLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.ignore_index))},
+                                             "focal": (cfg.focal_weight,
+                                                       FocalLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.ignore_index))},
                                             cfg.ignore_index),
 }
 register_choices("loss", LOSSES)  # Config checks `loss` against it; the CLI offers its names
@@ -173,9 +208,11 @@ def build_loss(cfg: Config,              # uses loss, class_weights, *_weight, f
     "The loss named by `cfg.loss`, with class weights from the pixel counts by `cfg.class_weights`."
     if cfg.loss not in LOSSES: raise SurgsegError(f"{cfg.loss!r} is not a loss; choose from {', '.join(LOSSES)}")
     if cfg.class_weights not in WEIGHT_SCHEMES:
-        raise SurgsegError(f"{cfg.class_weights!r} is not a class-weight scheme; choose from {', '.join(WEIGHT_SCHEMES)}")
+        raise SurgsegError(f"{cfg.class_weights!r} is not a class-weight scheme; choose from "
+                           f"{', '.join(WEIGHT_SCHEMES)}")
     w = None
     if cfg.class_weights != "none":
-        if class_pixels is None: raise SurgsegError(f"class_weights {cfg.class_weights!r} needs the training pixel counts (class_pixels)")
+        if class_pixels is None:
+            raise SurgsegError(f"class_weights {cfg.class_weights!r} needs the training pixel counts (class_pixels)")
         w = class_weights(class_pixels, cfg.class_weights, image_pixels)
     return LOSSES[cfg.loss](cfg, w)

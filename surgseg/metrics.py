@@ -75,7 +75,8 @@ def near_edges(edges: np.ndarray,   # (M, 2) edge pixel coordinates (x, y)
                shape: tuple,        # (H, W) of the image they lie in
                tau: float = 10.0,   # tolerance in pixels
               ) -> np.ndarray:      # (H, W) bool: pixels within `tau` of an edge pixel (distance equal to tau included)
-    "The tolerance region of an edge set, from an exact Euclidean distance transform (for scoring many predictions against one)."
+    """The tolerance region of an edge set, from an exact Euclidean distance transform (for scoring many predictions
+    against one)."""
     src = np.ones(shape, np.uint8)
     src[edges[:, 1], edges[:, 0]] = 0
     return cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= tau
@@ -83,14 +84,15 @@ def near_edges(edges: np.ndarray,   # (M, 2) edge pixel coordinates (x, y)
 def surface_dice(pred_edges: np.ndarray,  # (N, 2) edge pixel coordinates of the prediction
                  gt_edges: np.ndarray,    # (M, 2) edge pixel coordinates of the ground truth
                  tau: float = 10.0,       # tolerance in pixels (a distance equal to tau counts as correct)
-                 near_gt: np.ndarray | None = None,  # `near_edges(gt_edges, shape, tau)`, when one ground truth meets many predictions
+                 near_gt: np.ndarray | None = None,  # `near_edges(gt_edges, shape, tau)`: one truth, many predictions
                 ) -> float:               # NSD in [0, 1]
     "NSD of two edge point sets: share of edge pixels within `tau` of the other set; both empty -> 1, one empty -> 0."
     n, m = len(pred_edges), len(gt_edges)
     if n == 0 and m == 0: return 1.0
     if n == 0 or m == 0: return 0.0
     bound = tau + 1.0  # prunes the search; the exact test is d <= tau below
-    if near_gt is None: ok_pred = np.count_nonzero(cKDTree(gt_edges).query(pred_edges, distance_upper_bound=bound)[0] <= tau)
+    if near_gt is None:
+        ok_pred = np.count_nonzero(cKDTree(gt_edges).query(pred_edges, distance_upper_bound=bound)[0] <= tau)
     else: ok_pred = np.count_nonzero(near_gt[pred_edges[:, 1], pred_edges[:, 0]])
     d_gt, _ = cKDTree(pred_edges).query(gt_edges, distance_upper_bound=bound)
     return float((ok_pred + np.count_nonzero(d_gt <= tau)) / (n + m))
@@ -115,13 +117,19 @@ def frame_scores(pred: np.ndarray,            # (H, W) predicted class ids 0..9
 # %% ../nbs/07_evaluation.ipynb #4761d48b
 def _check_rule(video, frame, iou, nsd, in_gt, in_pred, missing):
     "Fail on frame scores that break the official presence rule (what `class_breakdown` relies on)."
-    if missing: want = np.zeros_like(iou); known = np.ones(len(iou), bool)
-    else: want = np.where(in_gt | in_pred, 0.0, 1.0); known = ~(in_gt & in_pred)
+    if missing:
+        want = np.zeros_like(iou)
+        known = np.ones(len(iou), bool)
+    else:
+        want = np.where(in_gt | in_pred, 0.0, 1.0)
+        known = ~(in_gt & in_pred)
     bad = np.flatnonzero(known & ((iou != want) | (nsd != want)))
     if len(bad):
         c = int(bad[0])
-        raise ValueError(f"{video} frame {frame}: class {c + 1} scores IoU {iou[c]}, NSD {nsd[c]} but the official rule "
-                         f"gives {want[c]} (in ground truth: {bool(in_gt[c])}, predicted: {bool(in_pred[c])}, missing: {missing})")
+        raise ValueError(f"{video} frame {frame}: class {c + 1} scores IoU {iou[c]}, NSD {nsd[c]} but the official "
+                         "rule "
+                         f"gives {want[c]} (in ground truth: {bool(in_gt[c])}, predicted: {bool(in_pred[c])}, missing: "
+                         f"{missing})")
 
 class ScoreAccumulator:
     "Collect per-frame official scores; `compute()` averages them over classes, frames, then videos."
@@ -131,12 +139,15 @@ class ScoreAccumulator:
 
     def __len__(self): return len(self.records)
 
-    def add(self, video: str,                      # video name, e.g. "video_41"
-            iou: np.ndarray, nsd: np.ndarray,      # (9,) frame scores of classes 1..9
-            confusion: np.ndarray | None = None,   # (10, 10) pixel counts of the frame: pooled IoU and which classes are where
-            frame=None,                            # frame id (default: running index within the video)
-            missing: bool = False,                 # the prediction of this frame was missing
-            present=None):                         # (in_gt, in_pred), (9,) bools of classes 1..9; default: read from `confusion`
+    def add(self,
+            video: str,                           # video name, e.g. "video_41"
+            iou: np.ndarray,                      # (9,) IoU of classes 1..9 in this frame (`frame_scores`)
+            nsd: np.ndarray,                      # (9,) NSD of classes 1..9 in this frame
+            confusion: np.ndarray | None = None,  # (10, 10) pixel counts of the frame: pooled IoU, which class is where
+            frame=None,                           # frame id (default: running index within the video)
+            missing: bool = False,                # the prediction of this frame was missing
+            present=None,                         # (in_gt, in_pred), (9,) bools of classes 1..9; default: `confusion`'s
+           ):
         "Record one frame's precomputed scores and which classes each mask holds (for `class_breakdown`)."
         if frame is None: frame = self._counts.get(video, 0)
         iou, nsd = np.asarray(iou, float), np.asarray(nsd, float)
@@ -168,20 +179,21 @@ _GT = [f"in_gt_{c}" for c in range(1, NUM_CLASSES)]
 _PRED = [f"in_pred_{c}" for c in range(1, NUM_CLASSES)]
 
 @patch
-def frame_table(self: ScoreAccumulator) -> pd.DataFrame:
+def frame_table(self: ScoreAccumulator) -> pd.DataFrame:  # one row per frame
     "One row per scored frame: video, frame, missing, mIoU, mNSD, the per-class iou_c / nsd_c and in_gt_c / in_pred_c."
     if not self.records: raise ValueError("no frames were scored")
     v, f, miss, iou, nsd, pres = zip(*self.records)
     iou, nsd = np.stack(iou), np.stack(nsd)
     df = pd.DataFrame({"video": v, "frame": f, "missing": miss, "miou": iou.mean(1), "mnsd": nsd.mean(1)})
     parts = [df, pd.DataFrame(iou, columns=_IOU), pd.DataFrame(nsd, columns=_NSD)]
-    if all(p is not None for p in pres):  # presence known for every frame (always, when frames come with a confusion matrix)
+    # presence known for every frame (always, when frames come with a confusion matrix)
+    if all(p is not None for p in pres):
         parts += [pd.DataFrame(np.stack([p[0] for p in pres]), columns=_GT),
                   pd.DataFrame(np.stack([p[1] for p in pres]), columns=_PRED)]
     return pd.concat(parts, axis=1)
 
 @patch
-def compute(self: ScoreAccumulator) -> dict:
+def compute(self: ScoreAccumulator) -> dict:  # the official numbers and the tables
     "Official mIoU, mNSD and score, plus per-class, per-video, per-frame tables and the pooled IoU."
     frames = self.frame_table()
     g = frames.groupby("video", sort=True)
@@ -191,7 +203,8 @@ def compute(self: ScoreAccumulator) -> dict:
     per_video = pd.DataFrame({"frames": g.size(), "missing": g["missing"].sum(),
                               "miou": video_iou.mean(axis=1), "mnsd": video_nsd.mean(axis=1)})
     per_video["score"] = np.sqrt(per_video.miou * per_video.mnsd)
-    per_class_iou, per_class_nsd = video_iou.mean(axis=0).to_numpy(), video_nsd.mean(axis=0).to_numpy()  # mean over videos
+    # mean over videos
+    per_class_iou, per_class_nsd = video_iou.mean(axis=0).to_numpy(), video_nsd.mean(axis=0).to_numpy()
     pooled = iou_from_confusion(self.confusion, empty=np.nan)
     per_class = pd.DataFrame({"class": names, "iou": per_class_iou, "nsd": per_class_nsd, "pooled_iou": pooled},
                              index=pd.RangeIndex(1, NUM_CLASSES, name="class_id"))
@@ -212,10 +225,11 @@ def _frame_table_of(results):
     if isinstance(results, dict): return results["frames"]
     return results
 
-def class_breakdown(results,                 # `ScoreAccumulator.compute()` / `evaluate` result, its "frames" table (or per_frame_results.csv read back), or a `ScoreAccumulator`
-                    per_video: bool = False, # one row per video and class (columns video, class_id, ...) instead of per class
+def class_breakdown(results,                 # a `ScoreAccumulator`, its/`evaluate`'s result, or their "frames" table
+                    per_video: bool = False, # one row per video and class (columns video, class_id, ...), not per class
                    ) -> pd.DataFrame:        # one row per class 1..9 (index class_id), columns `BREAKDOWN_COLUMNS`
-    "Split each class's official IoU and NSD loss exactly into false alarms, misses and delineation, averaged like the score."
+    """Split each class's official IoU and NSD loss exactly into false alarms, misses and delineation, averaged like the
+    score."""
     f = _frame_table_of(results)
     lacking = [c for c in ["video", "missing", *_IOU, *_NSD, *_GT, *_PRED] if c not in f.columns]
     if lacking: raise ValueError(f"the frame table has no column {lacking[0]}: class presence is recorded when frames "
@@ -225,14 +239,17 @@ def class_breakdown(results,                 # `ScoreAccumulator.compute()` / `e
     lost = f["missing"].to_numpy(bool)[:, None]  # no prediction file: every class scores 0, counted as missed
     fa, miss, both = ~lost & pred & ~gt, lost | (gt & ~pred), ~lost & gt & pred
     parts = {"iou": iou, "false_alarm": (1 - iou) * fa, "miss": (1 - iou) * miss, "delineation": (1 - iou) * both,
-             "nsd": nsd, "nsd_false_alarm": (1 - nsd) * fa, "nsd_miss": (1 - nsd) * miss, "nsd_delineation": (1 - nsd) * both}
+             "nsd": nsd, "nsd_false_alarm": (1 - nsd) * fa, "nsd_miss": (1 - nsd) * miss,
+             "nsd_delineation": (1 - nsd) * both}
     g = f["video"].to_numpy()
-    tables = {k: pd.DataFrame(a).groupby(g, sort=True).mean() for k, a in parts.items()}  # each video: mean over its frames
+    # each video: mean over its frames
+    tables = {k: pd.DataFrame(a).groupby(g, sort=True).mean() for k, a in parts.items()}
     tables.update({k: pd.DataFrame(a).groupby(g, sort=True).sum() for k, a in
                    (("frames_present", gt), ("frames_false_alarm", fa), ("frames_miss", miss))})
     if per_video:
         vids, C = tables["iou"].index, NUM_CLASSES - 1
-        df = pd.DataFrame({"video": np.repeat(vids.to_numpy(), C), "class_id": np.tile(np.arange(1, NUM_CLASSES), len(vids)),
+        df = pd.DataFrame({"video": np.repeat(vids.to_numpy(), C),
+                           "class_id": np.tile(np.arange(1, NUM_CLASSES), len(vids)),
                            "class": np.tile(CLASS_NAMES[1:], len(vids))})
         for k, t in tables.items(): df[k] = t.to_numpy().ravel()
         return df[["video", "class_id", *BREAKDOWN_COLUMNS]]
@@ -250,16 +267,20 @@ def plot_breakdown(df: pd.DataFrame,  # a `class_breakdown` table
                    ax=None,           # matplotlib axes to draw on (None: a new figure)
                    metric: str = "iou", # "iou" or "nsd"
                   ):                  # the axes
-    "One stacked horizontal bar per class: the official score kept, then the losses to false alarms, misses and delineation (they add up to 1)."
+    """One stacked horizontal bar per class: the official score kept, then the losses to false alarms, misses and
+    delineation (they add up to 1)."""
     if metric not in ("iou", "nsd"): raise ValueError(f"metric {metric!r}: choose iou or nsd")
     pre = "" if metric == "iou" else "nsd_"
     if ax is None: _, ax = plt.subplots(figsize=(7, 0.32 * len(df) + 1.2))
     y, left = np.arange(len(df))[::-1], np.zeros(len(df))  # the first class on top
-    for col, key, label in ((metric, "kept", f"kept ({metric.upper()})"), (pre + "false_alarm", "false_alarm", "false alarms"),
+    for col, key, label in ((metric, "kept", f"kept ({metric.upper()})"),
+                            (pre + "false_alarm", "false_alarm", "false alarms"),
                             (pre + "miss", "miss", "misses"), (pre + "delineation", "delineation", "delineation")):
         v = df[col].to_numpy(float)
-        ax.barh(y, v, left=left, height=0.7, color=BREAKDOWN_COLORS[key], label=label); left += v
-    ax.set_yticks(y, list(df["class"])); ax.set_xlim(0, 1)
+        ax.barh(y, v, left=left, height=0.7, color=BREAKDOWN_COLORS[key], label=label)
+        left += v
+    ax.set_yticks(y, list(df["class"]))
+    ax.set_xlim(0, 1)
     ax.set_xlabel(f"official per-class {metric.upper()} (mean over videos) and where the rest is lost")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     return ax
@@ -286,11 +307,12 @@ def _combine(ms_s, ms_v, ms_e, S, V, population):
     return total / (S * V), df
 
 # %% ../nbs/07_evaluation.ipynb #a49fe50d
-def crossed_interval(d: np.ndarray,              # (..., seeds, videos) paired differences (configuration minus baseline)
-                     population: str = "videos", # "videos": new seeds on new test videos; "seeds": new seeds, these videos
+def crossed_interval(d: np.ndarray,              # (..., seeds, videos) paired differences (configuration - baseline)
+                     population: str = "videos", # "videos": new seeds, new test videos; "seeds": new seeds only
                      level: float = 0.95,        # two-sided coverage of the interval
                     ) -> dict:                   # arrays over the leading axes (see the keys)
-    "Mean paired difference of a crossed seed x video design, its t interval (random effects, Satterthwaite) and p-value."
+    """Mean paired difference of a crossed seed x video design, its t interval (random effects, Satterthwaite) and
+    p-value."""
     if population not in POPULATIONS:
         raise SurgsegError(f"population {population!r}: choose from {', '.join(POPULATIONS)}")
     d = np.asarray(d, float)
@@ -345,14 +367,16 @@ def _values_of(df, v, config, seeds, videos, keys):
 PAIRED_COLUMNS = ["config", "value", "diff", "se", "df", "low", "high", "p", "n_seeds", "n_videos",
                   "var_seed", "var_video", "var_resid"]
 
-def paired_differences(df: pd.DataFrame,          # one row per configuration x seed x test video (x group)
-                       values,                    # column(s) to compare; "score": the official score from miou and mnsd
-                       baseline,                  # the configuration the others are compared with
-                       population: str = "videos",# "videos" (new runs on new operations) or "seeds" (these test videos)
-                       level: float = 0.95,       # coverage of each interval (before any multiplicity adjustment)
-                       by: str | None = None,     # a column (e.g. "class") to compare within each of its values
-                       config_col: str = "config", seed_col: str = "seed", video_col: str = "video",  # column names
-                      ) -> pd.DataFrame:          # one row per ([by], config, value), columns `PAIRED_COLUMNS`
+def paired_differences(df: pd.DataFrame,            # one row per configuration x seed x test video (x group)
+                       values,                      # column(s) to compare; "score": the official score of miou and mnsd
+                       baseline,                    # the configuration the others are compared with
+                       population: str = "videos",  # "videos" (new runs, new operations) or "seeds" (these test videos)
+                       level: float = 0.95,         # coverage of each interval (before any multiplicity adjustment)
+                       by: str | None = None,       # a column (e.g. "class") to compare within each of its values
+                       config_col: str = "config",  # column naming the configuration
+                       seed_col: str = "seed",      # column naming the seed
+                       video_col: str = "video",    # column naming the test video
+                      ) -> pd.DataFrame:            # one row per ([by], config, value), columns `PAIRED_COLUMNS`
     "Paired differences to `baseline` on the seeds both share, with `crossed_interval`'s intervals."
     if population not in POPULATIONS:
         raise SurgsegError(f"population {population!r}: choose from {', '.join(POPULATIONS)}")
@@ -372,7 +396,8 @@ def paired_differences(df: pd.DataFrame,          # one row per configuration x 
         seeds_of = part.groupby(config_col)[seed_col].agg(lambda s: set(s))
         for name in [c for c in configs if c != baseline]:
             seeds = sorted(seeds_of[name] & seeds_of[baseline])
-            if not seeds: raise SurgsegError(f"paired_differences: {name!r} shares no seed with the baseline {baseline!r}")
+            if not seeds:
+                raise SurgsegError(f"paired_differences: {name!r} shares no seed with the baseline {baseline!r}")
             for v in values:
                 d = _values_of(part, v, name, seeds, videos, keys) - _values_of(part, v, baseline, seeds, videos, keys)
                 r = crossed_interval(d, population if len(seeds) > 1 or population == "videos" else "videos", level)
@@ -381,7 +406,8 @@ def paired_differences(df: pd.DataFrame,          # one row per configuration x 
     return pd.DataFrame(rows, columns=[*([by] if by else []), *PAIRED_COLUMNS])
 
 # %% ../nbs/07_evaluation.ipynb #400ef540
-def holm(p) -> np.ndarray:  # Holm-adjusted p-values (same order as `p`)
+def holm(p,               # p-values (NaN allowed)
+        ) -> np.ndarray:  # Holm-adjusted p-values (same order as `p`)
     "Holm's step-down adjusted p-values (monotone, capped at 1); NaN entries stay NaN and do not count."
     p = np.asarray(p, float)
     out = np.full(p.shape, np.nan)
@@ -410,11 +436,15 @@ def adjust(table: pd.DataFrame,           # rows of `paired_differences` forming
     return t
 
 # %% ../nbs/07_evaluation.ipynb #50bd2560
-def detectable_effect(var_seed: float, var_video: float, var_resid: float,  # variance components (`paired_differences`)
-                      n_seeds: int, n_videos: int,   # the design to plan for
-                      population: str = "videos",    # as in `crossed_interval`
-                      level: float = 0.95, power: float = 0.8,  # two-sided test level and the power wanted
-                     ) -> float:                     # the smallest true difference found with that power
+def detectable_effect(var_seed: float,             # seed variance component (`paired_differences`)
+                      var_video: float,            # video variance component
+                      var_resid: float,            # residual variance component
+                      n_seeds: int,                # seeds per configuration
+                      n_videos: int,               # test videos
+                      population: str = "videos",  # as in `crossed_interval`
+                      level: float = 0.95,         # two-sided test level
+                      power: float = 0.8,          # the power wanted
+                     ) -> float:                   # the smallest true difference found with that power
     "Smallest true paired difference that a crossed study of this size detects with the given power."
     S, V = int(n_seeds), int(n_videos)
     ms_s, ms_v = var_resid + V * var_seed, var_resid + S * var_video  # expected mean squares
@@ -422,10 +452,16 @@ def detectable_effect(var_seed: float, var_video: float, var_resid: float,  # va
     df = max(float(df), 1.0)
     return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * np.sqrt(var))
 
-def seeds_needed(effect: float, var_seed: float, var_video: float, var_resid: float,  # |difference| and components
-                 n_videos: int, population: str = "videos", level: float = 0.95, power: float = 0.8,
-                 max_seeds: int = 1000,              # give up (return inf) beyond this
-                ) -> float:                          # seeds per configuration, or inf
+def seeds_needed(effect: float,               # the true difference to detect
+                 var_seed: float,             # seed variance component
+                 var_video: float,            # video variance component
+                 var_resid: float,            # residual variance component
+                 n_videos: int,               # test videos
+                 population: str = "videos",  # as in `crossed_interval`
+                 level: float = 0.95,         # two-sided test level
+                 power: float = 0.8,          # the power wanted
+                 max_seeds: int = 1000,       # give up (return inf) beyond this
+                ) -> float:                   # seeds per configuration, or inf
     "Seeds at which `effect` becomes detectable with the given power (inf when more seeds cannot get there)."
     if not np.isfinite(effect) or effect == 0: return float("inf")
     for S in range(2, max_seeds + 1):
@@ -463,7 +499,7 @@ def simulate_coverage(n_studies: int = 2000,           # simulated studies per r
 # %% ../nbs/07_evaluation.ipynb #a5a6727c
 def presence_auroc(evidence: np.ndarray,  # (frames,) a class's evidence per frame (e.g. its maximum probability)
                    present: np.ndarray,   # (frames,) bool: the class is in the frame's ground truth
-                  ) -> float:             # P(evidence of a frame with the class > one without), ties half; NaN if one group is empty
+                  ) -> float:             # P(evidence of a frame with the class > one without), ties half; or NaN
     "Frame-level presence AUROC of a class (Mann-Whitney, from ranks)."
     x, y = np.asarray(evidence, float), np.asarray(present, bool)
     n1, n0 = int(y.sum()), int((~y).sum())
@@ -472,10 +508,11 @@ def presence_auroc(evidence: np.ndarray,  # (frames,) a class's evidence per fra
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 # %% ../nbs/07_evaluation.ipynb #11b81cf1
-DETECTION_COLUMNS = ["class", "frames_present", "videos_present", "frames_absent", "miss_rate", "false_alarm_rate", "auroc"]
+DETECTION_COLUMNS = ["class", "frames_present", "videos_present", "frames_absent", "miss_rate", "false_alarm_rate",
+                     "auroc"]
 
 def detection_table(frames: pd.DataFrame,           # a per-frame table (`compute()["frames"]`, per_frame_results.csv)
-                    evidence: pd.DataFrame | None = None,  # per frame: video, frame, p_1..p_9 (max probability per class)
+                    evidence: pd.DataFrame | None = None,  # per frame: video, frame, p_1..p_9 (max probability of each)
                    ) -> pd.DataFrame:               # one row per class 1..9 (index class_id), `DETECTION_COLUMNS`
     "Per class: frames/videos containing it, miss and false-alarm rates over frames, and the presence AUROC."
     lacking = [c for c in ["video", "frame", "missing", *_GT, *_PRED] if c not in frames.columns]

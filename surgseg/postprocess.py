@@ -31,13 +31,14 @@ __all__ = ['OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'MIN_AREA_CANDIDATES', 'D
            'tune_run_decisions']
 
 # %% ../nbs/08a_postprocess.ipynb #5223824d
-def min_area_thresholds(min_area: int | str | Sequence[int] | None,  # one threshold, 9 (classes 1..9) or 10 values, "a,b,..", or None
+def min_area_thresholds(min_area: int | str | Sequence[int] | None,  # one threshold, 9 (classes 1..9) or 10, "a,b,.."
                        ) -> np.ndarray:  # (10,) int64 thresholds in pixels; background always 0
     "Normalise a `min_area` setting to one threshold per class."
     if min_area is None: min_area = 0
     if isinstance(min_area, str):
         try: min_area = [int(float(v)) for v in min_area.replace(",", " ").split()]
-        except ValueError: raise SurgsegError(f"min_area {min_area!r}: expected an integer or comma-separated integers") from None
+        except ValueError:
+            raise SurgsegError(f"min_area {min_area!r}: expected an integer or comma-separated integers") from None
         if len(min_area) == 1: min_area = min_area[0]
     if np.ndim(min_area) == 0: vals = [0] + [int(min_area)] * (NUM_CLASSES - 1)
     else:
@@ -60,7 +61,8 @@ def _small_components(mask: np.ndarray, thr: np.ndarray) -> list[tuple]:
         binary = (mask == c).view(np.uint8)
         x, y, w, h = cv2.boundingRect(binary)            # label only the class's bounding box
         if counts[c] < thr[c]:                            # the whole class is smaller than one allowed component
-            found.append((c, slice(y, y + h), slice(x, x + w), binary[y:y + h, x:x + w].astype(bool))); continue
+            found.append((c, slice(y, y + h), slice(x, x + w), binary[y:y + h, x:x + w].astype(bool)))
+            continue
         n, lab, stats, _ = cv2.connectedComponentsWithStats(binary[y:y + h, x:x + w], connectivity=8)
         for k in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < thr[c]) + 1:
             kx, ky, kw, kh = stats[k, :4]
@@ -69,7 +71,7 @@ def _small_components(mask: np.ndarray, thr: np.ndarray) -> list[tuple]:
 
 def remove_small(mask: np.ndarray,                # (H, W) uint8 class ids (the most likely class per pixel)
                  min_area,                        # pixels: one threshold, or per class (see `min_area_thresholds`)
-                 second: np.ndarray | None = None,# (H, W) second most likely class; None = removed pixels become background
+                 second: np.ndarray | None = None,# (H, W) second most likely class; None: removed pixels -> background
                 ) -> np.ndarray:                  # (H, W) uint8 cleaned mask (a new array)
     "Remove the 8-connected components of each class smaller than its `min_area` threshold."
     thr = min_area_thresholds(min_area)
@@ -84,8 +86,8 @@ def remove_small(mask: np.ndarray,                # (H, W) uint8 class ids (the 
 # %% ../nbs/08a_postprocess.ipynb #80c8dda1
 class RemoveSmall:
     "A `Predictor` post-processing step: `remove_small` with fixed thresholds and fill."
-    def __init__(self, min_area,                  # pixels: one threshold, or per class (see `min_area_thresholds`)
-                 fill: str = "background",        # what removed pixels become: "background" or "next" (second most likely class)
+    def __init__(self, min_area,            # pixels: one threshold, or per class (see `min_area_thresholds`)
+                 fill: str = "background",  # what removed pixels become: "background" or "next" (second likeliest)
                 ):
         if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
         self.min_area, self.fill = min_area_thresholds(min_area), fill
@@ -100,15 +102,17 @@ class RemoveSmall:
 
 def load_predictor(checkpoint,                 # run folder (best/, else last/) or checkpoint folder
                    tta: bool | None = None,    # horizontal-flip TTA; None = the run's config
-                   min_area=None,              # small-component threshold(s); None = the decisions', else the run's config
+                   min_area=None,              # small-component threshold(s); None = the decisions', else the config's
                    fill: str = "background",   # what removed pixels become: "background" or "next"
-                   decisions: bool | str = True, # True: apply RUN/decisions.json if there; False: not; "tune": tune them now and save
+                   decisions: bool | str = True, # True: apply RUN/decisions.json if any; False: not; "tune": tune, save
                    progress: bool = True,      # progress bar of `decisions="tune"`
                    **kwargs,                   # more `Predictor` settings (batch_size, device, amp)
                   ) -> Predictor:
-    "A run's `Predictor` with its post-processing: the run's tuned `Decisions` (if any), else `RemoveSmall` when a threshold is set."
+    """A run's `Predictor` with its post-processing: the run's tuned `Decisions` (if any), else `RemoveSmall` when a
+    threshold is set."""
     if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
-    if decisions not in (True, False, "tune"): raise SurgsegError(f"decisions={decisions!r}: choose True, False or 'tune'")
+    if decisions not in (True, False, "tune"):
+        raise SurgsegError(f"decisions={decisions!r}: choose True, False or 'tune'")
     p = Predictor.from_checkpoint(checkpoint, tta=tta, **kwargs)
     if decisions == "tune":
         t = tune_decisions(p, progress=progress, min_area=min_area)
@@ -132,17 +136,19 @@ def _per_class(values, name: str, default: float = 0.0) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64).ravel()
     if a.size == 1: a = np.r_[0.0, np.full(NUM_CLASSES - 1, a[0])]
     elif a.size == NUM_CLASSES - 1: a = np.r_[0.0, a]
-    elif a.size != NUM_CLASSES: raise SurgsegError(f"{name}: expected 1, {NUM_CLASSES - 1} or {NUM_CLASSES} values, got {a.size}")
+    elif a.size != NUM_CLASSES:
+        raise SurgsegError(f"{name}: expected 1, {NUM_CLASSES - 1} or {NUM_CLASSES} values, got {a.size}")
     if not np.isfinite(a).all(): raise SurgsegError(f"{name}: values must be finite numbers, got {a[1:].tolist()}")
     a[0] = 0.0
     return a
 
 class Decisions:
-    "A per-class decision rule: logit offsets and frame-level presence thresholds before the argmax, small components after."
-    def __init__(self, offset=None,           # added to class c's upsampled logit before the argmax (negative: predict c less)
-                 presence=None,               # class c is kept in a frame only if its maximum softmax probability there reaches this
-                 min_area=None,               # pixels: small-component thresholds after the argmax (see `min_area_thresholds`)
-                 fill: str = "background",    # what removed small components become: "background" or "next"
+    """A per-class decision rule: logit offsets and frame-level presence thresholds before the argmax, small components
+    after."""
+    def __init__(self, offset=None,         # added to class c's upsampled logit before the argmax (< 0: predict c less)
+                 presence=None,             # class c is kept in a frame only if its max softmax probability is this
+                 min_area=None,             # pixels: small-component thresholds after argmax (`min_area_thresholds`)
+                 fill: str = "background",  # what removed small components become: "background" or "next"
                 ):
         if fill not in ("background", "next"): raise SurgsegError(f"fill {fill!r}: choose from background, next")
         self.offset, self.presence = _per_class(offset, "offset"), _per_class(presence, "presence")
@@ -156,8 +162,8 @@ class Decisions:
     @property
     def needs_second(self) -> bool: return self.fill == "next" and bool(self.min_area.any())
 
-    def bias(self, presence: np.ndarray,  # (B, C) each class's maximum probability per frame (`inference.presence_evidence`)
-            ) -> torch.Tensor | None:     # (B, C) float32 added to the upsampled logits; -inf: class not present; None = no rule
+    def bias(self, presence: np.ndarray,  # (B, C) each class's max probability per frame (`presence_evidence`)
+            ) -> torch.Tensor | None:     # (B, C) float32 added to the upsampled logits; -inf: absent; None = no rule
         "The per-frame biases the `Predictor` adds before the full-resolution argmax."
         if not self.acts_on_logits: return None
         b = np.tile(self.offset.astype(np.float32), (len(presence), 1))
@@ -168,7 +174,7 @@ class Decisions:
         "Remove small components of the (decided) argmax mask."
         return remove_small(top1, self.min_area, top2 if self.fill == "next" else None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict:  # JSON-ready: offset, presence, min_area, fill
         return dict(offset=self.offset[1:].tolist(), presence=self.presence[1:].tolist(),
                     min_area=self.min_area[1:].tolist(), fill=self.fill)
 
@@ -180,7 +186,7 @@ class Decisions:
 
 def as_decisions(post,               # None, a min_area setting, a `RemoveSmall` or a `Decisions`
                  fill: str = "background",  # fill of a plain min_area setting
-                ) -> Decisions:
+                ) -> Decisions:             # the same rule as `Decisions`
     "Any post-processing setting of this chapter as a `Decisions`."
     if isinstance(post, Decisions): return post
     if isinstance(post, RemoveSmall): return Decisions(min_area=post.min_area, fill=post.fill)
@@ -190,18 +196,21 @@ def as_decisions(post,               # None, a min_area setting, a `RemoveSmall`
 # %% ../nbs/08a_postprocess.ipynb #37a28929
 def score_split(predictor: Predictor,      # the model
                 videos,                    # list of `surgseg.data.Video` with masks, or a dataset root
-                min_areas: Sequence | None = None,  # settings to score: min_area values or `Decisions`; None = the predictor's own post-processing
-                fill: str = "background",  # what removed pixels become for plain min_area settings: "background" or "next"
+                min_areas: Sequence | None = None,  # min_area values or `Decisions` to score; None: the predictor's
+                fill: str = "background",  # what removed pixels become with plain min_area values: "background", "next"
                 tau: float = 10.0,         # NSD tolerance (official: 10 px)
                 progress: bool = True,     # show a progress bar
                ) -> list[dict]:            # one `ScoreAccumulator.compute()` result per setting
-    "Official scores of several post-processing settings (decision rules included) from one pass of the model over the annotated frames."
+    """Official scores of several post-processing settings (decision rules included) from one pass of the model over the
+    annotated frames."""
     videos = [v for v in _as_videos(videos) if v.frames]
     if not videos: raise SurgsegError("score_split: no video with ground-truth masks to score against")
-    settings = [as_decisions(predictor.postprocess)] if min_areas is None else [as_decisions(m, fill) for m in min_areas]
+    settings = [as_decisions(predictor.postprocess)] if min_areas is None else [as_decisions(m,
+                                                                                             fill) for m in min_areas]
     accs = [ScoreAccumulator(tau) for _ in settings]
     logits_used = any(s.acts_on_logits for s in settings)
-    for (v, f, mp), im, l in predictor.stream_logits(split_frames(videos), sum(len(v.frames) for v in videos), "score", progress):
+    for (v, f, mp), im, l in predictor.stream_logits(split_frames(videos), sum(len(v.frames) for v in videos), "score",
+                                                     progress):
         gt, maps, prev = read_mask(mp, im.shape[:2]), {}, None
         pmax = presence_evidence(l[None]) if logits_used else None
         for s, acc in zip(settings, accs):
@@ -260,7 +269,8 @@ def choose_min_area(iou: np.ndarray,          # (K, 9) per-class IoU of each can
     return np.r_[0, cand[pick]], _combo(iou, nsd, pick)
 
 # %% ../nbs/08a_postprocess.ipynb #3fa28205
-def validation_videos(cfg: Config) -> list:
+def validation_videos(cfg: Config,  # the run's config
+                     ) -> list:     # its validation `Video`s
     "The validation videos of a run: its training videos held out by operation exactly as training did."
     val = run_splits(cfg)[1]  # the fold's held-out operations when the run trained on folds
     if not val:
@@ -274,18 +284,22 @@ def tune_min_area(checkpoint,                       # run folder, checkpoint fol
                   fill: str = "background",         # what removed pixels become: "background" or "next"
                   per_class: bool | None = None,    # one threshold per class; None = yes unless fill="next"
                   progress: bool = True,            # show a progress bar
-                  **kwargs,                         # `Predictor` settings when `checkpoint` is a folder (tta, batch_size, device)
+                  **kwargs,                         # `Predictor` settings if `checkpoint` is a folder (tta, ...)
                  ) -> MinAreaTuning:
     "Choose the small-component threshold(s) that maximise the official score on validation frames."
-    if isinstance(checkpoint, Predictor) and kwargs: raise SurgsegError("tune_min_area: pass settings to the Predictor, not beside it")
+    if isinstance(checkpoint, Predictor) and kwargs:
+        raise SurgsegError("tune_min_area: pass settings to the Predictor, not beside it")
     p = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, **kwargs)
     cands = sorted({0, *map(int, candidates)})
     if per_class is None: per_class = fill == "background"
-    if per_class and fill != "background": raise SurgsegError("tune_min_area: per-class thresholds need fill='background'")
+    if per_class and fill != "background":
+        raise SurgsegError("tune_min_area: per-class thresholds need fill='background'")
     res = score_split(p, validation_videos(p.cfg) if videos is None else videos, cands, fill, progress=progress)
-    iou = np.stack([r["per_class_iou"] for r in res]); nsd = np.stack([r["per_class_nsd"] for r in res])
+    iou = np.stack([r["per_class_iou"] for r in res])
+    nsd = np.stack([r["per_class_nsd"] for r in res])
     thr, after = choose_min_area(iou, nsd, cands, per_class)
-    table = pd.DataFrame({k: [r[k] for r in res] for k in ("miou", "mnsd", "score")}, index=pd.Index(cands, name="min_area"))
+    table = pd.DataFrame({k: [r[k] for r in res] for k in ("miou", "mnsd", "score")},
+                         index=pd.Index(cands, name="min_area"))
     mk = lambda a: pd.DataFrame(a, index=table.index, columns=CLASS_NAMES[1:])
     before = {k: float(table.loc[0, k]) for k in ("miou", "mnsd", "score")}
     return MinAreaTuning(thr, table, mk(iou), mk(nsd), before, after, per_class)
@@ -301,12 +315,14 @@ def plot_min_area(t: MinAreaTuning,  # from `tune_min_area`
     for c in CLASSES[1:]:
         ax.plot(x, np.sqrt(t.class_iou[c.name] * t.class_nsd[c.name]), color=c.color, marker=".", lw=1, label=c.name)
     ax.plot(x, t.table.score, color="k", lw=2.5, label="official score")
-    ax.set_xscale("log"); ax.set_xlabel("min_area (pixels; 0 plotted at 1)"); ax.set_ylabel("validation score")
+    ax.set_xscale("log")
+    ax.set_xlabel("min_area (pixels; 0 plotted at 1)")
+    ax.set_ylabel("validation score")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     return ax
 
 # %% ../nbs/08a_postprocess.ipynb #eba9d33c
-def compare_settings(checkpoint,                 # run folder, checkpoint folder, or a `Predictor` (its tta is overridden)
+def compare_settings(checkpoint,                 # run folder, checkpoint folder, or `Predictor` (its tta is overridden)
                      videos,                     # videos with ground truth, or a root (e.g. ROOT/test)
                      min_areas: dict | None = None,  # name -> post-processing setting; None = {"none": 0}
                      ttas: Sequence[bool] = (False, True),  # TTA settings to compare
@@ -333,7 +349,8 @@ def _checkpoint_id(ckpt: Path) -> dict:
     w = Path(ckpt) / WEIGHTS_FILE
     return dict(checkpoint=Path(ckpt).name, weights_sha256=sha256_file(w) if w.is_file() else None)
 
-def decisions_path(checkpoint) -> Path:
+def decisions_path(checkpoint,  # a run folder or checkpoint folder
+                  ) -> Path:    # decisions.json's path
     "Where a run keeps its tuned decisions: RUN/decisions.json (a checkpoint folder outside a run: inside it)."
     ck = find_checkpoint(checkpoint)
     return (ck.parent if ck.name in (BEST, LAST) else ck) / DECISIONS_FILE
@@ -349,7 +366,8 @@ def read_decisions(path: str | Path,  # a decisions.json
     for k in ("offset", "presence", "min_area"):
         if k not in rec: raise SurgsegError(f"{path}: no {k!r} (a decisions file holds offset, presence, min_area)")
         v = rec[k]
-        if not isinstance(v, list) or len(v) != NUM_CLASSES - 1 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not isinstance(v, list) or len(v) != NUM_CLASSES - 1 or not numbers:
             raise SurgsegError(f"{path}: {k!r} must be a list of {NUM_CLASSES - 1} numbers (classes 1..9)")
     try: return Decisions(rec["offset"], rec["presence"], rec["min_area"], rec.get("fill", "background")), rec
     except SurgsegError as e: raise SurgsegError(f"{path}: {e}") from None
@@ -363,7 +381,8 @@ def load_decisions(checkpoint,  # run folder or checkpoint folder
     ck, want = find_checkpoint(checkpoint), rec.get("tuned_on") or {}
     have = _checkpoint_id(ck)
     if want.get("weights_sha256") != have["weights_sha256"]:
-        raise SurgsegError(f"{path}: tuned for {want.get('checkpoint', '?')}/ of another training state than {ck} holds now; "
+        raise SurgsegError(f"{path}: tuned for {want.get('checkpoint', '?')}/ of another training state than {ck} "
+                           "holds now; "
                            "retune (`--decisions tune`, `tune_decisions`) or turn them off (`--decisions off`)")
     return d
 
@@ -393,7 +412,8 @@ def _box(*flat_sets, shape) -> tuple | None:
     return slice(int(r.min()), int(r.max()) + 1), slice(int(c.min()), int(c.max()) + 1)
 
 def _cache_frame(l: torch.Tensor, gt: np.ndarray, video: int, name: tuple, lo: float, hi: float, tmax: float) -> _Frame:
-    "What the search needs of one frame: its argmax, and the logits of the pixels that offsets in [lo, hi] or a gate can flip."
+    """What the search needs of one frame: its argmax, and the logits of the pixels that offsets in [lo, hi] or a gate
+    can flip."""
     C = l.shape[0]
     pmax = presence_evidence(l[None])[0]
     with torch.inference_mode():
@@ -437,7 +457,8 @@ def _patch_score(m: np.ndarray, gt: np.ndarray, ngt: int, gt_edges: np.ndarray, 
     return inter / (npred + ngt - inter), surface_dice(edge_points(m.view(np.uint8), 1), gt_edges, tau, near_gt)
 
 class _ClassScores:
-    "Official IoU and NSD of class k in a frame's current argmax after `min_area`, computed in the class's box and memoised."
+    """Official IoU and NSD of class k in a frame's current argmax after `min_area`, computed in the class's box and
+    memoised."""
     def __init__(self, tau: float):
         self.tau, self.scores, self.parts, self.truth = tau, {}, {}, {}
 
@@ -493,7 +514,8 @@ class _Search:
         fr.A.flat[fr.P] = (fr.S + self.bias(fr)).argmax(1)
 
     def _rivals(self, c: int) -> list:
-        "Per frame where class c can win a pixel: (frame, positions, c's logits there, best rival class and its biased logit)."
+        """Per frame where class c can win a pixel: (frame, positions, c's logits there, best rival class and its biased
+        logit)."""
         out = []
         for i, fr in enumerate(self.frames):
             if not len(fr.sub[c]): continue
@@ -504,7 +526,8 @@ class _Search:
         return out
 
     def _trial(self, c: int, rivals: list, new_bias_c) -> dict:
-        "Per changed frame: (positions, new labels, class scores) when class c's bias becomes new_bias_c(frame) (None: unchanged)."
+        """Per changed frame: (positions, new labels, class scores) when class c's bias becomes new_bias_c(frame) (None:
+        unchanged)."""
         out = {}
         for i, pos, sc, ro, mo in rivals:
             fr = self.frames[i]
@@ -522,7 +545,9 @@ class _Search:
         "Class scores of the classes that the change touches (the frame is left as it was)."
         fr = self.frames[i]
         fr.A.flat[pos] = new
-        try: return {k: self.class_score(i, fr, k, self.d.min_area[k]) for k in set(np.unique(np.r_[new, old]).tolist()) - {0}}
+        try:
+            changed = set(np.unique(np.r_[new, old]).tolist()) - {0}
+            return {k: self.class_score(i, fr, k, self.d.min_area[k]) for k in changed}
         finally: fr.A.flat[pos] = old
 
     def _value(self, changes: dict) -> float:
@@ -586,10 +611,12 @@ class DecisionTuning:
 
     def __repr__(self):
         b, a = self.before, self.after
-        return (f"DecisionTuning({self.decisions!r}, score {b['score']:.4f} -> {a['score']:.4f}, mIoU {b['miou']:.4f} -> "
-                f"{a['miou']:.4f}, mNSD {b['mnsd']:.4f} -> {a['mnsd']:.4f}, {self.frames} frames, {self.seconds:.1f} s)")
+        return (f"DecisionTuning({self.decisions!r}, score {b['score']:.4f} -> {a['score']:.4f}, mIoU {b['miou']:.4f} "
+                "-> "
+                f"{a['miou']:.4f}, mNSD {b['mnsd']:.4f} -> {a['mnsd']:.4f}, {self.frames} frames, {self.seconds:.1f} "
+                "s)")
 
-    def record(self) -> dict:
+    def record(self) -> dict:  # JSON-ready
         "What `save` writes: the rule, what it was tuned on, and its validation effect."
         return {**self.decisions.to_dict(), "version": 1,
                 "tuned_on": _checkpoint_id(self.checkpoint) if self.checkpoint else None, "tta": self.tta,
@@ -600,14 +627,16 @@ class DecisionTuning:
     def save(self, run_dir: str | Path | None = None,  # run folder; None = the run of the checkpoint tuned
             ) -> Path:                                  # the decisions file written
         "Write RUN/decisions.json atomically (`load_predictor` applies it from then on)."
-        if run_dir is None and self.checkpoint is None: raise SurgsegError("DecisionTuning.save: tuned on a model in memory; name the run folder")
+        if run_dir is None and self.checkpoint is None:
+            raise SurgsegError("DecisionTuning.save: tuned on a model in memory; name the run folder")
         path = decisions_path(self.checkpoint) if run_dir is None else Path(run_dir) / DECISIONS_FILE
         with atomic_write(path) as tmp: Path(tmp).write_text(json.dumps(self.record(), indent=1))
         return path
 
 def _per_class_table(d: Decisions, bb: pd.DataFrame, ba: pd.DataFrame) -> pd.DataFrame:
     "One row per class: the rule, and the validation IoU, NSD, false-alarm and miss frames before and after."
-    t = pd.DataFrame({"class": bb["class"], "offset": d.offset[1:], "presence": d.presence[1:], "min_area": d.min_area[1:],
+    t = pd.DataFrame({"class": bb["class"], "offset": d.offset[1:], "presence": d.presence[1:],
+                      "min_area": d.min_area[1:],
                       "frames_present": bb.frames_present}, index=bb.index)
     for k, col in (("iou", "iou"), ("nsd", "nsd"), ("false_alarms", "frames_false_alarm"), ("misses", "frames_miss")):
         t[f"{k}_before"], t[f"{k}_after"] = bb[col].to_numpy(), ba[col].to_numpy()
@@ -616,11 +645,13 @@ def _per_class_table(d: Decisions, bb: pd.DataFrame, ba: pd.DataFrame) -> pd.Dat
 def _accumulate(frames: list[_Frame], masks: list[np.ndarray], tau: float) -> ScoreAccumulator:
     "The official accumulator of the given masks of the search's frames."
     acc = ScoreAccumulator(tau)
-    for fr, m in zip(frames, masks): acc.add(fr.name[0], *frame_scores(m, fr.gt, tau, with_confusion=True), frame=fr.name[1])
+    for fr, m in zip(frames, masks):
+        acc.add(fr.name[0], *frame_scores(m, fr.gt, tau, with_confusion=True), frame=fr.name[1])
     return acc
 
 def _neighbours(grid: list, value) -> list:
-    "The grid values next to `value` (itself included): later rounds of the search only refine the first round's choice."
+    """The grid values next to `value` (itself included): later rounds of the search only refine the first round's
+    choice."""
     i = int(np.searchsorted(grid, value))
     return grid[max(0, i - 1):i + 2]
 
@@ -631,41 +662,47 @@ def tune_decisions(checkpoint,                   # run folder, checkpoint folder
                    presences: Sequence[float] = PRESENCE_CANDIDATES, # presence thresholds to try per class
                    min_areas: Sequence[int] = MIN_AREA_CANDIDATES,   # small-component thresholds to try per class
                    min_area=None,                # where the search starts; None = the run's config (`cfg.min_area`)
-                   rounds: int = 3,              # passes of offsets and presence over the classes: the first tries every candidate, later ones the neighbours (stops when nothing moves)
-                   min_frames: int = 3,          # a class shown in fewer validation frames keeps its starting rule (too few to tune on)
+                   rounds: int = 3,              # passes over offsets/presence: all candidates first, then neighbours
+                   min_frames: int = 3,          # a class in fewer validation frames keeps its starting rule
                    max_frames: int = 400,        # at most this many frames (spread evenly over each video) are cached
                    tau: float = 10.0,            # NSD tolerance (official: 10 px)
-                   **kwargs,                     # `Predictor` settings when `checkpoint` is a folder (tta, batch_size, device)
+                   **kwargs,                     # `Predictor` settings if `checkpoint` is a folder (tta, ...)
                   ) -> DecisionTuning:
-    "Choose per-class logit offsets, presence thresholds and min_area that maximise the official score on validation frames."
+    """Choose per-class logit offsets, presence thresholds and min_area that maximise the official score on validation
+    frames."""
     t0 = time.perf_counter()
-    if isinstance(checkpoint, Predictor) and kwargs: raise SurgsegError("tune_decisions: pass settings to the Predictor, not beside it")
+    if isinstance(checkpoint, Predictor) and kwargs:
+        raise SurgsegError("tune_decisions: pass settings to the Predictor, not beside it")
     p = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, **kwargs)
     vids = [v for v in _as_videos(validation_videos(p.cfg) if videos is None else videos) if v.frames]
     if not vids: raise SurgsegError("tune_decisions: no validation video with ground-truth masks")
     per_video = max(1, max_frames // len(vids))
     vids = [v if len(v.frames) <= per_video else
             replace(v, frames=[v.frames[i] for i in np.linspace(0, len(v.frames) - 1, per_video).round().astype(int)],
-                    mask_paths=[v.mask_paths[i] for i in np.linspace(0, len(v.frames) - 1, per_video).round().astype(int)])
+                    mask_paths=[v.mask_paths[i] for i in np.linspace(0, len(v.frames) - 1,
+                                                                     per_video).round().astype(int)])
             for v in vids]
     offsets, presences = sorted({0.0, *map(float, offsets)}), sorted({0.0, *map(float, presences)})
     min_areas = sorted({0, *map(int, min_areas)})
     start = Decisions(min_area=getattr(p.cfg, "min_area", 0) if min_area is None else min_area)
     names, frames = [v.name for v in vids], []
-    for (v, f, mp), im, l in p.stream_logits(split_frames(vids), sum(len(v.frames) for v in vids), "validation", progress):
+    for (v, f, mp), im, l in p.stream_logits(split_frames(vids), sum(len(v.frames) for v in vids), "validation",
+                                             progress):
         frames.append(_cache_frame(l, read_mask(mp, im.shape[:2]), names.index(v.name), (v.name, f),
                                    offsets[0], offsets[-1], presences[-1]))
     before = _accumulate(frames, [remove_small(fr.A, start.min_area) for fr in frames], tau).compute()
     search, moves = _Search(frames, len(vids), start, tau), []
     shown = sum((fr.gt_n > 0).astype(int) for fr in frames)
-    tunable = [c for c in range(1, NUM_CLASSES) if shown[c] >= min_frames]  # absent from validation: tuning could only silence it
+    # absent from validation: tuning could only silence it
+    tunable = [c for c in range(1, NUM_CLASSES) if shown[c] >= min_frames]
     def step(c: int, what: str, grid) -> bool:
         old = getattr(search.d, what)[c]
         if not search.step(c, what, grid): return False
         moves.append((c, what, float(old), float(getattr(search.d, what)[c]), search.score))
         return True
     with tqdm(total=(rounds * 2 + 1) * (NUM_CLASSES - 1), desc="decisions", disable=not progress, leave=False) as bar:
-        for rnd in range(rounds):  # 1: offsets and presence thresholds, by coordinate ascent (small components as they start)
+        # 1: offsets and presence thresholds, by coordinate ascent (small components as they start)
+        for rnd in range(rounds):
             moved = False
             for c in tunable:
                 for what, grid in (("presence", presences), ("offset", offsets)):

@@ -16,7 +16,8 @@ __all__ = ['BEST', 'LAST', 'METRICS', 'PROGRESS', 'STATE', 'MANIFEST', 'INTERRUP
            'run_folders', 'latest_run', 'recipe']
 
 # %% ../nbs/05a_runs.ipynb #41fa2a3e
-BEST, LAST, METRICS, PROGRESS, STATE, MANIFEST = "best", "last", "metrics.csv", "progress.json", "state", "manifest.json"
+BEST, LAST, METRICS, PROGRESS = "best", "last", "metrics.csv", "progress.json"
+STATE, MANIFEST = "state", "manifest.json"
 
 # %% ../nbs/05a_runs.ipynb #db818e09
 from .core import message
@@ -30,7 +31,8 @@ def run_dir_for(cfg: Config,  # uses out_dir, run_name, model, loss, sampler, re
     taken = lambda p: (p / CONFIG_FILE).exists()
     if cfg.run_name:
         d = out / cfg.run_name
-        if taken(d) and not cfg.resume and not (d / INTERRUPTED).exists(): raise SurgsegError(message("run_exists", path=d))
+        if taken(d) and not cfg.resume and not (d / INTERRUPTED).exists():
+            raise SurgsegError(message("run_exists", path=d))
         return d
     base = f"{cfg.model}-{cfg.loss}-{cfg.sampler}"
     pat = re.compile(re.escape(base) + r"(?:-(\d+))?")
@@ -54,7 +56,8 @@ def write_manifest(folder: str | Path,  # a checkpoint folder, complete
 def check_manifest(folder: str | Path,  # a checkpoint folder
                   ) -> bool:            # True if it has a manifest (all files checked), False if it has none
     "Raise a one-line `SurgsegError` naming the first file of `folder` that is missing, truncated or altered."
-    folder = Path(folder); m = folder / MANIFEST
+    folder = Path(folder)
+    m = folder / MANIFEST
     if not m.is_file(): return False
     try: files = json.loads(m.read_text())
     except ValueError: raise SurgsegError(f"{m}: corrupt checkpoint manifest (not JSON)") from None
@@ -63,7 +66,8 @@ def check_manifest(folder: str | Path,  # a checkpoint folder
         if not p.is_file(): raise SurgsegError(f"{p}: missing from the checkpoint")
         if p.stat().st_size != size:
             raise SurgsegError(f"{p}: truncated or corrupt checkpoint file ({p.stat().st_size} bytes, expected {size})")
-        if sha256_file(p) != sha: raise SurgsegError(f"{p}: corrupt checkpoint file (its contents changed since it was saved)")
+        if sha256_file(p) != sha:
+            raise SurgsegError(f"{p}: corrupt checkpoint file (its contents changed since it was saved)")
     return True
 
 # %% ../nbs/05a_runs.ipynb #05968258
@@ -79,7 +83,8 @@ def find_checkpoint(path: str | Path,  # run folder (RUN/best/ preferred, else R
     for d in (path / BEST, path / LAST, path):
         if (d / CONFIG_FILE).is_file(): return d
     if (path / "config.json").is_file():
-        raise SurgsegError(f"{path}: a Hugging Face / smp save_pretrained folder (config.json), not a surgseg checkpoint; "
+        raise SurgsegError(f"{path}: a Hugging Face / smp save_pretrained folder (config.json), not a surgseg "
+                           "checkpoint; "
                            f"use it as --weights (an smp encoder) or --dinov3 (a DINOv3 backbone) to train from it")
     raise SurgsegError(f"{path}: not a checkpoint (no config.yaml here nor in best/ or last/)")
 
@@ -99,7 +104,8 @@ def load_checkpoint(path: str | Path,  # run folder or checkpoint folder
     cfg = load_config(ckpt / CONFIG_FILE)  # errors name the file
     stamped = _weights_model(ckpt / WEIGHTS_FILE)
     if stamped is not None and stamped != cfg.model:
-        raise SurgsegError(f"{ckpt / WEIGHTS_FILE}: weights of a {stamped!r} model, but {ckpt / CONFIG_FILE} says model {cfg.model!r}")
+        raise SurgsegError(f"{ckpt / WEIGHTS_FILE}: weights of a {stamped!r} model, but {ckpt / CONFIG_FILE} says "
+                           f"model {cfg.model!r}")
     try: model, cfg = load_model(ckpt)
     except SurgsegError: raise
     except Exception as e:
@@ -116,9 +122,10 @@ def run_progress(run: str | Path,  # a run folder
 
 def is_finished(run: str | Path,         # a run folder
                 epochs: int | None = None, # epochs it must have run (None = those of its config.yaml)
-               ) -> bool:
+               ) -> bool:                # True if training ended
     "Whether `run` is a run folder whose training ended: all its (or `epochs`) epochs done, or stopped early."
-    run = Path(run); p = run_progress(run)
+    run = Path(run)
+    p = run_progress(run)
     if p is None or not (run / CONFIG_FILE).is_file(): return False
     if epochs is None:
         try: epochs = load_config(run / CONFIG_FILE).epochs
@@ -127,9 +134,12 @@ def is_finished(run: str | Path,         # a run folder
 
 def run_folders(folder: str | Path,  # where to look
                ):                    # yields run folders (those with a config.yaml), folder itself included
-    "The run folders in `folder` and its subfolders at any depth, not looking inside a run folder nor into hidden or linked folders."
+    """The run folders in `folder` and its subfolders at any depth, not looking inside a run folder nor into hidden or
+    linked folders."""
     folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file(): yield folder; return
+    if (folder / CONFIG_FILE).is_file():
+        yield folder
+        return
     try: subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     except OSError: return
     for s in subs: yield from run_folders(s)
@@ -156,6 +166,7 @@ NOT_RECIPE = ("out_dir", "run_name", "resume", "num_workers", "log_with", "save_
 
 def recipe(cfg: Config | None = None,  # a config (default: `Config()`, the default recipe)
           ) -> dict:                   # field -> value, for `latest_run(**recipe(cfg))`
-    "The fields of `cfg` that make its model: all but where the run goes, how long it trains and what is done with it after."
+    """The fields of `cfg` that make its model: all but where the run goes, how long it trains and what is done with it
+    after."""
     cfg = cfg or Config()
     return {k: getattr(cfg, k) for k in Config.field_names() if k not in NOT_RECIPE}

@@ -29,11 +29,14 @@ def class_frequency(presence: np.ndarray,  # (frames, classes) bool: class prese
     f = presence.mean(0) if len(presence) else np.zeros(presence.shape[1])
     if (f == 0).any():
         names = [CLASS_NAMES[c] if presence.shape[1] == NUM_CLASSES else str(c) for c in np.flatnonzero(f == 0)]
-        warnings.warn(f"class(es) {', '.join(names)} never occur in the {len(presence)} frames: they cannot be oversampled and are ignored")
+        warnings.warn(f"class(es) {', '.join(names)} never occur in the {len(presence)} frames: they cannot be "
+                      "oversampled and are ignored")
     return f
 
 # %% ../nbs/03_sampler.ipynb #aa458a78
-def uniform_weights(presence: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+def uniform_weights(presence: np.ndarray,    # (frames, classes) bool: class present in frame
+                    threshold: float = 0.3,  # unused (the other schemes' signature)
+                   ) -> np.ndarray:          # (frames,) ones
     "Every frame weighs 1 (`threshold` unused)."
     return np.ones(len(presence))
 
@@ -65,7 +68,8 @@ def class_balanced_weights(presence: np.ndarray,  # (frames, classes) bool
     f, n = class_frequency(presence), presence.sum(0)
     if not n.any(): return np.zeros(len(presence))
     logits = np.where(f > 0, (1 - f) / threshold, -np.inf)
-    p = np.exp(logits - logits.max()); p /= p.sum()
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
     return presence @ np.divide(p, n, out=np.zeros_like(p), where=n > 0)
 
 SCHEMES = {"none": uniform_weights, "inverse_frequency": inverse_frequency_weights,
@@ -78,9 +82,12 @@ def clip_normalise(weights: np.ndarray,       # (frames,) non-negative weights
                   ) -> np.ndarray:            # (frames,) mean 1, max <= max_weight
     "Cap weights at `max_weight` times the mean and normalise them to mean 1."
     w = np.asarray(weights, np.float64)
-    if w.ndim != 1 or not len(w): raise SurgsegError(f"frame weights must be a non-empty 1-D array, got shape {w.shape}")
+    if w.ndim != 1 or not len(w):
+        raise SurgsegError(f"frame weights must be a non-empty 1-D array, got shape {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any(): raise SurgsegError("frame weights must be finite and non-negative")
-    if w.sum() <= 0: raise SurgsegError(f"all {len(w)} frame weights are zero: no frame contains a class the scheme can draw, so there is nothing to sample (empty presence table, or min_pixels too high?)")
+    if w.sum() <= 0:
+        raise SurgsegError(f"all {len(w)} frame weights are zero: no frame contains a class the scheme can draw, so "
+                           "there is nothing to sample (empty presence table, or min_pixels too high?)")
     if max_weight < 1: raise SurgsegError(f"max_weight must be at least 1 (the mean weight), got {max_weight}")
     n, w = len(w), w / w.mean()
     if w.max() <= max_weight: return w
@@ -91,7 +98,8 @@ def clip_normalise(weights: np.ndarray,       # (frames,) non-negative weights
     ok = np.flatnonzero((scale > 0) & (scale * ws[1:] <= max_weight) & (tail[1:] > 0))
     nz = w > 0
     if not len(ok):
-        warnings.warn(f"only {nz.sum()} of {n} frames have weight: they cannot stay under {max_weight} x the mean; giving them equal weight")
+        warnings.warn(f"only {nz.sum()} of {n} frames have weight: they cannot stay under {max_weight} x the mean; "
+                      "giving them equal weight")
         return np.where(nz, n / nz.sum(), 0.0)
     # the first k whose scaled rest fits under the cap also lifts the k largest to at least the cap
     return np.minimum(w * scale[ok[0]], max_weight)
@@ -103,9 +111,11 @@ def frame_weights(presence: np.ndarray,        # (frames, classes) bool: class p
                   max_weight: float = 10.0,     # cap, as a multiple of the mean weight
                  ) -> np.ndarray:               # (frames,) float64 weights, mean 1
     "Per-frame sampling weights of a presence matrix by a named scheme, clipped and normalised to mean 1."
-    if scheme not in SCHEMES: raise SurgsegError(f"{scheme!r} is not a sampler scheme; choose from {', '.join(SCHEMES)}")
+    if scheme not in SCHEMES:
+        raise SurgsegError(f"{scheme!r} is not a sampler scheme; choose from {', '.join(SCHEMES)}")
     presence = np.asarray(presence)
-    if presence.ndim != 2 or not len(presence): raise SurgsegError(f"presence must be a non-empty (frames, classes) matrix, got shape {presence.shape}")
+    if presence.ndim != 2 or not len(presence):
+        raise SurgsegError(f"presence must be a non-empty (frames, classes) matrix, got shape {presence.shape}")
     if not threshold > 0: raise SurgsegError(f"sampler threshold must be positive, got {threshold}")
     return clip_normalise(SCHEMES[scheme](presence.astype(bool), threshold), max_weight)
 
@@ -122,14 +132,19 @@ class FrameSampler(WeightedRandomSampler):
         super().__init__(weights, num_samples or len(weights), replacement=replacement)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self,
+                  epoch: int,  # the epoch about to start
+                 ):
         "Draw the stream of `epoch` at the next pass (call before each epoch, or to resume)."
         self.epoch = int(epoch)
 
-    def stream(self, epoch: int | None = None) -> torch.Tensor:
+    def stream(self,
+               epoch: int | None = None,  # the epoch (None: the one set)
+              ) -> torch.Tensor:          # frame indices
         "All draws of an epoch, over all processes: (num_samples padded to a multiple of world_size,) indices."
         e = self.epoch if epoch is None else epoch
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, e]).generate_state(1, np.uint64)[0] >> 1))
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, e]).generate_state(1,
+                                                                                                    np.uint64)[0] >> 1))
         if self.replacement: s = torch.multinomial(self.weights, self.num_samples, True, generator=g)
         else:  # shuffles end to end: as many as the epoch needs
             m = int((self.weights > 0).sum())
@@ -152,15 +167,18 @@ def make_sampler(weights,                  # (frames,) non-negative sampling wei
                  replacement: bool = True, # False: a shuffle (several end to end when num_samples > frames)
                  rank: int = 0,            # this process, when sharding without Accelerate
                  world_size: int = 1,      # processes, when sharding without Accelerate
-                ) -> FrameSampler:
+                ) -> FrameSampler:         # the sampler
     "A seeded, epoch-aware `WeightedRandomSampler` over frames; checks its arguments."
     w = torch.as_tensor(np.asarray(weights, np.float64))
-    if w.ndim != 1 or not len(w): raise SurgsegError(f"sampler weights must be a non-empty 1-D array, got shape {tuple(w.shape)}")
-    if not torch.isfinite(w).all() or (w < 0).any(): raise SurgsegError("sampler weights must be finite and non-negative")
+    if w.ndim != 1 or not len(w):
+        raise SurgsegError(f"sampler weights must be a non-empty 1-D array, got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise SurgsegError("sampler weights must be finite and non-negative")
     if w.sum() <= 0: raise SurgsegError(f"all {len(w)} sampler weights are zero: no frame can be drawn")
     n = int(num_samples or len(w))
     if n < 1: raise SurgsegError(f"num_samples must be positive, got {n}")
-    if not (world_size >= 1 and 0 <= rank < world_size): raise SurgsegError(f"rank {rank} is not in 0..{world_size - 1}")
+    if not (world_size >= 1 and 0 <= rank < world_size):
+        raise SurgsegError(f"rank {rank} is not in 0..{world_size - 1}")
     return FrameSampler(w, n, seed, replacement, rank, world_size)
 
 # %% ../nbs/03_sampler.ipynb #b231ea90
@@ -189,7 +207,8 @@ def expected_unique(weights: np.ndarray,           # (frames,) sampling weights
                     replacement: bool = True,      # False: every draw is a new frame
                    ) -> float:                     # expected number of distinct frames drawn
     "Expected number of distinct frames in an epoch: sum_i 1 - (1 - p_i)^n."
-    w = np.asarray(weights, np.float64); n = num_samples or len(w)
+    w = np.asarray(weights, np.float64)
+    n = num_samples or len(w)
     if not replacement: return float(min(n, (w > 0).sum()))
     return float(-np.expm1(n * np.log1p(-np.minimum(w / w.sum(), 1 - 1e-16))).sum())
 
@@ -199,7 +218,7 @@ def exposure_report(presence: np.ndarray,          # (frames, classes) bool
                     threshold: float = 0.3,        # scheme threshold (see `frame_weights`)
                     max_weight: float = 10.0,      # weight cap (see `frame_weights`)
                     num_samples: int | None = None, # draws per epoch (None = number of frames)
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:  # (draws containing each class x scheme, diversity per scheme)
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:  # (draws with each class x scheme, diversity per scheme)
     "Expected class exposure and distinct frames per epoch for each sampling scheme."
     presence = np.asarray(presence, bool)
     n = num_samples or len(presence)
@@ -246,15 +265,17 @@ def presence_for(table: pd.DataFrame,          # a `frame_table` (one row per ma
     idx = []
     for it in items:
         key = (str(it[0]), int(it[1]))
-        if key not in row: raise SurgsegError(f"{it[3] if len(it) > 3 else it[0]}: frame {key[1]} of {key[0]} is not in the frame table (no mask for it?)")
+        if key not in row:
+            raise SurgsegError(f"{it[3] if len(it) > 3 else it[0]}: frame {key[1]} of {key[0]} is not in the frame "
+                               "table (no mask for it?)")
         idx.append(row[key])
     return has[np.array(idx, dtype=np.int64)]
 
-def build_sampler(cfg,                        # a `Config` (sampler, sampler_threshold, max_weight, samples_per_epoch, seed, min_pixels)
-                  presence: np.ndarray,       # (frames, classes) bool, in dataset order (see `presence_for`)
-                  rank: int = 0,              # this process, when sharding without Accelerate
-                  world_size: int = 1,        # processes, when sharding without Accelerate
-                 ) -> FrameSampler:
+def build_sampler(cfg,                   # `Config`: sampler, sampler_threshold, max_weight, samples_per_epoch, seed...
+                  presence: np.ndarray,  # (frames, classes) bool, in dataset order (see `presence_for`)
+                  rank: int = 0,         # this process, when sharding without Accelerate
+                  world_size: int = 1,   # processes, when sharding without Accelerate
+                 ) -> FrameSampler:      # the sampler
     "The training sampler a `Config` asks for."
     w = frame_weights(presence, cfg.sampler, cfg.sampler_threshold, cfg.max_weight)
     return make_sampler(w, cfg.samples_per_epoch or None, cfg.seed, replacement=cfg.sampler != "none",
@@ -299,9 +320,10 @@ CROP_WEIGHTS = ("equal", "rarity")  # how a class-centred crop draws its class a
 register_choices("crop_weights", CROP_WEIGHTS, "crop-centre weighting")  # Config checks `crop_weights` against it
 
 def crop_class_weights(presence: np.ndarray,  # (frames, classes) bool presence of the training frames
-                       how: str = "equal",     # equal: every present class alike (nnU-Net); rarity: 1 / its share of frames
+                       how: str = "equal",     # equal: present classes alike (nnU-Net); rarity: 1 / frame share
                       ) -> np.ndarray | None:  # (classes,) weights of the classes as crop centres; None = all equal
-    "Weights of the classes as centres of class-centred crops (`data.crop_window`): all equal, or inverse frame frequency."
+    """Weights of the classes as centres of class-centred crops (`data.crop_window`): all equal, or inverse frame
+    frequency."""
     if how not in CROP_WEIGHTS: raise SurgsegError(f"crop_weights {how!r}: choose from {', '.join(CROP_WEIGHTS)}")
     if how == "equal": return None
     f = class_frequency(presence)
@@ -320,7 +342,8 @@ def pixel_report(masks: list,            # (H, W) class-id masks at working reso
     n = cfg.samples_per_epoch or len(masks)
     cols = {"no sampler": (None, 0, 0.0), f"frame sampler ({cfg.sampler})": (w, 0, 0.0),
             "crop sampler": (None, crop_size, crop_rare), "frame + crop sampler": (w, crop_size, crop_rare)}
-    tab = pd.DataFrame({k: pixel_exposure(masks, ww, cs, cr, n, draws=draws, seed=cfg.seed) for k, (ww, cs, cr) in cols.items()},
+    tab = pd.DataFrame({k: pixel_exposure(masks, ww, cs, cr, n, draws=draws, seed=cfg.seed) for k,
+                        (ww, cs, cr) in cols.items()},
                        index=pd.Index(CLASS_NAMES, name="class"))
     tab.attrs.update(crop_size=crop_size, crop_rare=crop_rare, frames=len(masks), draws_per_epoch=n)
     return tab
@@ -330,11 +353,14 @@ def plot_pixel_exposure(tab: pd.DataFrame,  # `pixel_report`'s table
     "Two panels: pixels per epoch of each class (log scale), and each class's share of the pixels seen."
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 2, figsize=(15, 4))
-    for ax, t, lab in ((axs[0], tab, "expected pixels seen per epoch"), (axs[1], 100 * tab / tab.sum(), "share of the pixels seen (%)")):
+    for ax, t, lab in ((axs[0], tab, "expected pixels seen per epoch"),
+                       (axs[1], 100 * tab / tab.sum(), "share of the pixels seen (%)")):
         t.iloc[1:].plot.bar(ax=ax, width=0.8, logy=True, legend=False)
-        ax.set(xlabel="", ylabel=lab); ax.tick_params(axis="x", rotation=45)
+        ax.set(xlabel="", ylabel=lab)
+        ax.tick_params(axis="x", rotation=45)
         for lbl in ax.get_xticklabels(): lbl.set_ha("right")
     axs[0].legend(ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(f"crops of {tab.attrs.get('crop_size')} px, {tab.attrs.get('crop_rare', 0):.0%} of them class-centred", fontsize=10)
+    fig.suptitle(f"crops of {tab.attrs.get('crop_size')} px, {tab.attrs.get('crop_rare', 0):.0%} of them class-centred",
+                 fontsize=10)
     fig.tight_layout()
     return fig

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 from fastcore.basics import patch
 
-from .core import (NUM_CLASSES, CLASS_NAMES, REAL_PIXEL_SHARE, REAL_FRAME_PRESENCE, MASK_STEP, VIDEO_FPS, SurgsegError,
+from .core import (NUM_CLASSES, CLASS_NAMES, REAL_PIXEL_SHARE, REAL_FRAME_PRESENCE, MASK_STEP, VIDEO_FPS,
+                          SurgsegError,
                           atomic_folder, atomic_write, parallel_map, write_mask, default_data_dir)
 
 # %% auto #0
@@ -28,7 +29,8 @@ CODECS = {"MJPG": "MJPG", "MP4V": "mp4v", "MPEG-4": "mp4v", "MPEG4": "mp4v"}  # 
 MAX_SIZE = (1080, 1920)  # largest (H, W): the real resolution
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written at the root of a synthetic stand-in by `generate`
 
-def n_masks(n_frames: int) -> int:
+def n_masks(n_frames: int,  # frames of the video
+           ) -> int:        # annotated frames
     "Number of annotated frames of a video with `n_frames` frames: frames 0, 60, ... up to the last."
     return (n_frames - 1) // MASK_STEP + 1
 
@@ -39,20 +41,23 @@ def catmull_rom(keys: np.ndarray,      # (K, ...) values at keyframes 0..K-1
     "Catmull-Rom spline through `keys` evaluated at fractional keyframe(s) `k` (clamped at the ends)."
     keys, n = np.asarray(keys, np.float64), len(keys)
     if np.ndim(k) == 0:  # the common case (one frame): plain Python arithmetic is much faster than array clipping
-        i = min(max(int(math.floor(k)), 0), n - 1); t = min(max(k - i, 0.0), 1.0)
+        i = min(max(int(math.floor(k)), 0), n - 1)
+        t = min(max(k - i, 0.0), 1.0)
         p0, p1, p2, p3 = (keys[min(max(j, 0), n - 1)] for j in (i - 1, i, i + 1, i + 2))
-        return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3)
+        return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t
+                      + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3)
     kk = np.asarray(k, np.float64)
     i = np.clip(np.floor(kk).astype(int), 0, n - 1)
     t = np.clip(kk - i, 0.0, 1.0).reshape(kk.shape + (1,) * (keys.ndim - 1))
     p0, p1, p2, p3 = (keys[np.clip(i + j, 0, n - 1)] for j in (-1, 0, 1, 2))
-    return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3)
+    return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t
+                  + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3)
 
 # %% ../nbs/90_synthetic.ipynb #bb7f035d
 def schedule_runs(lengths: list[int],      # number of keyframes (annotated frames) of each video
                   presence: float,         # wanted fraction of all keyframes where the thing is visible
                   run: tuple = (2, 6),     # min and max length of a run of consecutive visible keyframes
-                  rng: np.random.Generator | None = None,
+                  rng: np.random.Generator | None = None,  # random generator (None: seeded 0)
                  ) -> list[np.ndarray]:    # one bool array per video
     "Mark exactly round(presence * total) keyframes, in runs placed at random inside the videos."
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -68,7 +73,8 @@ def schedule_runs(lengths: list[int],      # number of keyframes (annotated fram
         if lengths[v] < r: continue
         s = int(rng.integers(0, lengths[v] - r + 1))
         if out[v][max(s - 1, 0):s + r + 1].any(): continue  # keep runs apart so they stay runs
-        out[v][s:s + r] = True; todo -= r
+        out[v][s:s + r] = True
+        todo -= r
     free = [(v, i) for v, o in enumerate(out) for i in np.flatnonzero(~o)]
     for j in rng.permutation(len(free))[:max(todo, 0)]: out[free[j][0]][free[j][1]] = True  # crowded: fill singly
     return [~o if flip else o for o in out]
@@ -82,8 +88,10 @@ SCHEDULED = {4: (REAL_FRAME_PRESENCE[4], (3, 8)), 5: (REAL_FRAME_PRESENCE[5], (2
 _P = REAL_FRAME_PRESENCE
 TOOL_STATES = {0: 1 - _P[1], 1: _P[1] - _P[2], 2: _P[2] - _P[3]}  # fractions of the rarer states; 3 = the rest
 # the default stand-in (what `ensure_synthetic()` writes): the real protocol's shape at a small scale
-SYNTHETIC_DEFAULT = dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2, first_test=41)  # test videos 41-50, as released
-SYNTHETIC_VERSION = 3  # bump whenever the default's definition changes (parameters, schedules, drawing): it names its folder
+# test videos 41-50, as released
+SYNTHETIC_DEFAULT = dict(n_train=18, n_test=10, seconds=10, size=(540, 960), split_ops=2, first_test=41)
+# bump whenever the default's definition changes (parameters, schedules, drawing): it names its folder
+SYNTHETIC_VERSION = 3
 
 @dataclass
 class VideoPlan:
@@ -104,11 +112,14 @@ class VideoPlan:
 def _check_args(n_train, n_test, seconds, size, split_ops):
     "Fail early, in one line, on arguments that cannot make a dataset."
     h, w = size
-    if not (isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer))) or h < 36 or w < 64 or h > MAX_SIZE[0] or w > MAX_SIZE[1]:
+    ints = isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer))
+    if not ints or h < 36 or w < 64 or h > MAX_SIZE[0] or w > MAX_SIZE[1]:
         raise SurgsegError(f"size {size}: expected (height, width) integers from (36, 64) up to {MAX_SIZE}")
     if h % 2 or w % 2: raise SurgsegError(f"size {size}: height and width must be even (video codecs need it)")
-    if n_train < 1 or n_test < 0: raise SurgsegError(f"n_train={n_train}, n_test={n_test}: need at least one training video")
-    if not 0 <= split_ops <= n_train: raise SurgsegError(f"split_ops={split_ops}: must be between 0 and n_train={n_train}")
+    if n_train < 1 or n_test < 0:
+        raise SurgsegError(f"n_train={n_train}, n_test={n_test}: need at least one training video")
+    if not 0 <= split_ops <= n_train:
+        raise SurgsegError(f"split_ops={split_ops}: must be between 0 and n_train={n_train}")
     if seconds <= 0 or seconds > 3600: raise SurgsegError(f"seconds={seconds}: must be in (0, 3600]")
 
 def plan_dataset(n_train: int = 6,          # training operations (folders train/video_01, ...)
@@ -117,11 +128,12 @@ def plan_dataset(n_train: int = 6,          # training operations (folders train
                  size: tuple = (270, 480),  # (H, W) of the frames
                  seed: int = 0,             # everything random follows from it
                  split_ops: int = 1,        # training operations delivered in two parts (_1, _2)
-                 first_test: int = 0,       # number of the first test video (41 in the real release); 0 = right after the training ones
-                ) -> list[VideoPlan]:
+                 first_test: int = 0,       # number of the first test video (41 when released); 0: after training ones
+                ) -> list[VideoPlan]:       # one plan per video
     "Decide folders, lengths, seeds and per-class visibility schedules of a synthetic dataset."
     _check_args(n_train, n_test, seconds, size, split_ops)
-    if first_test and first_test <= n_train: raise SurgsegError(f"first_test={first_test}: must come after the {n_train} training operations")
+    if first_test and first_test <= n_train:
+        raise SurgsegError(f"first_test={first_test}: must come after the {n_train} training operations")
     rng = np.random.default_rng(seed)
     split = set(rng.choice(np.arange(1, n_train + 1), split_ops, replace=False).tolist()) if split_ops else set()
     plans = []
@@ -159,18 +171,24 @@ def _schedule_masks(lengths, presence, run, rng, taken=None):
         sub = schedule_runs([len(f) for f in free], want / max(sum(len(f) for f in free), 1), run, rng)
         sch = []
         for n, f, s in zip(core, free, sub):
-            m = np.zeros(n, bool); m[f[s]] = True; sch.append(m)
+            m = np.zeros(n, bool)
+            m[f[s]] = True
+            sch.append(m)
     return [np.append(s, s[-1]) for s in sch]
 
 # %% ../nbs/90_synthetic.ipynb #50017ec4
 def _noise(rng, shape, cells, octaves=4):
     "Smooth fractal noise in [-1, 1] of `shape` (H, W): `octaves` upsampled random grids."
     h, w = shape
-    out = np.zeros(shape, np.float32); amp = 1.0; tot = 0.0
+    out = np.zeros(shape, np.float32)
+    amp = 1.0
+    tot = 0.0
     for o in range(octaves):
         c = cells * 2 ** o
         g = rng.standard_normal((max(2, int(c * h / w)) + 1, c + 1)).astype(np.float32)
-        out += amp * cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC); tot += amp; amp *= 0.5
+        out += amp * cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+        tot += amp
+        amp *= 0.5
     out /= tot
     return np.clip(out / (3 * out.std() + 1e-6), -1, 1)
 
@@ -223,7 +241,7 @@ def tissue_texture(rng: np.random.Generator,  # source of randomness
     return np.clip(img * (1 - glint) + 255 * glint, 0, 255).astype(np.uint8)
 
 def vignette(shape: tuple,            # (H, W)
-             rng: np.random.Generator,
+             rng: np.random.Generator,  # random generator (the light's centre)
              strength: float = 0.55,  # darkening at the corners (0 = none)
             ) -> np.ndarray:          # (H, W) uint8 gain, 255 = unchanged
     "The endoscope's light falloff as a per-pixel gain (for `cv2.multiply`)."
@@ -255,7 +273,8 @@ def draw(shapes: list[Shape],        # drawn in order, later over earlier
             if img is None or val is None: continue
             if s.kind == "poly": cv2.fillPoly(img, [p], val, aa, shift=4)
             elif s.kind == "line": cv2.polylines(img, [p], False, val, max(1, int(round(s.width))), aa, shift=4)
-            elif s.kind == "disc": cv2.circle(img, tuple(int(v) for v in p[0]), int(round(s.width * 16)), val, -1, aa, shift=4)
+            elif s.kind == "disc":
+                cv2.circle(img, tuple(int(v) for v in p[0]), int(round(s.width * 16)), val, -1, aa, shift=4)
             else: raise ValueError(f"unknown shape kind {s.kind!r}")
 
 # %% ../nbs/90_synthetic.ipynb #4db46d2a
@@ -266,17 +285,23 @@ def _rot(v, a):
 
 def _seg(p0, p1, w0, w1):
     "Polygon of a tapered bar from p0 (half-width w0) to p1 (half-width w1)."
-    d = p1 - p0; n = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-9)
+    d = p1 - p0
+    n = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-9)
     return np.array([p0 + w0 * n, p1 + w1 * n, p1 - w1 * n, p0 - w0 * n])
 
-def border_point(phi: float, size: tuple) -> np.ndarray:
+def border_point(phi: float,      # angle of the ray (radians)
+                 size: tuple,     # (H, W) of the frame
+                ) -> np.ndarray:  # (x, y)
     "Where the ray from the frame centre at angle `phi` leaves the (H, W) frame."
     h, w = size
     d = np.array([math.cos(phi), math.sin(phi)])
     t = min((w / 2) / abs(d[0]) if abs(d[0]) > 1e-9 else np.inf, (h / 2) / abs(d[1]) if abs(d[1]) > 1e-9 else np.inf)
     return np.array([w / 2, h / 2]) + t * d
 
-def reach(p: np.ndarray, u: np.ndarray, size: tuple) -> float:
+def reach(p: np.ndarray,  # (x, y) start point
+          u: np.ndarray,  # unit direction
+          size: tuple,    # (H, W) of the frame
+         ) -> float:      # distance in pixels
     "Distance from `p` along unit vector `u` until the (H, W) frame is left."
     h, w = size
     ts = [(lim - p[i]) / u[i] for i, lim in ((0, w if u[0] > 0 else 0), (1, h if u[1] > 0 else 0)) if abs(u[i]) > 1e-9]
@@ -286,55 +311,90 @@ def _shade(c, f):
     "Colour `c` scaled by `f` (clipped to 0..255)."
     return tuple(int(min(255, max(0, v * f))) for v in c)
 
-def tube(p0, p1, r, cls, color):
+def tube(p0,     # (x, y) one end
+         p1,     # (x, y) the other end
+         r,      # radius in pixels
+         cls,    # class id of its pixels
+         color,  # RGB of its lit body
+        ):
     "Shapes of a shaded cylinder seen from the side, from p0 to p1 with radius r: dark rims, lit body, specular stripe."
     n = _rot((p1 - p0) / (np.hypot(*(p1 - p0)) + 1e-9), math.pi / 2)
     return [Shape("poly", cls, _seg(p0, p1, r, r), _shade(color, 0.55)),
             Shape("poly", None, _seg(p0, p1, 0.72 * r, 0.72 * r) - n * 0.1 * r, color),
-            Shape("poly", None, _seg(p0, p1, 0.11 * r, 0.11 * r) + n * 0.4 * r, _shade(color, 1.8) if max(color) > 90 else _shade(color, 3))]
+            Shape("poly", None, _seg(p0, p1, 0.11 * r, 0.11 * r) + n * 0.4 * r,
+                  _shade(color, 1.8) if max(color) > 90 else _shade(color, 3))]
 
-def instrument(E, u, depth, bend, jaw, dims, cls=(3, 2, 1), look=None):
+def instrument(E,              # (x, y) entry point on the frame border
+               u,              # unit direction into the frame
+               depth,          # tip distance from E in pixels
+               bend,           # wrist angle (radians)
+               jaw,            # jaw opening angle (radians)
+               dims,           # sizes in pixels: shaft, wrist, jaw
+               cls=(3, 2, 1),  # class ids of shaft, wrist, jaws
+               look=None,      # RGB of shaft, wrist, jaw (None: the default greys)
+              ):
     "Shapes of an articulated instrument entering at E along u, its tip `depth` px inside; and its grasp point."
     ws, lw, lj = dims["shaft"] / 2, dims["wrist"], dims["jaw"]
     look = look or {}
     j1 = E + u * (depth - lw - lj)
-    uw = _rot(u, bend / 2); j2 = j1 + uw * lw; uj = _rot(u, bend)
-    sh = look.get("shaft", (45, 45, 50)); wr = look.get("wrist", (150, 150, 158)); jw = look.get("jaw", (195, 195, 200))
+    uw = _rot(u, bend / 2)
+    j2 = j1 + uw * lw
+    uj = _rot(u, bend)
+    sh = look.get("shaft", (45, 45, 50))
+    wr = look.get("wrist", (150, 150, 158))
+    jw = look.get("jaw", (195, 195, 200))
     out = tube(E - u * 4000, j1, ws, cls[0], sh)                                       # the shaft
     out += [Shape("poly", cls[1], _seg(j1, j2, 0.95 * ws, 0.8 * ws), _shade(wr, 0.7)),  # the wrist, with grooves
             Shape("poly", None, _seg(j1 + uw * 0.04 * lw, j2 - uw * 0.04 * lw, 0.7 * ws, 0.6 * ws), wr)]
-    out += [Shape("poly", None, _seg(j1 + uw * f * lw, j1 + uw * (f + 0.06) * lw, 0.9 * ws, 0.88 * ws), _shade(wr, 0.45))
+    out += [Shape("poly", None, _seg(j1 + uw * f * lw, j1 + uw * (f + 0.06) * lw, 0.9 * ws, 0.88 * ws),
+                  _shade(wr, 0.45))
             for f in (0.3, 0.62)]
     out += [Shape("disc", cls[1], np.array([j2]), _shade(wr, 0.8), 0.5 * ws),          # the clevis pin
             Shape("disc", None, np.array([j2]), _shade(wr, 0.5), 0.15 * ws)]
     n = _rot(uj, math.pi / 2)
     for sg in (-1, 1):                                                                   # two leaf-shaped jaws
-        a = _rot(uj, sg * jaw / 2); na = _rot(a, math.pi / 2)
+        a = _rot(uj, sg * jaw / 2)
+        na = _rot(a, math.pi / 2)
         b = j2 + n * sg * 0.2 * ws
         prof = [(0, 0.33), (0.3, 0.38), (0.75, 0.23), (1, 0.07)]
         pts = [b + a * t * lj + na * w * ws for t, w in prof] + [b + a * t * lj - na * w * ws for t, w in prof[::-1]]
         out += [Shape("poly", cls[2], np.array(pts), jw),
-                Shape("line", None, np.array([b + a * 0.1 * lj - na * sg * 0.12 * ws, b + a * 0.8 * lj - na * sg * 0.08 * ws]),
+                Shape("line", None,
+                      np.array([b + a * 0.1 * lj - na * sg * 0.12 * ws, b + a * 0.8 * lj - na * sg * 0.08 * ws]),
                       _shade(jw, 0.45), max(1, 0.06 * ws))]
     return out, j2 + uj * 0.7 * lj
 
-def needle(center, radius, start, span, width, color=(205, 205, 212)):
+def needle(center,                 # (x, y) centre of the arc
+           radius,                 # arc radius in pixels
+           start,                  # start angle (radians)
+           span,                   # arc length (radians)
+           width,                  # line width in pixels
+           color=(205, 205, 212),  # RGB
+          ):
     "Shapes of a curved suturing needle: an arc of `span` radians from angle `start`; and its two ends."
     a = np.linspace(start, start + span, 24)
     pts = center + radius * np.stack([np.cos(a), np.sin(a)], 1)
     return [Shape("line", 4, pts, color, width)], pts[0], pts[-1]
 
-def spline(points: np.ndarray, per: int = 12) -> np.ndarray:
+def spline(points: np.ndarray,  # (N, 2) control points
+           per: int = 12,       # samples per segment
+          ) -> np.ndarray:      # (M, 2) points
     "A smooth Catmull-Rom curve through (N, 2) points, `per` samples per segment."
     return catmull_rom(points, np.linspace(0, len(points) - 1, per * (len(points) - 1) + 1))
 
-def clip_shape(center, angle, size, width, color):
+def clip_shape(center,  # (x, y) of the clip
+               angle,   # orientation (radians)
+               size,    # length in pixels
+               width,   # bar width in pixels
+               color,   # RGB
+              ):
     "Shapes of a surgical clip (Hem-o-lok style): two bars meeting at a hinge."
     u = np.array([math.cos(angle), math.sin(angle)])
     out = []
     for sg in (-1, 1):
         d = _rot(u, sg * 0.22)
-        out.append(Shape("poly", 8, _seg(center - u * size / 2, center - u * size / 2 + d * size, width / 2, width / 2.6), color))
+        out.append(Shape("poly", 8,
+                         _seg(center - u * size / 2, center - u * size / 2 + d * size, width / 2, width / 2.6), color))
     out.append(Shape("disc", 8, np.array([center - u * size / 2]), tuple(int(c * 0.8) for c in color), width * 0.55))
     return out
 
@@ -345,7 +405,8 @@ DIMS = dict(shaft=0.2, wrist=0.24, jaw=0.23, needle_r=0.18, needle_w=0.016, thre
 
 def _walk(rng, n, lo, hi, step=0.15):
     "A random walk of `n` values kept inside [lo, hi] (reflected); steps have std `step` * (hi - lo)."
-    x = np.empty(n); x[0] = rng.uniform(lo, hi)
+    x = np.empty(n)
+    x[0] = rng.uniform(lo, hi)
     for i in range(1, n):
         v = x[i - 1] + rng.normal(0, step * (hi - lo))
         v = 2 * hi - v if v > hi else (2 * lo - v if v < lo else v)
@@ -354,7 +415,8 @@ def _walk(rng, n, lo, hi, step=0.15):
 
 def _runs(rng, n, p, run=(1, 4)):
     "A bool array of length n, True on random runs covering about a fraction p."
-    out = np.zeros(n, bool); i = int(rng.integers(0, max(1, run[1])))
+    out = np.zeros(n, bool)
+    i = int(rng.integers(0, max(1, run[1])))
     while i < n:
         r = int(rng.integers(run[0], run[1] + 1))
         if rng.random() < p: out[i:i + r] = True
@@ -364,15 +426,16 @@ def _runs(rng, n, p, run=(1, 4)):
 # %% ../nbs/90_synthetic.ipynb #ee73fe99
 class Scene:
     "The moving scene of one video, built from a `VideoPlan`: `mask(f)` and `frame(f)` draw frame f."
-    def __init__(self, plan: VideoPlan,     # the video to draw
-                 appearance: bool = True,   # also build texture and colours (False: masks only, as the calibration uses)
+    def __init__(self, plan: VideoPlan,    # the video to draw
+                 appearance: bool = True,  # also build texture and colours (False: masks only, as the calibration uses)
                 ):
         self.plan, (h, w) = plan, plan.size
         self.size = (h, w)
         geo, mot = np.random.default_rng([plan.scene_seed, 1]), np.random.default_rng([plan.seed, 2])
         K = plan.n_masks + 1
         self.d = {k: v * h * geo.uniform(0.92, 1.08) for k, v in DIMS.items()}
-        self.d["thread_w"] = max(self.d["thread_w"], 1.5)  # OpenCV's 1-pixel lines are thinner than 1 px: keep 2 px at least
+        # OpenCV's 1-pixel lines are thinner than 1 px: keep 2 px at least
+        self.d["thread_w"] = max(self.d["thread_w"], 1.5)
         m = self.margin = int(0.08 * w) + 2
         self.cam = np.stack([_walk(mot, K, -0.7 * m, 0.7 * m), _walk(mot, K, -0.7 * m, 0.7 * m),
                              _walk(mot, K, 0.98, 1.05), _walk(mot, K, -0.04, 0.04)], 1)
@@ -387,9 +450,12 @@ class Scene:
 
 # %% ../nbs/90_synthetic.ipynb #5f57782e
 @patch
-def camera(self: Scene, k: float) -> np.ndarray:
+def camera(self: Scene,
+           k: float,        # fractional keyframe index
+          ) -> np.ndarray:  # (2, 3) affine matrix
     "2x3 affine matrix from texture to frame coordinates at fractional keyframe k."
-    h, w = self.size; m = self.margin
+    h, w = self.size
+    m = self.margin
     tx, ty, z, r = catmull_rom(self.cam, k)
     A = z * np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
     t = np.array([w / 2, h / 2]) - A @ np.array([w / 2 + m + tx, h / 2 + m + ty])
@@ -398,7 +464,9 @@ def camera(self: Scene, k: float) -> np.ndarray:
 @patch
 def _look(self: Scene, rng):
     "Texture, vignette and colours of the operation."
-    h, w = self.size; m = self.margin; g = lambda lo, hi: int(rng.uniform(lo, hi))
+    h, w = self.size
+    m = self.margin
+    g = lambda lo, hi: int(rng.uniform(lo, hi))
     tool = lambda: dict(shaft=(g(35, 55),) * 2 + (g(40, 62),), wrist=(g(135, 165),) * 2 + (g(140, 172),),
                         jaw=(g(180, 205),) * 2 + (g(185, 212),))
     return dict(texture=cv2.cvtColor(tissue_texture(rng, (h + 2 * m, w + 2 * m), h / 270), cv2.COLOR_RGB2RGBA),
@@ -410,13 +478,15 @@ def _look(self: Scene, rng):
 
 # %% ../nbs/90_synthetic.ipynb #ffe5d1f1
 def _entry(phi: float, dev: float, size: tuple):
-    "Where a tool enters the (H, W) frame (the border point at angle `phi` from the centre) and its direction, turned by `dev`."
+    """Where a tool enters the (H, W) frame (the border point at angle `phi` from the centre) and its direction, turned
+    by `dev`."""
     return border_point(phi, size), _rot(np.array([-math.cos(phi), -math.sin(phi)]), dev)
 
 @patch
 def _tools(self: Scene, mot, K):
     "Keyframes of the two instruments (entry angle, deviation, depth, bend, jaw) following the pair state."
-    h, w = self.size; d = self.d
+    h, w = self.size
+    d = self.d
     lj, lw = d["jaw"], d["wrist"]
     self.tool_keys = []
     b_out = _runs(mot, K, 0.2)
@@ -456,7 +526,8 @@ def _needle(self: Scene, geo, mot, K):
         for t in (0, 1):
             _, g = self._tool(t, k)
             if g is not None and 0.1 * w < g[0] < 0.9 * w and 0.1 * h < g[1] < 0.9 * h:
-                self.holder_of_needle[k] = t; break
+                self.holder_of_needle[k] = t
+                break
 
 @patch
 def _needle_shapes(self: Scene, k: float, kn: int, tools: list):
@@ -468,7 +539,8 @@ def _needle_shapes(self: Scene, k: float, kn: int, tools: list):
         ag = start + 0.35 * self.needle_span
         c = tools[hold][1] - r * np.array([math.cos(ag), math.sin(ag)])
     else: c = nk[:2]
-    shapes, end, _ = needle(c, r, start, self.needle_span, self.d["needle_w"], self.look["needle"] if self.look else (0, 0, 0))
+    shapes, end, _ = needle(c, r, start, self.needle_span, self.d["needle_w"],
+                            self.look["needle"] if self.look else (0, 0, 0))
     return shapes, end
 
 # %% ../nbs/90_synthetic.ipynb #49ea0990
@@ -478,7 +550,8 @@ def _thread(self: Scene, mot, K):
     h, w = self.size
     self.thread_keys = np.stack([np.stack([_walk(mot, K, a * w, b * w), _walk(mot, K, c * h, e * h)], 1)
                                  for a, b, c, e in ((0.1, 0.9, 0.1, 0.9), (0.15, 0.85, 0.3, 0.95),
-                                                    (0.2, 0.8, 0.2, 0.9), (0.1, 0.9, 0.6, 1.1), (-0.2, 1.2, 0.5, 1.3))], 1)
+                                                    (0.2, 0.8, 0.2, 0.9), (0.1, 0.9, 0.6, 1.1), (-0.2, 1.2, 0.5, 1.3))],
+                                1)
     self.free_end = np.stack([_walk(mot, K, 0.2 * w, 0.8 * w), _walk(mot, K, 0.2 * h, 0.8 * h)], 1)
 
 @patch
@@ -486,7 +559,8 @@ def _thread_shapes(self: Scene, k: float, needle_end=None) -> list[Shape]:
     "The thread at fractional keyframe k, from the needle's end if given."
     pts = catmull_rom(self.thread_keys, k)
     p0 = needle_end if needle_end is not None else catmull_rom(self.free_end, k)
-    return [Shape("line", 5, spline(np.vstack([p0, pts])), self.look["thread"] if self.look else (0, 0, 0), self.d["thread_w"])]
+    return [Shape("line", 5, spline(np.vstack([p0, pts])), self.look["thread"] if self.look else (0, 0, 0),
+                  self.d["thread_w"])]
 
 # %% ../nbs/90_synthetic.ipynb #0b56c6f3
 def _slider_keys(mot, K: int, size: tuple, lo: float, hi: float, present, depth_range: tuple) -> np.ndarray:
@@ -500,7 +574,8 @@ def _slider_keys(mot, K: int, size: tuple, lo: float, hi: float, present, depth_
 @patch
 def _suction(self: Scene, mot, K):
     "Keyframes of the suction tool, entering from the top."
-    self.suction_keys = _slider_keys(mot, K, self.size, 0.25 * math.pi, 0.75 * math.pi, self.plan.visible[6], (0.45, 0.8))
+    self.suction_keys = _slider_keys(mot, K, self.size, 0.25 * math.pi, 0.75 * math.pi, self.plan.visible[6],
+                                     (0.45, 0.8))
 
 @patch
 def _holder(self: Scene, mot, K):
@@ -513,16 +588,20 @@ def _suction_shapes(self: Scene, k: float) -> list[Shape]:
     phi, dev, depth, bend, jaw = catmull_rom(self.suction_keys, k)
     if depth <= 0: return []
     E, u = _entry(phi, dev, self.size)
-    tip = E + u * depth; col = self.look["suction"] if self.look else (0, 0, 0); ws = self.d["suction"] / 2
+    tip = E + u * depth
+    col = self.look["suction"] if self.look else (0, 0, 0)
+    ws = self.d["suction"] / 2
     s = [Shape("disc", 6, np.array([tip]), _shade(col, 0.8), ws)] + tube(E - u * 4000, tip, ws, 6, col)
-    return s + [Shape("disc", None, np.array([tip - u * ws * (1.2 + 1.3 * i)]), tuple(c // 3 for c in col), 0.3 * ws) for i in range(3)]
+    return s + [Shape("disc", None, np.array([tip - u * ws * (1.2 + 1.3 * i)]), tuple(c // 3 for c in col),
+                      0.3 * ws) for i in range(3)]
 
 @patch
 def _holder_shapes(self: Scene, k: float) -> list[Shape]:
     "The needle holder at fractional keyframe k (none if withdrawn)."
     phi, dev, depth, bend, jaw = catmull_rom(self.holder_keys, k)
     if depth <= 0: return []
-    E, u = _entry(phi, dev, self.size); h = self.size[0]
+    E, u = _entry(phi, dev, self.size)
+    h = self.size[0]
     return instrument(E, u, depth, bend, jaw, dict(shaft=self.d["holder"], wrist=0.08 * h, jaw=0.2 * h), (7, 7, 7),
                       self.look["holder"] if self.look else None)[0]
 
@@ -530,20 +609,23 @@ def _holder_shapes(self: Scene, k: float) -> list[Shape]:
 @patch
 def _tissue_centre(self: Scene) -> np.ndarray:
     "The frame centre in texture coordinates (the texture has a margin on every side)."
-    h, w = self.size; m = self.margin
+    h, w = self.size
+    m = self.margin
     return np.array([w / 2 + m, h / 2 + m])
 
 @patch
 def _clips(self: Scene, geo):
     "Two or three clips: texture position and angle."
-    h, w = self.size; ctr = self._tissue_centre()
+    h, w = self.size
+    ctr = self._tissue_centre()
     self.clips = [(ctr + [geo.uniform(-0.32, 0.32) * w, geo.uniform(-0.05, 0.35) * h], geo.uniform(0, 2 * math.pi))
                   for _ in range(int(geo.integers(2, 4)))]
 
 @patch
 def _catheter(self: Scene, geo):
     "The catheter's centre line in texture coordinates, emerging from the tissue near the lower border."
-    h, w = self.size; ctr = self._tissue_centre()
+    h, w = self.size
+    ctr = self._tissue_centre()
     a = geo.uniform(-0.3, 0.3) * math.pi - math.pi / 2
     base = ctr + [geo.uniform(-0.3, 0.3) * w, 0.42 * h]
     self.catheter = _curve(geo, base, a, 6, self.d["catheter_len"] / 6, 0.15)
@@ -557,17 +639,21 @@ def _clip_shapes(self: Scene, to_frame) -> list[Shape]:
 @patch
 def _catheter_shapes(self: Scene, to_frame) -> list[Shape]:
     "The catheter (a thick line with a highlight), moved into the frame by `to_frame`."
-    col = self.look["catheter"] if self.look else (0, 0, 0); dc = self.d["catheter"]
+    col = self.look["catheter"] if self.look else (0, 0, 0)
+    dc = self.d["catheter"]
     cat = spline(to_frame(self.catheter), 4)
     return [Shape("line", 9, cat, col, dc),
             Shape("line", None, cat + [0, -0.22 * dc], tuple(min(255, c + 30) for c in col), max(1, 0.15 * dc))]
 
 # %% ../nbs/90_synthetic.ipynb #c6978586
 @patch
-def shapes(self: Scene, f: int) -> list[Shape]:
+def shapes(self: Scene,
+           f: int,           # frame number
+          ) -> list[Shape]:  # the frame's shapes
     "Every shape of frame f, in drawing order (tissue-fixed things first, the held needle last)."
     vis = self.plan.visible
-    k = f / MASK_STEP; kn = min(int(round(k)), self.plan.n_masks)
+    k = f / MASK_STEP
+    kn = min(int(round(k)), self.plan.n_masks)
     M = self.camera(k)
     to_frame = lambda p: np.asarray(p) @ M[:, :2].T + M[:, 2]
     tools = [self._tool(t, k) for t in (0, 1)]
@@ -579,12 +665,18 @@ def shapes(self: Scene, f: int) -> list[Shape]:
     return out + nd
 
 @patch
-def mask(self: Scene, f: int) -> np.ndarray:
+def mask(self: Scene,
+         f: int,          # frame number
+        ) -> np.ndarray:  # (H, W) uint8
     "The (H, W) uint8 class mask of frame f."
-    m = np.zeros(self.size, np.uint8); draw(self.shapes(f), m); return m
+    m = np.zeros(self.size, np.uint8)
+    draw(self.shapes(f), m)
+    return m
 
 @patch
-def render(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
+def render(self: Scene,
+           f: int,                             # frame number
+          ) -> tuple[np.ndarray, np.ndarray]:  # (RGBA image, mask)
     "Frame f as ((H, W, 4) uint8 RGBA image, (H, W) uint8 mask); 4 channels because OpenCV warps them 2x faster."
     if self.look is None: raise ValueError("this Scene was built without appearance (masks only)")
     h, w = self.size
@@ -602,13 +694,17 @@ def render(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
     return cv2.GaussianBlur(img, (3, 3), 0.7), m
 
 @patch
-def frame(self: Scene, f: int) -> tuple[np.ndarray, np.ndarray]:
+def frame(self: Scene,
+          f: int,                             # frame number
+         ) -> tuple[np.ndarray, np.ndarray]:  # (RGB image, mask)
     "Frame f as ((H, W, 3) uint8 RGB image, (H, W) uint8 mask)."
     img, m = self.render(f)
     return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB), m
 
 # %% ../nbs/90_synthetic.ipynb #75748726
-def action_segments(n_frames: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+def action_segments(n_frames: int,                   # frames of the video
+                    rng: np.random.Generator,        # random generator
+                   ) -> list[tuple[int, int, int]]:  # (start, end, label) segments
     "Consecutive (start, end inclusive, label) action segments covering frames 0..n_frames-1."
     seq = [0, 1]
     while len(seq) < 4 * n_frames // VIDEO_FPS + 8:
@@ -618,24 +714,32 @@ def action_segments(n_frames: int, rng: np.random.Generator) -> list[tuple[int, 
     for lab in seq:
         if start >= n_frames: break
         end = min(n_frames - 1, start + int(rng.integers(VIDEO_FPS // 2, 4 * VIDEO_FPS)))
-        segs.append((start, end, lab)); start = end + 1
+        segs.append((start, end, lab))
+        start = end + 1
     return segs
 
-def write_actions(folder: Path, n_frames: int, rng: np.random.Generator):
+def write_actions(folder: Path,              # the video folder
+                  n_frames: int,             # frames of the video
+                  rng: np.random.Generator,  # random generator
+                 ):
     "Write action_continuous.txt and action_discrete.txt (every 6th frame) into `folder`."
     segs = action_segments(n_frames, rng)
     labels = np.zeros(n_frames, int)
     for s, e, lab in segs: labels[s:e + 1] = lab
-    with atomic_write(folder / "action_continuous.txt") as t: t.write_text("".join(f"{s},{e},{l}\n" for s, e, l in segs))
+    with atomic_write(folder / "action_continuous.txt") as t:
+        t.write_text("".join(f"{s},{e},{l}\n" for s, e, l in segs))
     with atomic_write(folder / "action_discrete.txt") as t:
         t.write_text("".join(f"{f},{labels[f]}\n" for f in range(0, n_frames, ACTION_EVERY)))
 
 # %% ../nbs/90_synthetic.ipynb #3dc3fc24
 import errno, shutil
 
-def disk_free(path) -> int: return shutil.disk_usage(Path(path).parent).free
+def disk_free(path,     # a path to be written (its parent must exist)
+             ) -> int:  # free bytes
+    return shutil.disk_usage(Path(path).parent).free
 
-def fourcc_of(codec: str) -> str:
+def fourcc_of(codec: str,  # MJPG, MP4V or MPEG-4
+             ) -> str:     # the fourcc
     "The OpenCV fourcc of a codec name (MJPG, MP4V or MPEG-4), or a SurgsegError listing the choices."
     c = str(codec).upper()
     if c not in CODECS: raise SurgsegError(f"{codec!r} is not a codec; choose from MJPG, MP4V (MPEG-4)")
@@ -649,7 +753,8 @@ def write_video(plan: VideoPlan,      # what to render
     cv2.setNumThreads(1)
     folder = Path(root) / plan.split / plan.name
     (folder / "segmentation").mkdir(parents=True, exist_ok=True)
-    scene = Scene(plan); h, w = plan.size
+    scene = Scene(plan)
+    h, w = plan.size
     with atomic_write(folder / "video_left.avi", what="a synthetic video") as tmp:
         vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc_of(codec)), VIDEO_FPS, (w, h))
         if not vw.isOpened(): raise SurgsegError(f"{folder / 'video_left.avi'}: OpenCV cannot write codec {codec!r}")
@@ -659,7 +764,8 @@ def write_video(plan: VideoPlan,      # what to render
                 vw.write(cv2.cvtColor(img, cv2.COLOR_RGBA2BGR))
                 if f % MASK_STEP == 0: write_mask(folder / "segmentation" / f"{f:09d}.png", m, what="a synthetic mask")
         finally: vw.release()
-        if disk_free(tmp) < 1 << 16: raise OSError(errno.ENOSPC, "No space left on device")  # OpenCV stops writing silently
+        if disk_free(tmp) < 1 << 16:
+            raise OSError(errno.ENOSPC, "No space left on device")  # OpenCV stops writing silently
         if tmp.stat().st_size == 0: raise SurgsegError(f"{folder / 'video_left.avi'}: OpenCV wrote an empty video")
     write_actions(folder, plan.n_frames, np.random.default_rng([plan.seed, 4]))
     return folder
@@ -670,10 +776,20 @@ def _render(args):
     plan, root, codec = args
     return str(write_video(plan, root, codec))
 
-def marker_params(n_train, n_test, seconds, size, codec="MJPG", seed=0, split_ops=1, first_test=0) -> str:
+def marker_params(n_train,       # training operations
+                  n_test,        # test videos
+                  seconds,       # video length
+                  size,          # (H, W)
+                  codec="MJPG",  # video codec
+                  seed=0,        # the generator's seed
+                  split_ops=1,   # training operations split into _1/_2 parts
+                  first_test=0,  # number of the first test video (0: after the training ones)
+                 ) -> str:       # `key=value` pairs
     "The parameter line of `SYNTHETIC_MARKER`: how the dataset was made, and by which version of the generator."
-    return (f"n_train={n_train} n_test={n_test} seconds={float(seconds):g} size={tuple(int(v) for v in size)} codec={codec} "
-            f"seed={seed} split_ops={split_ops}{f' first_test={first_test}' if first_test else ''} version={SYNTHETIC_VERSION}")
+    return (f"n_train={n_train} n_test={n_test} seconds={float(seconds):g} size={tuple(int(v) for v in size)} "
+            f"codec={codec} "
+            f"seed={seed} split_ops={split_ops}{f' first_test={first_test}' if first_test else ''} "
+            f"version={SYNTHETIC_VERSION}")
 
 def generate(root: str | Path,           # dataset root to create (must not exist, or be an empty folder)
              n_train: int = 6,           # training operations (one or more split into _1/_2 parts)
@@ -683,7 +799,7 @@ def generate(root: str | Path,           # dataset root to create (must not exis
              codec: str = "MJPG",        # MJPG or MP4V (MPEG-4)
              seed: int = 0,              # everything follows from the seed
              split_ops: int = 1,         # training operations split into video_XX_1 / video_XX_2
-             first_test: int = 0,        # number of the first test video (41 as released); 0 = right after the training ones
+             first_test: int = 0,        # number of the first test video (41 as released); 0 = after the training ones
              workers: int | None = None, # parallel processes (None = one per core)
              progress: bool = True,      # show a progress bar
             ) -> Path:                   # root
@@ -693,7 +809,8 @@ def generate(root: str | Path,           # dataset root to create (must not exis
     plans = plan_dataset(n_train, n_test, seconds, size, seed, split_ops, first_test)
     with atomic_folder(root, what="the synthetic dataset") as tmp:
         jobs = [(p, str(tmp), codec) for p in sorted(plans, key=lambda p: -p.n_frames)]
-        render = importlib.import_module("surgseg.synthetic")._render  # workers import it (also when this runs in the notebook)
+        # workers import it (also when this runs in the notebook)
+        render = importlib.import_module("surgseg.synthetic")._render
         parallel_map(render, jobs, workers, desc="synth", progress=progress, unit="video")
         (tmp / SYNTHETIC_MARKER).write_text(  # tells `surgseg validate` not to hold it to the released counts
             f"Synthetic SAR-RARP50 stand-in written by surgseg.synthetic.generate: "
@@ -701,10 +818,11 @@ def generate(root: str | Path,           # dataset root to create (must not exis
     return root
 
 # %% ../nbs/90_synthetic.ipynb #5d0a20cc
-def ensure_synthetic(root: str | Path | None = None,  # dataset root; None = the default stand-in's folder, core.default_data_dir()
-                     **kwargs,                          # options of `generate` that differ from SYNTHETIC_DEFAULT, used only if it must be made
-                    ) -> Path:                          # root, ready to use
-    "Return `root`, generating the synthetic stand-in (`SYNTHETIC_DEFAULT`, unless told otherwise) there first if it does not exist."
+def ensure_synthetic(root: str | Path | None = None,  # dataset root; None = the default's, core.default_data_dir()
+                     **kwargs,                        # `generate` options unlike SYNTHETIC_DEFAULT's, if made
+                    ) -> Path:                        # root, ready to use
+    """Return `root`, generating the synthetic stand-in (`SYNTHETIC_DEFAULT`, unless told otherwise) there first if it
+    does not exist."""
     default = not root
     root = Path(root).expanduser() if root else default_data_dir()
     kwargs = {**SYNTHETIC_DEFAULT, **kwargs}
@@ -725,22 +843,26 @@ def _marker_text(root: Path) -> str:
     except OSError: return ""
 
 # %% ../nbs/90_synthetic.ipynb #f9061f25
-def plan_masks(plans: list[VideoPlan]):
+def plan_masks(plans: list[VideoPlan],  # videos planned by `plan_dataset`
+              ):
     "Yield (plan, frame, mask) for every annotated frame of the plans, rendering masks only."
     for p in plans:
         sc = Scene(p, appearance=False)
         for f in range(0, p.n_frames, MASK_STEP): yield p, f, sc.mask(f)
 
 def calibration(split: str = "train",  # which split of the planned dataset to measure
-                **kwargs,              # arguments of `plan_dataset` that differ from `SYNTHETIC_DEFAULT` (n_train, seconds, size, seed, ...)
+                **kwargs,              # `plan_dataset` arguments unlike `SYNTHETIC_DEFAULT`'s (n_train, size, ...)
                ):
     "Per-class pixel share and frame presence of a planned synthetic split next to the real SAR-RARP50 numbers."
     import pandas as pd
     px, pres, n = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES), 0
     for _, _, m in plan_masks([p for p in plan_dataset(**{**SYNTHETIC_DEFAULT, **kwargs}) if p.split == split]):
         c = np.bincount(m.ravel(), minlength=NUM_CLASSES)
-        px += c; pres += c > 0; n += 1
-    t = pd.DataFrame({"class": CLASS_NAMES, "pixel_share_%": 100 * px / px.sum(), "real_pixel_share_%": 100 * REAL_PIXEL_SHARE,
+        px += c
+        pres += c > 0
+        n += 1
+    t = pd.DataFrame({"class": CLASS_NAMES, "pixel_share_%": 100 * px / px.sum(),
+                      "real_pixel_share_%": 100 * REAL_PIXEL_SHARE,
                       "frame_presence_%": 100 * pres / n, "real_frame_presence_%": 100 * REAL_FRAME_PRESENCE})
     t["share_ratio"] = t["pixel_share_%"] / t["real_pixel_share_%"]
     t["presence_diff_pts"] = t["frame_presence_%"] - t["real_frame_presence_%"]
@@ -750,7 +872,8 @@ def calibration(split: str = "train",  # which split of the planned dataset to m
 # %% ../nbs/90_synthetic.ipynb #9d787041
 def band_width(mask: np.ndarray,  # (H, W) bool or 0/1: one class of a mask
               ) -> float:         # median width in pixels along the bands' centre lines (nan when empty)
-    "Width of thin bands: the median ridge of the distance transform of a 2x upsampled copy (a band 2w wide peaks at w)."
+    """Width of thin bands: the median ridge of the distance transform of a 2x upsampled copy (a band 2w wide peaks at
+    w)."""
     b = np.asarray(mask, np.uint8)
     up = cv2.resize(b, (b.shape[1] * 2, b.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
     d = cv2.distanceTransform(up, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)

@@ -21,8 +21,10 @@ from fastcore.basics import patch
 from fastcore.docments import docments
 from tqdm.auto import tqdm
 
-from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, DiskFullError, SurgsegError, atomic_folder, atomic_write,
-                          clean_partials, is_out_of_memory, load_config, message, oom_error, output_lock, overlay, read_rgb,
+from .core import (CLASSES, CONFIG_SECTIONS, NUM_CLASSES, Config, DiskFullError, SurgsegError, atomic_folder,
+                          atomic_write,
+                          clean_partials, is_out_of_memory, load_config, message, oom_error, output_lock, overlay,
+                          read_rgb,
                           runs_dir, save_config)
 from .data import SegDataset, extract_frames, make_splits, resolve_data_dir
 from .imbalance import frame_table
@@ -30,7 +32,8 @@ from .sampler import build_sampler, crop_class_weights, presence_for
 from .losses import build_loss, pixel_counts
 from .models import build_model, full_res_masks, param_groups, save_model
 from .metrics import ScoreAccumulator, frame_scores
-from .runs import (BEST, INTERRUPTED, LAST, METRICS, PROGRESS, STATE, check_manifest, latest_run, recipe, run_dir_for,
+from .runs import (BEST, INTERRUPTED, LAST, METRICS, PROGRESS, STATE, check_manifest, latest_run, recipe,
+                          run_dir_for,
                           write_manifest)
 
 log = logging.getLogger("surgseg.train")
@@ -44,7 +47,8 @@ __all__ = ['log', 'RESUMABLE_CHANGES', 'DEMO_RUN', 'prepare_data', 'fold_split',
 # %% ../nbs/06_train.ipynb #abbeb22f
 def prepare_data(cfg: Config,  # uses data_dir and fps
                 ) -> Path:     # the dataset root, its frames extracted
-    "The dataset root (`data.resolve_data_dir`: `cfg.data_dir`, or the synthetic stand-in) with its annotated frames extracted."
+    """The dataset root (`data.resolve_data_dir`: `cfg.data_dir`, or the synthetic stand-in) with its annotated frames
+    extracted."""
     root = resolve_data_dir(cfg.data_dir)
     extract_frames(root, fps=cfg.fps)
     return root
@@ -81,12 +85,14 @@ def epoch_steps(n_frames: int,          # training frames
                 cfg: Config,            # uses samples_per_epoch, batch_size, grad_accum, max_steps
                 num_processes: int = 1, # data-parallel processes sharing each step
                ) -> int:                # optimiser steps per epoch
-    "Optimiser steps in one epoch: whole steps of `batch_size x grad_accum x num_processes` frames, capped at `max_steps`."
+    """Optimiser steps in one epoch: whole steps of `batch_size x grad_accum x num_processes` frames, capped at
+    `max_steps`."""
     per_step = cfg.batch_size * cfg.grad_accum * num_processes
     steps = (cfg.samples_per_epoch or n_frames) // per_step
     if cfg.max_steps > 0: steps = min(steps, cfg.max_steps)
     if steps < 1:
-        raise SurgsegError(f"{cfg.data_dir or 'synthetic data'}: {cfg.samples_per_epoch or n_frames} training frames make no "
+        raise SurgsegError(f"{cfg.data_dir or 'synthetic data'}: {cfg.samples_per_epoch or n_frames} training frames "
+                           "make no "
                            f"full step of {per_step} (batch_size x grad_accum x processes); lower batch_size")
     return steps
 
@@ -95,8 +101,9 @@ def make_train_sampler(cfg: Config,          # uses sampler, sampler_threshold, 
                        ds,                   # the training `SegDataset`
                        table: pd.DataFrame,  # frame table of the training videos
                        num_samples: int,     # frames to draw per epoch (all processes together)
-                      ) -> torch.utils.data.Sampler:
-    "The epoch's frame order: chapter 03's seeded sampler for `cfg.sampler` (`none` = a seeded shuffle), drawing `num_samples`."
+                      ) -> torch.utils.data.Sampler:  # the sampler
+    """The epoch's frame order: chapter 03's seeded sampler for `cfg.sampler` (`none` = a seeded shuffle), drawing
+    `num_samples`."""
     return build_sampler(cfg.update(samples_per_epoch=num_samples), presence_for(table, ds.items))
 
 # %% ../nbs/06_train.ipynb #7d4ad6c2
@@ -113,7 +120,9 @@ class SeededDraws(torch.utils.data.Sampler):
                  seed: int):     # the run's seed
         self.sampler, self.seed, self.epoch = sampler, seed, 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self,
+                  epoch: int,  # the epoch about to start
+                 ):
         "Draw the frames and seeds of `epoch` at the next pass."
         self.epoch = int(epoch)
         if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(self.epoch)
@@ -149,7 +158,7 @@ def validation_scores(model: torch.nn.Module,  # the model (prepared or not)
              dl: DataLoader,                   # loader over a `SegDataset` (train=False), prepared or not
              accelerator: Accelerator = None,  # shards and gathers under several processes; None = one process
              n_overlays: int = 4,              # overlays of the first items to return (for the trackers)
-            ) -> dict:                         # score, miou, mnsd, per_class_iou (9,), per_class_nsd (9,), frames, overlays
+            ) -> dict:                         # score, miou, mnsd, per_class_iou/nsd (9,), frames, overlays
     "The official SAR-RARP50 score of `model` on `dl`'s dataset, logits upsampled to the full mask size."
     ds, was_training = dl.dataset, model.training
     model.eval()
@@ -167,7 +176,8 @@ def validation_scores(model: torch.nn.Module,  # the model (prepared or not)
     acc, seen = ScoreAccumulator(), set()
     for i, iou, nsd, cm in sorted(records, key=lambda r: r[0]):
         if i in seen: continue  # a frame repeated to even out the processes' batches
-        seen.add(i); acc.add(ds.items[i][0], iou, nsd, cm, frame=ds.items[i][1])
+        seen.add(i)
+        acc.add(ds.items[i][0], iou, nsd, cm, frame=ds.items[i][1])
     model.train(was_training)
     r = acc.compute()
     return {k: float(r[k]) for k in ("score", "miou", "mnsd")} | {
@@ -205,7 +215,7 @@ class Trainer:
         self.loss_sum, self.loss_n, self._pending = 0.0, 0, 0.0
         self.bar, self.t_step = None, None
 
-    def progress(self) -> dict:
+    def progress(self) -> dict:  # counter -> value
         "The counters that, with the accelerate state, make a run resumable (saved as progress.json)."
         return {k: getattr(self, k) for k in ("epoch", "step", "global_step", "micro", "best", "best_epoch",
                                                 "bad_epochs", "stopped", "loss_sum", "loss_n")} | {
@@ -217,8 +227,11 @@ def _step_seed(seed, rank, micro):
     return int(np.random.SeedSequence([seed, rank, micro]).generate_state(1)[0])
 
 @patch
-def train_step(self: Trainer, batch: dict) -> bool:
-    "One micro-batch: forward, loss, backward; at accumulation boundaries clip, step and log. True if the optimiser stepped."
+def train_step(self: Trainer,
+               batch: dict,  # a batch of the training loader: image, mask (and crop seeds)
+              ) -> bool:     # True if the optimiser stepped
+    """One micro-batch: forward, loss, backward; at accumulation boundaries clip, step and log. True if the optimiser
+    stepped."""
     acc, cfg = self.acc, self.cfg
     set_seed(_step_seed(cfg.seed, acc.process_index, self.micro))
     try:
@@ -226,7 +239,9 @@ def train_step(self: Trainer, batch: dict) -> bool:
             loss = self.loss_fn(self.model(batch["image"]), batch["mask"])
             acc.backward(loss)
             if acc.sync_gradients and cfg.grad_clip > 0: acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step(); self.scheduler.step(); self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
     except Exception as e:
         if not is_out_of_memory(e): raise
         h, w = batch["image"].shape[-2:]
@@ -239,12 +254,16 @@ def train_step(self: Trainer, batch: dict) -> bool:
     l = float(self._pending) / cfg.grad_accum
     self._pending, self.step, self.global_step = 0.0, self.step + 1, self.global_step + 1
     self.loss_sum, self.loss_n = self.loss_sum + l, self.loss_n + 1
-    acc.log({"train/loss": l} | {f"train/lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
+    acc.log({"train/loss": l} | {f"train/lr_{g.get('name', i)}": g["lr"] for i,
+                                 g in enumerate(self.optimizer.param_groups)},
             step=self.global_step)
     if self.bar is not None:
         now = time.perf_counter()
-        ips = len(batch["image"]) * cfg.grad_accum * acc.num_processes / (now - self.t_step) if self.t_step else float("nan")
-        self.bar.set_postfix(loss=f"{l:.3f}", img_s=f"{ips:.1f}", refresh=False); self.bar.update(); self.t_step = now
+        n_images = len(batch["image"]) * cfg.grad_accum * acc.num_processes
+        ips = n_images / (now - self.t_step) if self.t_step else float("nan")
+        self.bar.set_postfix(loss=f"{l:.3f}", img_s=f"{ips:.1f}", refresh=False)
+        self.bar.update()
+        self.t_step = now
     if self.on_step is not None: self.on_step(self, batch)
     _pause_point(f"step:{self.global_step}")
     return True
@@ -253,7 +272,8 @@ def train_step(self: Trainer, batch: dict) -> bool:
 _PAUSE_HITS: dict = {}
 
 def _pause_point(point: str):
-    "Test hook: wait forever at `point` if `SURGSEG_PAUSE_AT` names it (`save:last:2` = its 2nd time), after writing our pid."
+    """Test hook: wait forever at `point` if `SURGSEG_PAUSE_AT` names it (`save:last:2` = its 2nd time), after writing
+    our pid."""
     want = os.environ.get("SURGSEG_PAUSE_AT")
     if not want: return
     _PAUSE_HITS[point] = n = _PAUSE_HITS.get(point, 0) + 1
@@ -262,10 +282,15 @@ def _pause_point(point: str):
     while True: time.sleep(60)
 
 @patch
-def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
-    "Publish `run_dir/name/` atomically: the model via `save_model`, (`state`) the resumable training state, a manifest."
+def save_checkpoint(self: Trainer,
+                    name: str = LAST,    # the checkpoint folder's name: last or best
+                    state: bool = True,  # also save the resumable training state
+                   ):
+    """Publish `run_dir/name/` atomically: the model via `save_model`, (`state`) the resumable training state, a
+    manifest."""
     acc = self.acc
-    ckpt = atomic_folder(self.run_dir / name, replace=True, what="a checkpoint") if acc.is_main_process else contextlib.nullcontext()
+    ckpt = (atomic_folder(self.run_dir / name, replace=True, what="a checkpoint") if acc.is_main_process
+            else contextlib.nullcontext())
     with ckpt as tmp:
         tmp = broadcast_object_list([str(tmp)])[0] if acc.num_processes > 1 else str(tmp)
         if state: acc.save_state(str(Path(tmp) / STATE))
@@ -279,7 +304,9 @@ def save_checkpoint(self: Trainer, name: str = LAST, state: bool = True):
     acc.wait_for_everyone()
 
 @patch
-def restore(self: Trainer, path: Path):
+def restore(self: Trainer,
+            path: Path,  # a checkpoint folder (`save_checkpoint`)
+           ):
     "Continue from a checkpoint written by `save_checkpoint`: weights, optimiser, schedule, RNG and counters."
     path = Path(path)
     if not (path / PROGRESS).is_file() or not (path / STATE).is_dir():
@@ -291,19 +318,26 @@ def restore(self: Trainer, path: Path):
     except Exception as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise SurgsegError(f"{path / STATE}: cannot restore the training state ({type(e).__name__}: {why})") from None
-    for k in ("epoch", "step", "global_step", "micro", "best", "best_epoch", "bad_epochs", "stopped", "loss_sum", "loss_n"):
+    for k in ("epoch", "step", "global_step", "micro", "best", "best_epoch", "bad_epochs", "stopped", "loss_sum",
+              "loss_n"):
         setattr(self, k, p[k])
-    log.info(f"resuming {self.run_dir} from {path} (epoch {self.epoch + 1}, step {self.step}, global step {self.global_step})")
+    log.info(f"resuming {self.run_dir} from {path} (epoch {self.epoch + 1}, step {self.step}, global step "
+             f"{self.global_step})")
 
 # %% ../nbs/06_train.ipynb #d7d95d87
 @patch
-def train_epoch(self: Trainer, dl: DataLoader, steps: int, sampler=None):
+def train_epoch(self: Trainer,
+                dl: DataLoader,  # the training loader
+                steps: int,      # optimiser steps per epoch
+                sampler=None,    # the loader's sampler (its epoch is set; None: none)
+               ):
     "Train the current epoch (its remaining steps when resuming) with a progress bar showing loss and images/s."
     acc, cfg = self.acc, self.cfg
     for s in {id(x): x for x in (get_sampler(dl), sampler) if x is not None}.values():
         if hasattr(s, "set_epoch"): s.set_epoch(self.epoch)
     dl.set_epoch(self.epoch)
-    if hasattr(dl.dataset, "set_epoch"): dl.dataset.set_epoch(self.epoch)  # per-epoch augmentation, if the dataset has it
+    if hasattr(dl.dataset, "set_epoch"):
+        dl.dataset.set_epoch(self.epoch)  # per-epoch augmentation, if the dataset has it
     if self.step: dl = acc.skip_first_batches(dl, self.step * cfg.grad_accum)
     if self.step == 0: self.loss_sum, self.loss_n = 0.0, 0
     self.model.train()
@@ -314,7 +348,9 @@ def train_epoch(self: Trainer, dl: DataLoader, steps: int, sampler=None):
         for batch in dl:
             if self.train_step(batch) and cfg.save_every and self.step % cfg.save_every == 0 and self.step < steps:
                 self.save_checkpoint(LAST)
-    finally: self.bar.close(); self.bar = None
+    finally:
+        self.bar.close()
+        self.bar = None
 
 # %% ../nbs/06_train.ipynb #41bd12fb
 def _metrics_row(epoch, global_step, loss, lrs, res, secs):
@@ -337,7 +373,10 @@ def write_metrics(path: Path,   # metrics.csv
 
 # %% ../nbs/06_train.ipynb #8af5c17b
 @patch
-def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
+def end_epoch(self: Trainer,
+              val_dl: DataLoader | None,  # the validation loader (None: no validation)
+              secs: float,                # seconds the epoch's training took
+             ) -> dict:                   # the metrics row
     "Validate, log, write metrics.csv and the checkpoints, decide early stopping; returns the metrics row."
     acc, cfg = self.acc, self.cfg
     loss = acc.reduce(torch.tensor(self.loss_sum / max(self.loss_n, 1), device=acc.device), "mean").item()
@@ -346,7 +385,8 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
     try: res = validation_scores(judged, val_dl, acc) if val_dl is not None else None
     except Exception as e:
         if not is_out_of_memory(e): raise
-        raise oom_error(e, f"validating epoch {self.epoch + 1}", cfg.batch_size, f"whole frames at resolution {cfg.scale:g}") from None
+        raise oom_error(e, f"validating epoch {self.epoch + 1}", cfg.batch_size,
+                        f"whole frames at resolution {cfg.scale:g}") from None
     self.epoch, self.step = self.epoch + 1, 0
     row = _metrics_row(self.epoch, self.global_step, loss, self.scheduler.get_last_lr(), res, secs)
     acc.log({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "global_step")}, step=self.global_step)
@@ -354,7 +394,8 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
         for t in acc.trackers:
             if t.name == "tensorboard" and res["overlays"]:
                 t.log_images({"val/overlay": np.stack(res["overlays"])}, step=self.global_step, dataformats="NHWC")
-            elif t.name == "wandb" and res["overlays"]: t.log_images({"val/overlay": res["overlays"]}, step=self.global_step)
+            elif t.name == "wandb" and res["overlays"]:
+                t.log_images({"val/overlay": res["overlays"]}, step=self.global_step)
         if self.best is None or res["score"] > self.best:
             self.best, self.best_epoch, self.bad_epochs = res["score"], self.epoch, 0
             self.save_checkpoint("best", state=False)
@@ -365,7 +406,8 @@ def end_epoch(self: Trainer, val_dl: DataLoader | None, secs: float) -> dict:
     return row
 
 # %% ../nbs/06_train.ipynb #afc0c624
-RESUMABLE_CHANGES = ("resume", "epochs", "patience", "num_workers", "log_with", "save_every", "out_dir", "run_name", "decisions")
+RESUMABLE_CHANGES = ("resume", "epochs", "patience", "num_workers", "log_with", "save_every", "out_dir", "run_name",
+                     "decisions")
 
 def _trackers(log_with: str) -> list:
     "The trackers asked for in `log_with` that are installed (warning about the others)."
@@ -384,14 +426,17 @@ def _check_resume_config(cfg: Config, path: Path):
 
 def _continue_interrupted(run_dir: Path):
     "A run stopped by a full disk: continue from its last complete checkpoint, or start afresh when it has none."
-    if (run_dir / LAST / PROGRESS).is_file(): return log.info(f"{run_dir}: stopped on a full disk; continuing from {run_dir / LAST}")
-    for p in (run_dir / METRICS, run_dir / BEST, run_dir / "logs", run_dir / "config.yaml"):  # what the lost run left: no checkpoint
+    if (run_dir / LAST / PROGRESS).is_file():
+        return log.info(f"{run_dir}: stopped on a full disk; continuing from {run_dir / LAST}")
+    # what the lost run left: no checkpoint
+    for p in (run_dir / METRICS, run_dir / BEST, run_dir / "logs", run_dir / "config.yaml"):
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
     log.info(f"{run_dir}: stopped on a full disk before its first checkpoint; starting afresh")
 
 def _mark_interrupted(run_dir: Path, why: str):
-    "Leave the marker that lets the same command continue the run (an empty file needs no free blocks; the reason if it fits)."
+    """Leave the marker that lets the same command continue the run (an empty file needs no free blocks; the reason if
+    it fits)."""
     with contextlib.suppress(OSError):
         fd = os.open(run_dir / INTERRUPTED, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o666)
         try: os.write(fd, why.encode() + b"\n")
@@ -401,30 +446,37 @@ def _mark_interrupted(run_dir: Path, why: str):
 def start_run(cfg: Config,                   # the run's settings
               stack: contextlib.ExitStack,  # holds the run folder's lock until the run ends
              ) -> tuple:                    # (Accelerator, run folder, whether this call created the folder)
-    "Choose, lock and create the run folder, write config.yaml and make the `Accelerator` (devices, precision, trackers)."
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator would: CPU processes under torchrun
+    """Choose, lock and create the run folder, write config.yaml and make the `Accelerator` (devices, precision,
+    trackers)."""
+    # as Accelerator would: CPU processes under torchrun
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if state.num_processes == 1:  # a fresh accelerator per run in one Python process (notebooks, tests)
-        AcceleratorState._reset_state(); GradientState._reset_state()
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     run_dir = [str(run_dir_for(cfg)) if state.is_main_process else None]
     if state.num_processes > 1: broadcast_object_list(run_dir)
     run_dir = Path(run_dir[0])
     created = False
     if state.is_main_process:
         stack.enter_context(output_lock(run_dir))  # a second process on this run refuses, naming the first
-        again = (run_dir / INTERRUPTED).exists()  # the last run here stopped on a full disk: the same command continues it
-        if not (cfg.resume or again) and (run_dir / "config.yaml").exists():  # taken by another run while we chose the name
+        # the last run here stopped on a full disk: the same command continues it
+        again = (run_dir / INTERRUPTED).exists()
+        # taken by another run while we chose the name
+        if not (cfg.resume or again) and (run_dir / "config.yaml").exists():
             raise SurgsegError(message("run_exists", path=run_dir))
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_partials(run_dir)  # checkpoint folders half-written by a killed process
         if again and not cfg.resume: _continue_interrupted(run_dir)
-        if (cfg.resume or again) and (run_dir / "config.yaml").exists(): _check_resume_config(cfg, run_dir / "config.yaml")
+        if (cfg.resume or again) and (run_dir / "config.yaml").exists():
+            _check_resume_config(cfg, run_dir / "config.yaml")
         save_config(cfg, run_dir / "config.yaml")
     trackers = _trackers(cfg.log_with)
     try:
         acc = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                           log_with=trackers or None,
-                          project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
+                          project_config=ProjectConfiguration(project_dir=str(run_dir),
+                                                              logging_dir=str(run_dir / "logs")))
     except ValueError as e: raise SurgsegError(f"precision={cfg.precision!r}: {e}") from None
     if trackers:
         hp = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.to_dict().items()}
@@ -448,29 +500,34 @@ def _build(cfg: Config, acc: Accelerator, run_dir: Path, on_step) -> SimpleNames
     train_dl = acc.prepare(DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **kw))
     val_dl = None
     if val_v:
-        val_dl = acc.prepare(DataLoader(SegDataset(val_v, scale=cfg.scale, train=False), batch_size=cfg.batch_size, **kw))
+        val_dl = acc.prepare(DataLoader(SegDataset(val_v, scale=cfg.scale, train=False), batch_size=cfg.batch_size,
+                                        **kw))
     set_seed(cfg.seed)
     model = build_model(cfg)
     loss_fn = build_loss(cfg, *pixel_counts(table))  # class weights (if any) from the training frames only
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs * acc.num_processes)
     tr = Trainer(cfg, acc, model, loss_fn, opt, sched, run_dir, on_step)
-    if (cfg.resume or (run_dir / INTERRUPTED).exists()) and (run_dir / LAST / PROGRESS).is_file(): tr.restore(run_dir / LAST)
+    if (cfg.resume or (run_dir / INTERRUPTED).exists()) and (run_dir / LAST / PROGRESS).is_file():
+        tr.restore(run_dir / LAST)
     return SimpleNamespace(trainer=tr, train_dl=train_dl, val_dl=val_dl, steps=steps, sampler=sampler, run_dir=run_dir)
 
 def setup_run(cfg: Config,   # every setting of the run
               on_step=None,  # optional on_step(trainer, batch), called after every optimiser step
-             ) -> SimpleNamespace:  # trainer, train_dl, val_dl, steps (per epoch), sampler, run_dir, stack (close it to release the run)
-    "Build a run from `cfg`: locked run folder, accelerator, loaders, sampler, model, loss, optimiser; resumed if asked."
+             ) -> SimpleNamespace:  # trainer, train_dl, val_dl, steps (per epoch), sampler, run_dir, stack (close it)
+    """Build a run from `cfg`: locked run folder, accelerator, loaders, sampler, model, loss, optimiser; resumed if
+    asked."""
     stack = contextlib.ExitStack()
     try:
         acc, run_dir, created = start_run(cfg, stack)
         try: r = _build(cfg, acc, run_dir, on_step)
         except BaseException as e:
-            if created and acc.is_main_process: shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing
+            if created and acc.is_main_process:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing
             elif isinstance(e, DiskFullError) and acc.is_main_process: _mark_interrupted(run_dir, str(e))
             raise
     except BaseException:
-        stack.close(); raise
+        stack.close()
+        raise
     r.stack = stack
     return r
 
@@ -478,7 +535,8 @@ def setup_run(cfg: Config,   # every setting of the run
 def fit(cfg: Config,    # every setting of the run
         on_step=None,   # optional on_step(trainer, batch), called after every optimiser step
        ) -> Path:       # the run folder
-    "Train `cfg.model` on `cfg.data_dir` (the synthetic stand-in if empty), validating every epoch; returns the run folder."
+    """Train `cfg.model` on `cfg.data_dir` (the synthetic stand-in if empty), validating every epoch; returns the run
+    folder."""
     r = setup_run(cfg, on_step)
     tr = r.trainer
     with r.stack:  # the run folder stays locked until training ends
@@ -495,25 +553,31 @@ def fit(cfg: Config,    # every setting of the run
     return r.run_dir
 
 # %% ../nbs/06_train.ipynb #de30c638
-_PARAM_HEAD = "# Every value None means: the value in the `config` YAML file if it sets one, else the Config default shown."
+_PARAM_HEAD = ("# Every value None means: the value in the `config` YAML file if it sets one, "
+               "else the Config default shown.")
 
 def _param_line(name: str, typ: str, doc: str, default: str = "None") -> str:
-    "One papermill parameter line: `name: type = default  # doc` (papermill's parser wants a plain type name and no `=` in the comment)."
+    """One papermill parameter line: `name: type = default  # doc` (papermill's parser wants a plain type name and no
+    `=` in the comment)."""
     return f"{name}: {typ} = {default}".ljust(31) + " # " + doc.replace(" = ", " means ")
 
-def papermill_parameters() -> str:
+def papermill_parameters() -> str:  # the cell's source
     "The text of this chapter's papermill `parameters` cell, generated from Config's fields, sections and docments."
     docs, d = docments(Config, full=True, returns=False), Config()
-    types = {f.name: f.type if re.fullmatch(r"\w+", str(f.type)) else str(f.type).split("|")[0].strip() for f in dataclasses.fields(Config)}
-    lines = [_PARAM_HEAD, _param_line("config", "str", "YAML experiment file, e.g. configs/focal_ce.yaml (default: none, Config defaults only)")]
+    types = {f.name: f.type if re.fullmatch(r"\w+", str(f.type)) else str(f.type).split("|")[0].strip()
+             for f in dataclasses.fields(Config)}
+    lines = [_PARAM_HEAD,
+             _param_line("config", "str",
+                         "YAML experiment file, e.g. configs/focal_ce.yaml (default: none, Config defaults only)")]
     for section, names in CONFIG_SECTIONS.items():
         lines.append(f"# {section}")
         for k in names:
             v = getattr(d, k)
             shown = " ".join(map(str, v)) if isinstance(v, list) else repr(v)
             lines.append(_param_line(k, types[k], f"{docs[k].docment} (default {shown})"))
-    lines += ["# this notebook", _param_line("score_untrained", "bool", "also score the untrained model on validation before training "
-                                             "(the study turns this off)", "True")]
+    lines += ["# this notebook",
+              _param_line("score_untrained", "bool", "also score the untrained model on validation first "
+                                            "(the study turns this off)", "True")]
     return "\n".join(lines)
 
 # %% ../nbs/06_train.ipynb #96aefc38
@@ -525,28 +589,38 @@ def plot_history(run_dir: Path | str,  # a run folder (with metrics.csv)
     if not path.is_file(): raise SurgsegError(f"{path}: no metrics (has the run finished an epoch?)")
     m = pd.read_csv(path)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
-    a1.plot(m["epoch"], m["train_loss"], "k-o", label="train loss"); a1.set_xlabel("epoch"); a1.set_ylabel("loss")
+    a1.plot(m["epoch"], m["train_loss"], "k-o", label="train loss")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
     if "val_score" in m:
         b = a1.twinx()
-        for k, s in (("val_score", "-o"), ("val_miou", "--"), ("val_mnsd", ":")): b.plot(m["epoch"], m[k], s, label=k[4:])
-        b.set_ylim(0, 1); b.set_ylabel("validation"); b.legend(loc="center right", fontsize=8)
+        for k, s in (("val_score", "-o"), ("val_miou", "--"), ("val_mnsd", ":")):
+            b.plot(m["epoch"], m[k], s, label=k[4:])
+        b.set_ylim(0, 1)
+        b.set_ylabel("validation")
+        b.legend(loc="center right", fontsize=8)
         iou = m[[f"iou_{c}" for c in range(1, NUM_CLASSES)]].T
         iou.index, iou.columns = [c.name for c in CLASSES[1:]], m["epoch"]
-        sns.heatmap(iou, ax=a2, vmin=0, vmax=1, annot=len(m) <= 12, fmt=".2f", cmap="viridis", cbar_kws={"label": "IoU"})
-        a2.set_xlabel("epoch"); a2.set_title("validation IoU per class")
-    a1.legend(loc="upper right", fontsize=8); a1.set_title(Path(run_dir).name)
+        sns.heatmap(iou, ax=a2, vmin=0, vmax=1, annot=len(m) <= 12, fmt=".2f", cmap="viridis",
+                    cbar_kws={"label": "IoU"})
+        a2.set_xlabel("epoch")
+        a2.set_title("validation IoU per class")
+    a1.legend(loc="upper right", fontsize=8)
+    a1.set_title(Path(run_dir).name)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/06_train.ipynb #edf78481
-DEMO_RUN = dict(epochs=2, max_steps=15, log_with="none")  # the small run a chapter trains when the run store has no default run
+# the small run a chapter trains when the run store has no default run
+DEMO_RUN = dict(epochs=2, max_steps=15, log_with="none")
 
-def default_run(cfg: Config | None = None,        # the recipe to look for (`runs.recipe(cfg)`); default: `Config()`, the default recipe
-                store: str | Path = "",           # where to look, nested runs included; "" = the run store, `core.runs_dir()`
-                small: dict | None = None,        # Config fields of the small run trained when none is found (default `DEMO_RUN`)
-                tmp: str | Path | None = None,    # where that small run goes (default: a new temporary folder, never the store)
+def default_run(cfg: Config | None = None,        # the recipe to look for (`runs.recipe`); default: `Config()`
+                store: str | Path = "",           # where to look, nested runs included; "" = `core.runs_dir()`
+                small: dict | None = None,        # Config fields of the small run trained if none is found (`DEMO_RUN`)
+                tmp: str | Path | None = None,    # where that small run goes (default: a new temporary folder)
                ) -> tuple[Path, str]:             # (the run folder, one sentence saying which run it is)
-    "Chapter 06's default run (the newest finished run of the recipe in the run store), or a small one trained now when there is none."
+    """Chapter 06's default run (the newest finished run of the recipe in the run store), or a small one trained now
+    when there is none."""
     what = "the default recipe" if cfg is None else "this recipe"
     cfg, store = cfg or Config(), runs_dir(store)
     run = latest_run(store, **recipe(cfg))
@@ -560,7 +634,8 @@ def default_run(cfg: Config | None = None,        # the recipe to look for (`run
         run = fit(cfg.update(out_dir=str(out), run_name="small", **small))
         m = pd.read_csv(run / METRICS)
         steps = f" of {small['max_steps']} steps" if small.get("max_steps") else ""
-        note = (f"no finished run of {what} in {store} (chapter 06 with its default parameters makes one): trained a small "
+        note = (f"no finished run of {what} in {store} (chapter 06 with its default parameters makes one): trained a "
+                "small "
                 f"one instead, {len(m)} epochs{steps} (best validation score {m.val_score.max():.4f}), into {run}")
     log.info(note)
     return run, note
