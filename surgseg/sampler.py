@@ -19,7 +19,7 @@ from .data import crop_pad, crop_window
 __all__ = ['SCHEMES', 'CROP_WEIGHTS', 'class_frequency', 'uniform_weights', 'inverse_frequency_weights', 'repeat_factor_weights',
            'class_balanced_weights', 'clip_normalise', 'frame_weights', 'FrameSampler', 'make_sampler',
            'class_exposure', 'expected_unique', 'exposure_report', 'plot_exposure', 'presence_for', 'build_sampler',
-           'crop_pixels', 'pixel_exposure', 'crop_class_weights', 'pixel_report', 'plot_pixel_exposure']
+           'crop_pixels', 'pixel_exposure', 'pixel_report', 'plot_pixel_exposure', 'crop_class_weights']
 
 # %% ../nbs/03_sampler.ipynb #367a0c10
 def class_frequency(presence: np.ndarray,  # (frames, classes) bool: class present in frame
@@ -315,20 +315,6 @@ def pixel_exposure(masks: list,                # (H, W) class-id masks at workin
     per = np.stack([crop_pixels(m, crop_size, crop_rare, rng, class_weights, draws) for m in masks])
     return (num_samples or len(masks)) * (w / w.sum()) @ per
 
-# %% ../nbs/03_sampler.ipynb #81297cfb
-CROP_WEIGHTS = ("equal", "rarity")  # how a class-centred crop draws its class among the classes present in the frame
-register_choices("crop_weights", CROP_WEIGHTS, "crop-centre weighting")  # Config checks `crop_weights` against it
-
-def crop_class_weights(presence: np.ndarray,  # (frames, classes) bool presence of the training frames
-                       how: str = "equal",     # equal: present classes alike (nnU-Net); rarity: 1 / frame share
-                      ) -> np.ndarray | None:  # (classes,) weights of the classes as crop centres; None = all equal
-    """Weights of the classes as centres of class-centred crops (`data.crop_window`): all equal, or inverse frame
-    frequency."""
-    if how not in CROP_WEIGHTS: raise SurgsegError(f"crop_weights {how!r}: choose from {', '.join(CROP_WEIGHTS)}")
-    if how == "equal": return None
-    f = class_frequency(presence)
-    return np.where(f > 0, 1 / np.maximum(f, 1e-12), 0.0)
-
 # %% ../nbs/03_sampler.ipynb #3536453b
 def pixel_report(masks: list,            # (H, W) class-id masks at working resolution, one per training frame
                  presence: np.ndarray,   # (frames, classes) bool presence, in the order of `masks`
@@ -364,3 +350,17 @@ def plot_pixel_exposure(tab: pd.DataFrame,  # `pixel_report`'s table
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/03_sampler.ipynb #81297cfb
+CROP_WEIGHTS = ("equal", "rarity")  # how a class-centred crop draws its class among the classes present in the frame
+register_choices("crop_weights", CROP_WEIGHTS, "crop-centre weighting")  # Config checks `crop_weights` against it
+
+def crop_class_weights(presence: np.ndarray,  # (frames, classes) bool presence of the training frames
+                       how: str = "equal",     # equal: present classes alike (nnU-Net); rarity: 1 / frame share
+                      ) -> np.ndarray | None:  # (classes,) weights of the classes as crop centres; None = all equal
+    """Weights of the classes as centres of class-centred crops (`data.crop_window`): all equal, or inverse frame
+    frequency."""
+    if how not in CROP_WEIGHTS: raise SurgsegError(f"crop_weights {how!r}: choose from {', '.join(CROP_WEIGHTS)}")
+    if how == "equal": return None
+    f = class_frequency(presence)
+    return np.where(f > 0, 1 / np.maximum(f, 1e-12), 0.0)
