@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['CLASSES', 'NUM_CLASSES', 'CLASS_NAMES', 'PALETTE', 'REAL_PIXEL_SHARE', 'REAL_FRAME_PRESENCE', 'VIDEO_FPS',
-           'MASK_STEP', 'DISK_FULL', 'log', 'PRECISIONS', 'TRACKERS', 'REGISTERED', 'ENTRY_POINTS', 'MESSAGES',
-           'OPTION_RULES', 'CONFIG_SECTIONS', 'SurgsegError', 'first_line', 'SegClass', 'colorize', 'overlay',
-           'plot_legend', 'DiskFullError', 'is_disk_full', 'disk_full_message', 'writing', 'atomic_write',
+           'MASK_STEP', 'DISK_FULL', 'log', 'PRECISIONS', 'TRACKERS', 'CROP_WEIGHTS', 'REGISTERED', 'ENTRY_POINTS',
+           'MESSAGES', 'OPTION_RULES', 'CONFIG_SECTIONS', 'SurgsegError', 'first_line', 'SegClass', 'colorize',
+           'overlay', 'plot_legend', 'DiskFullError', 'is_disk_full', 'disk_full_message', 'writing', 'atomic_write',
            'sha256_file', 'clean_partials', 'atomic_folder', 'output_lock', 'read_mask', 'write_png', 'write_mask',
            'read_rgb', 'BackgroundWriter', 'default_workers', 'die_with_parent', 'parallel_map', 'parse_bool',
            'register_choices', 'choices', 'Config', 'current_entry', 'entry_point', 'option', 'message',
@@ -586,8 +586,9 @@ def choices(key: str,              # a registry's name: a `REGISTERED` Config fi
 # %% ../nbs/00_core.ipynb #3bb4878f
 PRECISIONS = ("no", "bf16", "fp16")           # mixed-precision modes (Accelerate's names)
 TRACKERS = ("tensorboard", "wandb", "none")   # experiment trackers `log_with` may list
+CROP_WEIGHTS = ("equal", "rarity")            # how a class-centred crop draws its class (`sampler.crop_class_weights`)
 # name fields checked against `choices`
-REGISTERED = ("loss", "class_weights", "sampler", "crop_weights", "model", "head", "finetune")
+REGISTERED = ("loss", "class_weights", "sampler", "model", "head", "finetune")
 
 @dataclass
 class Config:
@@ -738,6 +739,7 @@ _RULES = {  # key: (test of a coerced value, what a valid value is)
     "crop_size": (lambda v: min(v) >= 1 if isinstance(v, list) else v >= 0,
                   "pixels >= 1 (one value, or H W), or 0 for whole frames"),
     "crop_rare": (lambda v: 0 <= v <= 1, "in [0, 1] (a probability)"),
+    "crop_weights": (lambda v: v in CROP_WEIGHTS, f"one of {', '.join(CROP_WEIGHTS)}"),
     "ce_weight": (lambda v: v >= 0, ">= 0"), "dice_weight": (lambda v: v >= 0, ">= 0"),
           "focal_weight": (lambda v: v >= 0, ">= 0"),
     "focal_gamma": (lambda v: v >= 0, ">= 0"),

@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from .core import CLASS_NAMES, NUM_CLASSES, SurgsegError, register_choices
+from .core import CLASS_NAMES, CROP_WEIGHTS, NUM_CLASSES, SurgsegError, register_choices
 from .imbalance import HAS, PX
 from .data import crop_pad, crop_window
 
 # %% auto #0
-__all__ = ['SCHEMES', 'CROP_WEIGHTS', 'class_frequency', 'uniform_weights', 'inverse_frequency_weights', 'repeat_factor_weights',
+__all__ = ['SCHEMES', 'class_frequency', 'uniform_weights', 'inverse_frequency_weights', 'repeat_factor_weights',
            'class_balanced_weights', 'clip_normalise', 'frame_weights', 'FrameSampler', 'make_sampler',
            'class_exposure', 'expected_unique', 'exposure_report', 'plot_exposure', 'presence_for', 'build_sampler',
            'crop_pixels', 'pixel_exposure', 'pixel_report', 'plot_pixel_exposure', 'crop_class_weights']
@@ -352,8 +352,7 @@ def plot_pixel_exposure(tab: pd.DataFrame,  # `pixel_report`'s table
     return fig
 
 # %% ../nbs/03_sampler.ipynb #81297cfb
-CROP_WEIGHTS = ("equal", "rarity")  # how a class-centred crop draws its class among the classes present in the frame
-register_choices("crop_weights", CROP_WEIGHTS, "crop-centre weighting")  # Config checks `crop_weights` against it
+# CROP_WEIGHTS (core): the ways a class-centred crop draws its class among the classes present in the frame
 
 def crop_class_weights(presence: np.ndarray,  # (frames, classes) bool presence of the training frames
                        how: str = "equal",     # equal: present classes alike (nnU-Net); rarity: 1 / frame share

@@ -111,7 +111,7 @@ def test_parse_bool():
 
 NON_DEFAULT = dict(data_dir="/data/SAR RARP50", out_dir="r", run_name="x1", fps=10, resolution=0.25, low_res=True, val_fraction=0.3,
                    augment=False, num_workers=2, sampler="none", sampler_threshold=0.5, min_pixels=4, max_weight=5.0,
-                   samples_per_epoch=100, crop_size=[128, 256], crop_rare=0.25, loss="wce", class_weights="inverse", ce_weight=0.5, dice_weight=2.0, dice_absent=True, focal_weight=0.7,
+                   samples_per_epoch=100, crop_size=[128, 256], crop_rare=0.25, crop_weights="rarity", loss="wce", class_weights="inverse", ce_weight=0.5, dice_weight=2.0, dice_absent=True, focal_weight=0.7,
                    focal_gamma=1.5, focal_alpha=0.25, ignore_index=254, model="fpn", encoder="resnet18", weights="none",
                    dinov3="/w/dinov3", finetune="full", lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets=["q_proj", "k_proj"],
                    head="multilayer", head_layers=3, grad_checkpointing=True, pos_embed_rescale=2.0, epochs=5, batch_size=2,
@@ -140,7 +140,7 @@ def test_every_field_round_trips_through_yaml_and_strings(tmp_path):
     ("lora_dropout", 1.0, "must be in [0, 1)"), ("focal_alpha", 2, "or < 0 for off"), ("ignore_index", 5, "not a class id"),
     ("pos_embed_rescale", 0.5, "or 0 for off"), ("min_area", "1,2,3", "one integer or 9"),
     ("crop_size", "1,2,3", "one integer or 2 (height and width)"), ("crop_size", -1, "or 0 for whole frames"),
-    ("crop_size", "0,64", "pixels >= 1"), ("crop_rare", 1.5, "must be in [0, 1]"), ("crop_rare", -0.1, "must be in [0, 1]"), ("log_with", "mlflow", "tensorboard, wandb, none"),
+    ("crop_size", "0,64", "pixels >= 1"), ("crop_rare", 1.5, "must be in [0, 1]"), ("crop_rare", -0.1, "must be in [0, 1]"), ("crop_weights", "inverse", "must be one of equal, rarity"), ("log_with", "mlflow", "tensorboard, wandb, none"),
     ("epochs", "two", "is not a number"), ("batch_size", 2.5, "is not an integer"), ("augment", "perhaps", "is not a boolean")])
 def test_config_refuses_nonsense_on_every_entry(tmp_path, key, value, says):
     for make in (lambda: Config(**{key: value}), lambda: Config().update({key: str(value)})):
