@@ -6,8 +6,6 @@ import nbformat
 import papermill
 import pytest
 
-from surgseg.core import Config
-
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("smoke_book", ROOT / "tools" / "smoke_book.py")
 smoke = importlib.util.module_from_spec(_spec)
@@ -22,11 +20,6 @@ def test_smoke_parameters_are_the_chapters(chapter):
     assert known, f"{chapter} has no cell tagged `parameters` (tools/smoke_book.py passes it parameters)"
     unknown = sorted(set(smoke.SMOKE[chapter]) - known)
     assert not unknown, f"tools/smoke_book.py: SMOKE passes {chapter} {unknown}, not in its parameters cell"
-
-
-def test_smoke_study_config_is_config_fields():
-    unknown = sorted(set(smoke.SMOKE_STUDY_CONFIG) - set(Config.field_names()))
-    assert not unknown, f"tools/smoke_book.py: SMOKE_STUDY_CONFIG sets {unknown}, not Config fields"
 
 
 def test_default_chapters_cover_the_skipped_cells():

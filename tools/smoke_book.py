@@ -16,7 +16,7 @@ test machine lacks, like the real dataset or the network) and `gpu` cells when t
 - Runs go to DIR/home, a stand-in `$SURGSEG_HOME` that links every entry of the real one (the generated data,
   caches) except `runs`, so the smoke runs never enter the user's run store and the chapters that look for
   chapter 06's run find the smoke one. Rerunning with the same DIR reuses what is there (index needs 09's).
-- A failing cell is reported with its chapter, cell number and first line; the other chapters still run;
+- A failing cell is reported with its chapter, cell number (from 1, markdown cells counted) and first line; the other chapters still run;
   the exit status is 1 if any failed. Per-chapter seconds are printed and written to DIR/smoke_times.csv.
 """
 from __future__ import annotations
@@ -43,17 +43,16 @@ SMOKE = {
     # so it is the default recipe's run that 07a, 08 and 08a find in the run store; out_dir is given so that it
     # never lands in nbs/runs (the default before the run store).
     "06_train": dict(epochs=2, samples_per_epoch=16, out_dir="{home}/runs"),
-    # the study's machinery on its smallest design: the baseline and the primary configuration, one seed each,
-    # trained through papermill (its default) two at a time with the runs' settings from SMOKE_STUDY_CONFIG,
-    # scored with and without decisions; out_dir is where index reads the study's tables from.
+    # the study's machinery on its smallest design: the baseline and the primary configuration, one seed each, one
+    # epoch (Config's 512 crops: 64 steps) per run, trained through papermill (its default) two at a time and scored
+    # with and without decisions; out_dir is where index reads the study's tables from. (Not a shorter epoch through
+    # `config`: the chapter's tests of cli_args assume no config file.)
     "09_experiments": dict(configs="dice_ce,dice_ce+rfs+crops", seeds="0", primary_seeds="0", epochs=1,
-                           config="{dir}/smoke_study.yaml", out_dir="{home}/runs/study"),
+                           out_dir="{home}/runs/study"),
     # one seed, two folds (the fewest a cross-validation ensemble has), one epoch of 16 crops per run: 4 runs
     # (all, all+ema, two folds) and 3 scored predictions, every comparison and sentence of the chapter.
     "09b_recipes": dict(seeds="0", folds=2, epochs=1, samples_per_epoch=16, out_dir="{home}/runs/recipes"),
 }
-# The YAML experiment the smoke study's runs start from (Config fields): a short epoch, as 06's above.
-SMOKE_STUDY_CONFIG = dict(samples_per_epoch=16)
 
 # Chapters with slow cells and no parameters, run as written (seconds measured on 2 CPU cores in the commit that
 # added this tool): 05_models times nine model families, 07a/08/08a show chapter 06's run (the smoke one, or a
@@ -143,12 +142,13 @@ def chapter_cwd(name: str, out: Path, home: Path) -> Path:
 
 
 def failed_cell(executed: Path, index: int) -> str:
-    "Which cell of the chapter failed: its number in the chapter (papermill's injected cell not counted), first line."
+    "Which cell of the chapter failed (papermill's `index` counts its injected parameters cell): number, first line."
     import nbformat
     nb = nbformat.read(executed, as_version=4)
-    injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells[:index])
-    src = [ln for ln in nb.cells[index].source.splitlines() if ln.strip() and not ln.startswith("#|")]
-    return f"cell {index - injected} (`{src[0][:80] if src else ''}`)"
+    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]  # its error banner
+    injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells[:index])
+    src = [ln for ln in cells[index].source.splitlines() if ln.strip() and not ln.startswith("#|")]
+    return f"cell {index - injected + 1} of {len(cells) - injected} (`{src[0][:80] if src else ''}`)"
 
 
 def run(path: Path, out: Path, home: Path, gpu: bool) -> tuple[float, str]:
@@ -183,8 +183,6 @@ def main(argv=None) -> int:
     out = Path(a.to).expanduser().absolute() if a.to else Path(tempfile.mkdtemp(prefix="surgseg-smoke-"))
     out.mkdir(parents=True, exist_ok=True)
     home = stand_in_home(out)
-    import yaml
-    (out / "smoke_study.yaml").write_text(yaml.safe_dump(SMOKE_STUDY_CONFIG))
     os.environ["SURGSEG_HOME"] = str(home)  # the kernels (and the study's training processes) inherit it
     os.environ.setdefault("MPLBACKEND", "Agg")
     import torch
