@@ -6,6 +6,7 @@
 Each notebook runs in a fresh kernel from nbs/ (as nbdev_test does). Progress bars and warnings
 (stderr streams) are dropped from the saved outputs; a failing cell stops that notebook and the
 script exits non-zero, leaving the notebook untouched. Run `nbdev_clean` afterwards.
+At smoke scale, into a folder, as CI does: tools/smoke_book.py.
 """
 import sys, time
 from pathlib import Path
