@@ -976,7 +976,7 @@ def runs_dir(out_dir: str | Path = "",  # a parent folder of run folders; "" = t
     if str(out_dir or ""): return Path(out_dir).expanduser().absolute()
     return (surgseg_home() / "runs" / sub).absolute()
 
-def default_data_dir() -> Path:
+def default_data_dir() -> Path:  # the dataset root (it may not exist yet)
     """The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new
     folder)."""
     return surgseg_home() / "synthetic-v3"  # = synthetic.SYNTHETIC_VERSION (checked by its tests)

@@ -182,7 +182,7 @@ def test_no_module_cli_wrapper_is_used():
 ODD = {"data_dir": "/data/SAR RARP50", "out_dir": "elsewhere/runs", "run_name": "r_1", "encoder": "resnet18",
        "weights": "none", "dinov3": "models/dinov3-local", "precision": "bf16", "log_with": "wandb",
        "pos_embed_rescale": 2.0, "lora_targets": ["q_proj", "k_proj", "v_proj"], "min_area": [1, 2, 3, 4, 5, 6, 7, 8, 9],
-       "folds": 5, "fold": 4, "ema": 0.99}  # fold needs folds: no value one above its default alone
+       "folds": 5, "fold": 4, "ema": 0.99, "crop_weights": "rarity"}  # fold needs folds: no value one above its default alone
 
 
 def non_default_config() -> Config:
