@@ -239,12 +239,3 @@ def test_chapters_show_their_outputs():
     "Every chapter in nbs/ is committed executed: `python tools/check_outputs.py` finds nothing."
     problems = [p for nb in sorted((ROOT / "nbs").glob("*.ipynb")) if not nb.name.startswith("_") for p in check_outputs.check(nb)]
     assert not problems, "\n".join(problems)
-
-
-def test_ruff_finds_no_undefined_names():
-    "`ruff check --select F821,F822 surgseg nbs`: no name used without being defined or imported (CI runs all of F)."
-    ruff = Path(sys.executable).parent / "ruff"
-    if not ruff.exists(): pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    r = subprocess.run([str(ruff), "check", "--select", "F821,F822", "--output-format", "concise", "surgseg", "nbs"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
