@@ -5,6 +5,7 @@
 Writes synthetic full-HD masks (thin stripes and blobs, like real masks) into a temporary dataset root,
 then prints times and ratios. Nothing is asserted: the numbers depend on the machine and its load.
 """
+
 import argparse, os, tempfile, time
 from pathlib import Path
 
@@ -26,12 +27,15 @@ def make_root(root: Path, n: int, size: tuple) -> list:
                 cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(h // 40, h // 6)
                 m[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = c
         p = root / "train" / f"video_{i // 60 + 1:02d}" / "segmentation" / f"{60 * (i % 60):09d}.png"
-        write_mask(p, m); paths.append(p)
+        write_mask(p, m)
+        paths.append(p)
     return paths
 
 
 def timed(f):
-    t = time.perf_counter(); out = f(); return out, time.perf_counter() - t
+    t = time.perf_counter()
+    out = f()
+    return out, time.perf_counter() - t
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Measured 2026-12-06 on this machine (2 cores shared with two other jobs, load av
   forward pass, the codecs and the thread pools, not frames (a 160x128 frame + mask is 80 KB). frames/s wander with
   the load (107-188) and are not a speed measurement.
 """
+
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 
@@ -37,12 +38,13 @@ def make_video(path: Path, n: int, w: int, h: int, fps: int = 60) -> Path:
     "An MJPG .avi of `n` frames of moving noise-textured gradients (no two frames alike)."
     import cv2
     import numpy as np
+
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (h * 2, w * 2, 3), dtype=np.uint8)
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
     for i in range(n):
         y, x = (i * 3) % h, (i * 5) % w
-        vw.write(np.ascontiguousarray(base[y:y + h, x:x + w]))
+        vw.write(np.ascontiguousarray(base[y : y + h, x : x + w]))
     vw.release()
     return path
 
@@ -51,11 +53,12 @@ def make_images(folder: Path, n: int, w: int, h: int) -> Path:
     "A folder of `n` PNG images."
     import numpy as np
     from surgseg.core import write_png
+
     rng = np.random.default_rng(1)
     base = rng.integers(0, 255, (h * 2, w * 2, 3), dtype=np.uint8)
     for i in range(n):
         y, x = (i * 3) % h, (i * 7) % w
-        write_png(folder / f"img_{i:06d}.png", base[y:y + h, x:x + w])
+        write_png(folder / f"img_{i:06d}.png", base[y : y + h, x : x + w])
     return folder
 
 
@@ -64,27 +67,40 @@ def child(kind: str, src: str, out: str, batch_size: int, threads: int):
     import torch
     from surgseg.core import Config
     from surgseg.inference import Predictor, predict_images, predict_video
+
     torch.set_num_threads(threads)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
     p = Predictor(torch.nn.Conv2d(3, 10, 1), Config(), device="cpu", batch_size=batch_size, tta=False)
     t = time.perf_counter()
-    if kind == "video": predict_video(p, src, out, overlays=True, progress=False)
-    else: predict_images(p, src, out, progress=False)
+    if kind == "video":
+        predict_video(p, src, out, overlays=True, progress=False)
+    else:
+        predict_images(p, src, out, progress=False)
     n = len(list((Path(out) / "masks").glob("*.png")))
     print(json.dumps(dict(baseline_kib=base, masks=n, seconds=time.perf_counter() - t)))
 
 
 def measure(kind: str, src: Path, out: Path, a) -> dict:
     "Run `child` in a fresh interpreter; its peak RSS (KiB) from os.wait4 plus what it printed."
-    argv = [sys.executable, __file__, "--child", kind, str(src), str(out), "--batch-size", str(a.batch_size),
-            "--threads", str(a.threads)]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+    argv = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        str(src),
+        str(out),
+        "--batch-size",
+        str(a.batch_size),
+        "--threads",
+        str(a.threads),
+    ]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
     text = p.stdout.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0: raise SystemExit(f"{kind} {src}: child failed with exit code {p.returncode}")
+    if p.returncode != 0:
+        raise SystemExit(f"{kind} {src}: child failed with exit code {p.returncode}")
     return {**json.loads(text.strip().splitlines()[-1]), "peak_kib": ru.ru_maxrss}
 
 
@@ -98,26 +114,37 @@ def main():
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the children")
     a = ap.parse_args()
-    if a.child: return child(*a.child, a.batch_size, a.threads)
+    if a.child:
+        return child(*a.child, a.batch_size, a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
-    print(f"inputs {a.width}x{a.height}, {a.short} vs {a.long} frames; batch {a.batch_size}, {a.threads} thread(s); "
-          f"load average {os.getloadavg()[0]:.2f}; scratch {tmp}")
+    print(
+        f"inputs {a.width}x{a.height}, {a.short} vs {a.long} frames; batch {a.batch_size}, {a.threads} thread(s); "
+        f"load average {os.getloadavg()[0]:.2f}; scratch {tmp}"
+    )
     for kind in ("video", "images"):
         rows = {}
         for n in (a.short, a.long):
-            if kind == "video": src = make_video(tmp / f"v{n}.avi", n, a.width, a.height)
-            else: src = make_images(tmp / f"im{n}", n, a.width, a.height)
+            if kind == "video":
+                src = make_video(tmp / f"v{n}.avi", n, a.width, a.height)
+            else:
+                src = make_images(tmp / f"im{n}", n, a.width, a.height)
             r = rows[n] = measure(kind, src, tmp / f"out_{kind}_{n}", a)
-            fn = {"video": "predict_video (masks, overlay PNGs, overlay video)",
-                  "images": "predict_images (masks, overlays)"}[kind]
-            print(f"{fn:52s} {n:6d} frames: peak RSS {r['peak_kib'] / 1024:7.1f} MiB (after imports "
-                  f"{r['baseline_kib'] / 1024:6.1f} MiB, "
-                  f"growth {(r['peak_kib'] - r['baseline_kib']) / 1024:6.1f} MiB), "
-                  f"{r['masks']} masks, {r['masks'] / r['seconds']:.0f} frames/s")
+            fn = {
+                "video": "predict_video (masks, overlay PNGs, overlay video)",
+                "images": "predict_images (masks, overlays)",
+            }[kind]
+            print(
+                f"{fn:52s} {n:6d} frames: peak RSS {r['peak_kib'] / 1024:7.1f} MiB (after imports "
+                f"{r['baseline_kib'] / 1024:6.1f} MiB, "
+                f"growth {(r['peak_kib'] - r['baseline_kib']) / 1024:6.1f} MiB), "
+                f"{r['masks']} masks, {r['masks'] / r['seconds']:.0f} frames/s"
+            )
         s, l = rows[a.short], rows[a.long]
         gs, gl = s["peak_kib"] - s["baseline_kib"], l["peak_kib"] - l["baseline_kib"]
-        print(f"  {kind}: peak RSS ratio {a.long} / {a.short} frames = {l['peak_kib'] / s['peak_kib']:.3f}; "
-              f"growth ratio {gl / max(gs, 1):.3f} (input ratio {a.long / a.short:.1f})")
+        print(
+            f"  {kind}: peak RSS ratio {a.long} / {a.short} frames = {l['peak_kib'] / s['peak_kib']:.3f}; "
+            f"growth ratio {gl / max(gs, 1):.3f} (input ratio {a.long / a.short:.1f})"
+        )
 
 
 if __name__ == "__main__":

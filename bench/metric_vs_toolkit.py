@@ -12,6 +12,7 @@ both masks over 10 classes, `MeanIoU(include_background=False, ignore_empty=Fals
 absent from both masks -> 1, any remaining NaN -> 0). It prints the largest per-class differences and the
 toolkit's time per 1080p frame.
 """
+
 import argparse, os, sys, time, warnings
 from pathlib import Path
 
@@ -19,9 +20,12 @@ from pathlib import Path
 def toolkit_frame(monai, torch, pred, gt, tau=10.0):
     "Per-class IoU and NSD of one frame, computed the toolkit's way."
     from monai.networks.utils import one_hot
+
     ref = one_hot(torch.from_numpy(gt)[None, None], 10, dim=1)
     prd = one_hot(torch.from_numpy(pred)[None, None], 10, dim=1)
-    iou = monai.metrics.MeanIoU(include_background=False, reduction="mean", get_not_nans=False, ignore_empty=False)(prd, ref)
+    iou = monai.metrics.MeanIoU(include_background=False, reduction="mean", get_not_nans=False, ignore_empty=False)(
+        prd, ref
+    )
     nsd = monai.metrics.SurfaceDiceMetric([tau] * 9, include_background=False, reduction="mean")(prd, ref)
     both_empty = ((ref.mean(axis=(2, 3)) == 0) & (prd.mean(axis=(2, 3)) == 0))[:, 1:]
     nsd[both_empty] = 1
@@ -30,13 +34,15 @@ def toolkit_frame(monai, torch, pred, gt, tau=10.0):
 
 
 def main(monai_dir=None, frames=3, small=40):
-    if monai_dir: sys.path.insert(0, str(monai_dir))
+    if monai_dir:
+        sys.path.insert(0, str(monai_dir))
     warnings.filterwarnings("ignore")
     try:
         import monai, torch
     except ImportError:
         sys.exit("MONAI is not importable: pip install --target DIR monai==0.9.1 --no-deps, then pass --monai DIR")
     import numpy as np
+
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here), str(here.parent / "tests")]
     from metric import realistic_pair
@@ -51,14 +57,18 @@ def main(monai_dir=None, frames=3, small=40):
     worst_iou = worst_nsd = 0.0
     times = []
     for p, g in cases:
-        t = time.perf_counter(); ti, tn = toolkit_frame(monai, torch, p, g); dt = time.perf_counter() - t
-        if p.shape == (1080, 1920): times.append(dt)
+        t = time.perf_counter()
+        ti, tn = toolkit_frame(monai, torch, p, g)
+        dt = time.perf_counter() - t
+        if p.shape == (1080, 1920):
+            times.append(dt)
         fi, fn = frame_scores(p, g)
         worst_iou, worst_nsd = max(worst_iou, np.abs(ti - fi).max()), max(worst_nsd, np.abs(tn - fn).max())
     print(f"MONAI {monai.__version__}; {len(cases)} frames ({frames} of 1920x1080, {small} small structured)")
     print(f"largest |IoU difference| {worst_iou:.2e}  (MONAI computes IoU in float32)")
     print(f"largest |NSD difference| {worst_nsd:.2e}")
-    if times: print(f"toolkit time per 1080p frame: {np.median(times):.2f} s (median of {len(times)})")
+    if times:
+        print(f"toolkit time per 1080p frame: {np.median(times):.2f} s (median of {len(times)})")
 
 
 if __name__ == "__main__":

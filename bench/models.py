@@ -10,6 +10,7 @@ cost does not depend on them), frames are random. The clock is the process's CPU
 other programs on shared cores. The median of --steps timed repetitions after one warm-up is reported,
 with each family's ratio to the default model (U-Net / Lite0).
 """
+
 import argparse, os, sys
 
 import torch
@@ -27,20 +28,27 @@ def main(argv=None):
     p.add_argument("--only", default="", help="measure only families whose label contains this text")
     p.add_argument("--large", action="store_true", help="include DINOv3 ViT-L (slow on a CPU)")
     a = p.parse_args(argv)
-    print(f"CPU seconds (process time) per batch of {a.batch} random frames of {a.size[0]}x{a.size[1]}, {a.threads} thread(s), "
-          f"median of {a.steps}; torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(
+        f"CPU seconds (process time) per batch of {a.batch} random frames of {a.size[0]}x{a.size[1]}, "
+        f"{a.threads} thread(s), median of {a.steps}; torch {torch.__version__}, {os.cpu_count()} CPUs"
+    )
     print(f"{'model':34s} {'total M':>8s} {'train M':>8s} {'forward s':>10s} {'train s':>8s} {'train x default':>16s}")
     base = None
     for label, overrides in FAMILIES.items():
-        if a.only.lower() not in label.lower() or ("ViT-L" in label and not a.large): continue
+        if a.only.lower() not in label.lower() or ("ViT-L" in label and not a.large):
+            continue
         torch.manual_seed(0)
         model = build_model(Config(weights="none").update(overrides), pretrained=False)
         total, trainable = param_counts(model)
         r = time_model(model, tuple(a.size), batch=a.batch, steps=a.steps, threads=a.threads)
-        if base is None and label == next(iter(FAMILIES)): base = r["train_s"]
+        if base is None and label == next(iter(FAMILIES)):
+            base = r["train_s"]
         ratio = f"{r['train_s'] / base:.2f}" if base else "-"
-        print(f"{label:34s} {total / 1e6:8.2f} {trainable / 1e6:8.3f} {r['forward_s']:10.3f} {r['train_s']:8.3f} {ratio:>16s}",
-              flush=True)
+        print(
+            f"{label:34s} {total / 1e6:8.2f} {trainable / 1e6:8.3f} {r['forward_s']:10.3f} {r['train_s']:8.3f} "
+            f"{ratio:>16s}",
+            flush=True,
+        )
         del model
     return 0
 

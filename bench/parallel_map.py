@@ -7,6 +7,7 @@ Writes synthetic masks into a temporary folder, then maps `core.read_mask` over 
 (the platform's start method: fork on Linux; one item per task) and with spawn (like for like with parallel_map).
 Nothing is asserted: the numbers depend on the machine and its load.
 """
+
 import argparse, tempfile, time
 from pathlib import Path
 
@@ -37,12 +38,14 @@ def main():
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as d:
         paths = [Path(d) / f"{i:09d}.png" for i in range(a.masks)]
-        for p in paths: write_mask(p, rng.integers(0, 10, (h, w)).astype(np.uint8))
+        for p in paths:
+            write_mask(p, rng.integers(0, 10, (h, w)).astype(np.uint8))
         kw = dict(progress=False)
         t_ours, r1 = best_of(a.repeats, lambda: parallel_map(read_mask, paths, workers=a.workers, **kw))
         t_fork, r2 = best_of(a.repeats, lambda: list(parallel(read_mask, paths, n_workers=a.workers, **kw)))
-        t_spawn, r3 = best_of(a.repeats, lambda: list(parallel(read_mask, paths, n_workers=a.workers,
-                                                               method="spawn", **kw)))
+        t_spawn, r3 = best_of(
+            a.repeats, lambda: list(parallel(read_mask, paths, n_workers=a.workers, method="spawn", **kw))
+        )
         assert all((x == y).all() and (x == z).all() for x, y, z in zip(r1, r2, r3))
     print(f"{a.masks} masks {h}x{w}, {a.workers} workers, best of {a.repeats}")
     print(f"surgseg parallel_map (spawn, chunked):   {t_ours:6.2f} s")

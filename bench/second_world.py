@@ -10,6 +10,7 @@ Steps: generate (skipped when complete) -> surgseg validate -> surgseg train (de
 prints the official score, mIoU, mNSD, each present class's pooled IoU, miss and false-alarm rates, and step
 times; writes the same to ROOT/summary.json (the latest run) and ROOT/summary_<tag>.json (kept per variant).
 """
+
 import argparse
 import json
 import shlex
@@ -36,7 +37,9 @@ def tissue(rng):
     h, w = H + 80, W + 80
     acc = np.zeros((h, w), np.float32)
     for s, a in [(6, 1.0), (20, 0.5), (60, 0.25), (160, 0.12)]:
-        acc += a * cv2.resize(rng.random((s * h // w + 2, s + 2), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        acc += a * cv2.resize(
+            rng.random((s * h // w + 2, s + 2), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+        )
     acc = (acc - acc.min()) / (np.ptp(acc) + 1e-6)
     base = np.array(rng.choice([[0.35, 0.42, 0.78], [0.30, 0.55, 0.85], [0.45, 0.40, 0.70], [0.25, 0.35, 0.62]]))
     base = base + rng.normal(0, 0.04, 3)
@@ -44,7 +47,7 @@ def tissue(rng):
     vessels = cv2.dilate(vessels, np.ones((3, 9), np.uint8)) * 0.6
     tex = base[None, None, :] * (0.55 + 0.6 * acc[..., None])
     tex[..., 2] += 0.15 * acc
-    tex *= (1 - 0.5 * vessels[..., None])
+    tex *= 1 - 0.5 * vessels[..., None]
     return np.clip(tex, 0, 1).astype(np.float32)
 
 
@@ -53,14 +56,16 @@ def vignette(rng):
     y, x = np.mgrid[0:H, 0:W].astype(np.float32)
     cx, cy = W * rng.uniform(0.4, 0.6), H * rng.uniform(0.4, 0.6)
     r = np.sqrt(((x - cx) / W) ** 2 + ((y - cy) / H) ** 2)
-    return np.clip(1.25 - 1.3 * r ** 1.5, 0.25, 1.2).astype(np.float32)
+    return np.clip(1.25 - 1.3 * r**1.5, 0.25, 1.2).astype(np.float32)
 
 
 def wave(rng, n):
     "A smooth random path in 0..1 of length n (sum of slow sines)."
     t = np.arange(n) / FPS
-    out = 0.5 + sum(rng.uniform(0.08, 0.18) * np.sin(2 * np.pi * rng.uniform(0.02, 0.15) * t + rng.uniform(0, 6.3))
-                    for _ in range(3))
+    out = 0.5 + sum(
+        rng.uniform(0.08, 0.18) * np.sin(2 * np.pi * rng.uniform(0.02, 0.15) * t + rng.uniform(0, 6.3))
+        for _ in range(3)
+    )
     return np.clip(out, 0.05, 0.95)
 
 
@@ -74,10 +79,11 @@ def border_point(rng):
 def presence(rng, n, share):
     "A per-frame presence track: on for a few long stretches covering about `share` of the frames."
     on = np.zeros(n, bool)
-    if share >= 1: return ~on
+    if share >= 1:
+        return ~on
     while on.mean() < share:
         a = rng.integers(0, n)
-        on[a:a + rng.integers(FPS * 2, FPS * 8)] = True
+        on[a : a + rng.integers(FPS * 2, FPS * 8)] = True
     return on
 
 
@@ -87,16 +93,36 @@ def plan(i, seed):
     n = SECONDS * FPS + rng.integers(-60, 60)
     tools = []
     for k in range(2 if rng.random() < 0.7 else 1):
-        tools.append(dict(base=np.array(border_point(rng)), tx=wave(rng, n), ty=wave(rng, n), ang=wave(rng, n),
-                          open=wave(rng, n), width=rng.uniform(22, 34),
-                          on=presence(rng, n, 1.0 if k == 0 else rng.uniform(0.5, 0.95)),
-                          colour=rng.choice([[0.12, 0.12, 0.13], [0.75, 0.74, 0.72], [0.2, 0.22, 0.3]]) + rng.normal(0, 0.03, 3)))
-    p = dict(n=n, tools=tools, tex=int(rng.integers(1 << 30)),
-             needle=presence(rng, n, rng.uniform(0.5, 0.9)), thread=presence(rng, n, rng.uniform(0.6, 1.0)),
-             thread_pts=rng.uniform([0.1, 0.2], [0.9, 0.9], (4, 2)) * [W, H], thread_w=wave(rng, n),
-             needle_r=rng.uniform(14, 22))
-    p["clamps"] = [dict(xy=rng.uniform([0.15, 0.15], [0.85, 0.85]) * [W, H], ang=rng.uniform(0, 180))
-                   for _ in range(rng.integers(1, 4))] if i in CLAMP_VIDEOS else []
+        tools.append(
+            dict(
+                base=np.array(border_point(rng)),
+                tx=wave(rng, n),
+                ty=wave(rng, n),
+                ang=wave(rng, n),
+                open=wave(rng, n),
+                width=rng.uniform(22, 34),
+                on=presence(rng, n, 1.0 if k == 0 else rng.uniform(0.5, 0.95)),
+                colour=rng.choice([[0.12, 0.12, 0.13], [0.75, 0.74, 0.72], [0.2, 0.22, 0.3]]) + rng.normal(0, 0.03, 3),
+            )
+        )
+    p = dict(
+        n=n,
+        tools=tools,
+        tex=int(rng.integers(1 << 30)),
+        needle=presence(rng, n, rng.uniform(0.5, 0.9)),
+        thread=presence(rng, n, rng.uniform(0.6, 1.0)),
+        thread_pts=rng.uniform([0.1, 0.2], [0.9, 0.9], (4, 2)) * [W, H],
+        thread_w=wave(rng, n),
+        needle_r=rng.uniform(14, 22),
+    )
+    p["clamps"] = (
+        [
+            dict(xy=rng.uniform([0.15, 0.15], [0.85, 0.85]) * [W, H], ang=rng.uniform(0, 180))
+            for _ in range(rng.integers(1, 4))
+        ]
+        if i in CLAMP_VIDEOS
+        else []
+    )
     p["clamp_on"] = presence(rng, n, rng.uniform(0.4, 1.0))
     for c, vids in SELDOM.items():
         p[c] = presence(rng, n, rng.uniform(0.3, 0.7)) if i in vids else np.zeros(n, bool)
@@ -120,7 +146,10 @@ def curve(pts, k=40):
     out = []
     for j in range(len(pts) - 1):
         p0, p1, p2, p3 = pts[max(j - 1, 0)], pts[j], pts[j + 1], pts[min(j + 2, len(pts) - 1)]
-        out.append(0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3))
+        out.append(
+            0.5
+            * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+        )
     return np.concatenate(out).round().astype(np.int32)
 
 
@@ -155,7 +184,7 @@ def render_mask(p, f):
         cv2.polylines(m, [curve(c)], False, 9, 6)
     if p["clamp_on"][f]:
         for cl in p["clamps"]:
-            box = cv2.boxPoints(((*cl["xy"], ), (16, 8), cl["ang"] + 5 * np.sin(f / 70))).round().astype(np.int32)
+            box = cv2.boxPoints(((*cl["xy"],), (16, 8), cl["ang"] + 5 * np.sin(f / 70))).round().astype(np.int32)
             cv2.fillPoly(m, [box], 8)
     if p["thread"][f]:
         pts = p["thread_pts"] + 25 * (p["thread_w"][f] - 0.5) * np.array([[1, -1], [-1, 1], [1, 1], [-1, -1]])
@@ -202,19 +231,21 @@ def render_video(args):
     dx, dy, fl = wave(rng, p["n"]), wave(rng, p["n"]), wave(rng, p["n"])
     (folder / "segmentation").mkdir(parents=True, exist_ok=True)
     vw = cv2.VideoWriter(str(folder / "video_left.avi"), cv2.VideoWriter_fourcc(*"XVID"), FPS, (W, H))
-    if not vw.isOpened(): raise SystemExit(f"{folder}: OpenCV cannot write XVID")
+    if not vw.isOpened():
+        raise SystemExit(f"{folder}: OpenCV cannot write XVID")
     noise = rng.normal(0, 0.025, (4, H, W, 1)).astype(np.float32)
     for f in range(p["n"]):
         m = render_mask(p, f)
         ox, oy = int(80 * dx[f]), int(80 * dy[f])
-        img = tex[oy:oy + H, ox:ox + W].copy()
+        img = tex[oy : oy + H, ox : ox + W].copy()
         fg = m > 0
         img[fg] = lut[m[fg]] * shade[fg][:, None]
         img *= (vig * (0.85 + 0.3 * fl[f]))[..., None]
         img += noise[f % 4]
         img = cv2.GaussianBlur(img, (3, 3), 0)
         vw.write(np.clip(img * 255, 0, 255).astype(np.uint8))
-        if f % STEP == 0: cv2.imwrite(str(folder / "segmentation" / f"{f:09d}.png"), m)
+        if f % STEP == 0:
+            cv2.imwrite(str(folder / "segmentation" / f"{f:09d}.png"), m)
     vw.release()
     (folder / "action_discrete.txt").write_text("".join(f"{f},0\n" for f in range(0, p["n"], 6)))
     (folder / "action_continuous.txt").write_text(f"0,{p['n'] - 1},0\n")
@@ -223,19 +254,25 @@ def render_video(args):
 
 def names():
     "(split, folder name) of every video, in plan order."
-    return [("train", f"video_{k + 1:02d}") for k in range(N_TRAIN)] + [("test", f"video_{41 + k}") for k in range(N_TEST)]
+    return [("train", f"video_{k + 1:02d}") for k in range(N_TRAIN)] + [
+        ("test", f"video_{41 + k}") for k in range(N_TEST)
+    ]
 
 
 def generate(root, seed, workers):
     "Generate the world into root (skipped when its marker exists); written to a temporary folder, then renamed."
-    if (root / MARKER).exists(): return False
+    if (root / MARKER).exists():
+        return False
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     jobs = [(i, seed, tmp / split / name) for i, (split, name) in enumerate(names())]
-    with Pool(workers) as pool: list(pool.imap_unordered(render_video, jobs))
-    (tmp / MARKER).write_text(json.dumps(dict(seed=seed, size=[H, W], fps=FPS, codec="XVID", n_train=N_TRAIN,
-                                              n_test=N_TEST, seconds=SECONDS)))
-    if root.exists(): shutil.rmtree(root)
+    with Pool(workers) as pool:
+        list(pool.imap_unordered(render_video, jobs))
+    (tmp / MARKER).write_text(
+        json.dumps(dict(seed=seed, size=[H, W], fps=FPS, codec="XVID", n_train=N_TRAIN, n_test=N_TEST, seconds=SECONDS))
+    )
+    if root.exists():
+        shutil.rmtree(root)
     tmp.rename(root)
     return True
 
@@ -252,9 +289,12 @@ def class_shares(root):
             px += b
             fr += b > 0
             n += 1
-            for c in np.flatnonzero(b): vids[int(c)].add(f.parent.parent.name)
-        out[split] = {str(c): dict(pixel_share=round(px[c] / px.sum(), 5), frame_share=round(fr[c] / n, 4),
-                                   videos=len(vids[c])) for c in range(10)}
+            for c in np.flatnonzero(b):
+                vids[int(c)].add(f.parent.parent.name)
+        out[split] = {
+            str(c): dict(pixel_share=round(px[c] / px.sum(), 5), frame_share=round(fr[c] / n, 4), videos=len(vids[c]))
+            for c in range(10)
+        }
         out[split]["masks"] = n
     return out
 
@@ -265,7 +305,8 @@ def sh(cmd, log):
     t = time.time()
     with open(log, "a") as fh:
         r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    if r.returncode: raise SystemExit(f"step failed (rc {r.returncode}): {shlex.join(cmd)}; see {log}")
+    if r.returncode:
+        raise SystemExit(f"step failed (rc {r.returncode}): {shlex.join(cmd)}; see {log}")
     return round(time.time() - t, 1)
 
 
@@ -273,7 +314,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=str(Path.home() / ".cache/surgseg/second-world-v1"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--predict-args", default="", help="extra flags for `surgseg predict`, e.g. \"--min_area tune\"")
+    ap.add_argument("--predict-args", default="", help='extra flags for `surgseg predict`, e.g. "--min_area tune"')
     ap.add_argument("--tag", default="", help="name of this predict/evaluate variant (default: from --predict-args)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--retrain", action="store_true", help="train again even if the run exists")
@@ -289,16 +330,31 @@ def main():
     run = root / "runs" / run_name
     if a.retrain or not (run / "best").exists() and not (run / "last").exists():
         shutil.rmtree(run, ignore_errors=True)
-        times["train"] = sh([exe, "train", "--data_dir", str(root), "--out_dir", str(root / "runs"), "--run_name", run_name], log)
+        times["train"] = sh(
+            [exe, "train", "--data_dir", str(root), "--out_dir", str(root / "runs"), "--run_name", run_name], log
+        )
     tag = a.tag or ("default" if not a.predict_args else "_".join(a.predict_args.replace("-", " ").split()))
     pred = root / "pred" / f"{run_name}__{tag}"
     shutil.rmtree(pred, ignore_errors=True)
-    times["predict"] = sh([exe, "predict", "--data", str(root / "test"), "--out", str(pred), "--checkpoint", str(run),
-                           *shlex.split(a.predict_args)], log)
+    times["predict"] = sh(
+        [
+            exe,
+            "predict",
+            "--data",
+            str(root / "test"),
+            "--out",
+            str(pred),
+            "--checkpoint",
+            str(run),
+            *shlex.split(a.predict_args),
+        ],
+        log,
+    )
     ev = root / "eval" / f"{run_name}__{tag}"
     times["evaluate"] = sh([exe, "evaluate", str(root / "test"), str(pred), "--out", str(ev)], log)
     import pandas as pd
     from surgseg.metrics import detection_table
+
     final = pd.read_csv(ev / "final_results.csv").set_index("metric")["value"]
     pc = pd.read_csv(ev / "per_class_results.csv")
     det = detection_table(pd.read_csv(ev / "per_frame_results.csv"))
@@ -306,21 +362,38 @@ def main():
     pooled = dict(zip(pc[name_col].astype(str), pc["pooled_iou_not_official"]))
     classes = {}
     for cid, r in det.iterrows():
-        if r.frames_present == 0: continue
-        classes[r["class"]] = dict(class_id=int(cid), pooled_iou=round(float(pooled.get(r["class"], np.nan)), 4),
-                                   miss_rate=round(float(r.miss_rate), 4),
-                                   false_alarm_rate=round(float(r.false_alarm_rate), 4),
-                                   frames_present=int(r.frames_present), videos_present=int(r.videos_present))
-    summary = dict(root=str(root), seed=a.seed, predict_args=a.predict_args, tag=tag, run=str(run),
-                   score=round(float(final["segmentation_score"]), 4), miou=round(float(final["seg_mIoU"]), 4),
-                   mnsd=round(float(final["seg_mNSD"]), 4), classes=classes, times_s=times,
-                   world=json.loads((root / MARKER).read_text()), class_shares=class_shares(root))
+        if r.frames_present == 0:
+            continue
+        classes[r["class"]] = dict(
+            class_id=int(cid),
+            pooled_iou=round(float(pooled.get(r["class"], np.nan)), 4),
+            miss_rate=round(float(r.miss_rate), 4),
+            false_alarm_rate=round(float(r.false_alarm_rate), 4),
+            frames_present=int(r.frames_present),
+            videos_present=int(r.videos_present),
+        )
+    summary = dict(
+        root=str(root),
+        seed=a.seed,
+        predict_args=a.predict_args,
+        tag=tag,
+        run=str(run),
+        score=round(float(final["segmentation_score"]), 4),
+        miou=round(float(final["seg_mIoU"]), 4),
+        mnsd=round(float(final["seg_mNSD"]), 4),
+        classes=classes,
+        times_s=times,
+        world=json.loads((root / MARKER).read_text()),
+        class_shares=class_shares(root),
+    )
     print(f"\nsecond world {root} (seed {a.seed}), predict args {a.predict_args!r}")
     print(f"official score {summary['score']:.4f}   mIoU {summary['miou']:.4f}   mNSD {summary['mnsd']:.4f}")
     print(f"{'class':<16}{'pooled IoU':>11}{'miss':>7}{'f.alarm':>9}{'frames':>8}{'videos':>8}")
     for n, c in classes.items():
-        print(f"{n:<16}{c['pooled_iou']:>11.3f}{c['miss_rate']:>7.2f}{c['false_alarm_rate']:>9.2f}"
-              f"{c['frames_present']:>8}{c['videos_present']:>8}")
+        print(
+            f"{n:<16}{c['pooled_iou']:>11.3f}{c['miss_rate']:>7.2f}{c['false_alarm_rate']:>9.2f}"
+            f"{c['frames_present']:>8}{c['videos_present']:>8}"
+        )
     print("times (s):", ", ".join(f"{k} {v}" for k, v in times.items()))
     text = json.dumps(summary, indent=1, default=float)
     (root / "summary.json").write_text(text)

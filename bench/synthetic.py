@@ -6,6 +6,7 @@ each at 480x270, MJPG) on N worker processes, and print wall time, CPU time and 
 CPU time (parent + workers) divided by the number of workers is what the wall time would be on that many
 otherwise idle cores; on a shared machine the wall time is larger. Not a test: nothing is asserted.
 """
+
 import argparse, os, resource, tempfile, time
 from pathlib import Path
 
@@ -31,10 +32,14 @@ def main():
     frames = sum(p.n_frames for p in plans)
 
     cv2.setNumThreads(1)
-    sc = Scene(plans[0]); t = time.process_time()
-    for f in range(300): sc.render(f)
+    sc = Scene(plans[0])
+    t = time.process_time()
+    for f in range(300):
+        sc.render(f)
     render_ms = (time.process_time() - t) / 300 * 1e3
-    t = time.perf_counter(); calibration(seconds=a.seconds, size=size); calib_s = time.perf_counter() - t
+    t = time.perf_counter()
+    calibration(seconds=a.seconds, size=size)
+    calib_s = time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as d:
         c0, t0 = cpu_s(), time.perf_counter()
@@ -42,11 +47,19 @@ def main():
         wall, cpu = time.perf_counter() - t0, cpu_s() - c0
         mb = sum(p.stat().st_size for p in (Path(d) / "syn").rglob("*") if p.is_file()) / 2**20
     print(f"dataset: {len(plans)} videos, {frames} frames at {size[1]}x{size[0]}, codec {a.codec}, {mb:.0f} MB")
-    print(f"render one frame (no encoding): {render_ms:.2f} ms CPU;  masks-only calibration of the training split: {calib_s:.2f} s")
-    print(f"generate, {a.workers} workers: wall {wall:.1f} s, CPU {cpu:.1f} s ({frames / cpu:.0f} frames per CPU second), "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"on {a.workers} idle cores: about {cpu / a.workers:.1f} s = {cpu / a.workers / 60:.2f} x the 60 s target "
-          f"(measured wall: {wall / 60:.2f} x)")
+    print(
+        f"render one frame (no encoding): {render_ms:.2f} ms CPU;  "
+        f"masks-only calibration of the training split: {calib_s:.2f} s"
+    )
+    print(
+        f"generate, {a.workers} workers: wall {wall:.1f} s, CPU {cpu:.1f} s "
+        f"({frames / cpu:.0f} frames per CPU second), load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"on {a.workers} idle cores: about {cpu / a.workers:.1f} s = {cpu / a.workers / 60:.2f} x the 60 s target "
+        f"(measured wall: {wall / 60:.2f} x)"
+    )
 
 
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

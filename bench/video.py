@@ -24,15 +24,18 @@ Measured 2026-12-02 on ONE core (taskset -c 1, OMP_NUM_THREADS=1, --threads 1, -
 training experiments, load average 2-4.5, so absolute numbers wander by +-15 % between runs: read the ratios within a
 run), untrained default model at 960x540, batch 4. "Default" = masks + overlay video; "every" = + overlay PNGs.
   Before (commit 2c314c5: PIL PNGs at zlib 6, core.overlay, x264 preset medium, upsampling frame by frame), two runs:
-    PyTorch:     bare model 1.15-1.27 frames/s; default 0.50 frames/s, ratio 0.44; every 0.31-0.49 frames/s, ratio 0.27-0.39
+    PyTorch:     bare model 1.15-1.27 frames/s; default 0.50 frames/s, ratio 0.44; every 0.31-0.49 frames/s,
+                 ratio 0.27-0.39
                  per frame: model 838-1260 ms, upsample+argmax 105-142, overlay 188-250, mask PNG 96, overlay video 263,
                  overlay PNG 517 ms (the run with per-stage times had the busier neighbour)
     onnxruntime: bare model 1.80-2.13 frames/s; default ratio 0.44; every ratio 0.30-0.33
   After (OpenCV PNG zlib 1 + RLE, inference._blend (core.overlay's exact pixels), x264 veryfast, overlay PNGs only on
   request, upsampling per batch), two runs:
-    PyTorch:     bare model 1.19-1.22 frames/s; default 0.80-0.94 frames/s, ratio 0.65-0.79; every 0.75-0.91, ratio 0.61-0.76
-                 per frame: model 799-816 ms, upsample+argmax 99-112, mask PNG 20-22, overlay 18-19, overlay video 78-82,
-                 overlay PNG 85-90, decode+resize 8-9 ms: the model is 77-78 % of the default outputs' sequential time
+    PyTorch:     bare model 1.19-1.22 frames/s; default 0.80-0.94 frames/s, ratio 0.65-0.79; every 0.75-0.91,
+                 ratio 0.61-0.76
+                 per frame: model 799-816 ms, upsample+argmax 99-112, mask PNG 20-22, overlay 18-19,
+                 overlay video 78-82, overlay PNG 85-90, decode+resize 8-9 ms: the model is 77-78 % of the default
+                 outputs' sequential time
     onnxruntime: bare model 1.84-2.03 frames/s; default ratio 0.54-0.64 (model share 62-63 %); every ratio 0.48-0.56
     141 of 49,766,400 mask pixels differ between the backends (24 frames).
   Why not 0.9 here: on one core the stages cannot overlap, so the ratio is at most the model's share of the sequential
@@ -48,6 +51,7 @@ run), untrained default model at 960x540, batch 4. "Default" = masks + overlay v
     about 60 ms of the 186 ms around the model, not all of it. 0.9 is not reached on this CPU.
   No GPU was available: GPU numbers were not measured.
 """
+
 import argparse, dataclasses, os, tempfile, time
 from pathlib import Path
 
@@ -70,19 +74,24 @@ STAGES = DEFAULT + ("overlay PNG",)
 def _old_png(path, rgb):
     "PIL's PNG encoder at its default level: what the writers used before (for an older checkout)."
     from PIL import Image
+
     Image.fromarray(rgb).save(path, format="PNG")
 
 
 # the functions predict_video calls for each output; an older checkout falls back to what it used
 import surgseg.core as _core
-write_mask_png = getattr(inference, "_write_mask", lambda p, m: write_mask(p, m, False))     # core.write_mask since the writers moved to core
-blend = getattr(inference, "_blend", overlay)                                              # core.overlay (fast path) since then
+
+write_mask_png = getattr(
+    inference, "_write_mask", lambda p, m: write_mask(p, m, False)
+)  # core.write_mask since the writers moved to core
+blend = getattr(inference, "_blend", overlay)  # core.overlay (fast path) since then
 write_png = getattr(inference, "_png", getattr(_core, "write_png", _old_png))
 
 
 def make_video(folder: Path, frames: int) -> Path:
     "Render a synthetic 1920x1080, 60 fps video of `frames` frames (MJPG .avi)."
     from surgseg.synthetic import plan_dataset, write_video
+
     plan = dataclasses.replace(plan_dataset(1, 0, frames / 60 + 1, (1080, 1920), 0, split_ops=0)[0], n_frames=frames)
     return write_video(plan, folder) / "video_left.avi"
 
@@ -92,8 +101,11 @@ def batches(items, n):
     b = []
     for it in items:
         b.append(it)
-        if len(b) == n: yield b; b = []
-    if b: yield b
+        if len(b) == n:
+            yield b
+            b = []
+    if b:
+        yield b
 
 
 def stage_pass(p: Predictor, video: Path, n: int, out: Path) -> dict:
@@ -107,23 +119,35 @@ def stage_pass(p: Predictor, video: Path, n: int, out: Path) -> dict:
             t0 = time.perf_counter()
             batch = [im for _, (_, im) in zip(range(p.batch_size), it)]
             t["decode"] += time.perf_counter() - t0
-            if not batch: break
+            if not batch:
+                break
             t0 = time.perf_counter()
             x = torch.from_numpy(np.stack([p.resize(im) for im in batch])).permute(0, 3, 1, 2).float().div_(255)
             t["resize"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            with torch.inference_mode(): logits = p.model(x).float()
+            with torch.inference_mode():
+                logits = p.model(x).float()
             t["model"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             top1 = full_res_masks(logits, batch[0].shape[:2])
             t["upsample+argmax"] += time.perf_counter() - t0
             for im, m in zip(batch, top1):
                 k += 1
-                t0 = time.perf_counter(); m = p.finish(m); t["post-processing"] += time.perf_counter() - t0
-                t0 = time.perf_counter(); write_mask_png(out / f"m{k}.png", m); t["mask PNG"] += time.perf_counter() - t0
-                t0 = time.perf_counter(); ov = blend(im, m, 0.5); t["overlay"] += time.perf_counter() - t0
-                t0 = time.perf_counter(); vw.write(draw_legend(ov)); t["overlay video"] += time.perf_counter() - t0
-                t0 = time.perf_counter(); write_png(out / f"o{k}.png", ov); t["overlay PNG"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                m = p.finish(m)
+                t["post-processing"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                write_mask_png(out / f"m{k}.png", m)
+                t["mask PNG"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                ov = blend(im, m, 0.5)
+                t["overlay"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                vw.write(draw_legend(ov))
+                t["overlay video"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                write_png(out / f"o{k}.png", ov)
+                t["overlay PNG"] += time.perf_counter() - t0
         t0 = time.perf_counter()
     t["overlay video"] += time.perf_counter() - t0  # flushing the encoder
     return t
@@ -134,7 +158,8 @@ def bare_model(model, xs: list) -> float:
     with torch.inference_mode():
         model(xs[0])
         t0 = time.perf_counter()
-        for x in xs: model(x)
+        for x in xs:
+            model(x)
     return time.perf_counter() - t0
 
 
@@ -168,29 +193,45 @@ def main():
     pr = probe_video(video, demux=False)
     info = dict(frames=pr.n_frames, height=pr.height, width=pr.width, fps=pr.fps)
     n = info["frames"] or a.frames
-    if a.run: model, cfg, _ = load_checkpoint(a.run)
-    else: cfg = Config(); torch.manual_seed(0); model = build_model(cfg).eval()
-    p_torch = load_predictor(a.run, device="cpu", batch_size=a.batch_size) if a.run else \
-        Predictor(model, cfg, device="cpu", batch_size=a.batch_size)
+    if a.run:
+        model, cfg, _ = load_checkpoint(a.run)
+    else:
+        cfg = Config()
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+    p_torch = (
+        load_predictor(a.run, device="cpu", batch_size=a.batch_size)
+        if a.run
+        else Predictor(model, cfg, device="cpu", batch_size=a.batch_size)
+    )
     h, w = p_torch.working_size(info["height"], info["width"])
-    print(f"video {video.name}: {info['width']}x{info['height']} at {info['fps']:.0f} fps, {n} frames; model {cfg.model} "
-          f"({'run ' + a.run if a.run else 'untrained default'}) at {w}x{h} (resolution {cfg.scale}); "
-          f"batch {a.batch_size}, {a.threads} threads, {cores} usable cores; load average before "
-          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    print(
+        f"video {video.name}: {info['width']}x{info['height']} at {info['fps']:.0f} fps, {n} frames; model {cfg.model} "
+        f"({'run ' + a.run if a.run else 'untrained default'}) at {w}x{h} (resolution {cfg.scale}); "
+        f"batch {a.batch_size}, {a.threads} threads, {cores} usable cores; load average before "
+        f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
+    )
 
     frames = [im for _, im in read_frames(video, list(range(n)))]
-    xs = [torch.from_numpy(np.stack([p_torch.resize(im) for im in b])).permute(0, 3, 1, 2).float().div_(255)
-          for b in batches(frames, a.batch_size)]
+    xs = [
+        torch.from_numpy(np.stack([p_torch.resize(im) for im in b])).permute(0, 3, 1, 2).float().div_(255)
+        for b in batches(frames, a.batch_size)
+    ]
     backends = {}
-    if a.backend in ("torch", "both"): backends["PyTorch"] = p_torch
+    if a.backend in ("torch", "both"):
+        backends["PyTorch"] = p_torch
     if a.backend in ("onnxruntime", "both"):
         t0 = time.perf_counter()
         man = export_onnx((model, cfg), tmp / "export" / "model.onnx", frames=frames[:4], threads=a.threads)
-        print(f"exported to ONNX in {time.perf_counter() - t0:.1f} s; parity on 4 frames: max |logit diff| "
-              f"{man['parity']['max_abs']:.2e} (logits up to {man['parity']['logit_scale']:.1f}), "
-              f"{man['parity']['argmax_diff']} argmax pixels differ")
+        print(
+            f"exported to ONNX in {time.perf_counter() - t0:.1f} s; parity on 4 frames: max |logit diff| "
+            f"{man['parity']['max_abs']:.2e} (logits up to {man['parity']['logit_scale']:.1f}), "
+            f"{man['parity']['argmax_diff']} argmax pixels differ"
+        )
         om, ocfg = load_onnx(tmp / "export" / "model.onnx", threads=a.threads)
-        backends["onnxruntime"] = Predictor(om, ocfg, device="cpu", batch_size=a.batch_size, postprocess=p_torch.postprocess)
+        backends["onnxruntime"] = Predictor(
+            om, ocfg, device="cpu", batch_size=a.batch_size, postprocess=p_torch.postprocess
+        )
     rows, masks = {}, {}
     for name, p in backends.items():
         model_s = bare_model(p.model, xs)
@@ -199,23 +240,34 @@ def main():
         st = stage_pass(p, video, n, tmp / f"stages_{name}")
         masks[name] = tmp / f"pred_{name}" / "masks"
         rows[name] = (n / default_s, n / model_s)
-        print(f"\n{name}: bare model {n / model_s:.2f} frames/s ({model_s / n * 1e3:.0f} ms/frame; same batches, no I/O)")
-        for label, secs, names in (("default outputs (masks + overlay video)", default_s, DEFAULT),
-                                   ("every output (masks + overlay PNGs + overlay video)", all_s, STAGES)):
+        print(
+            f"\n{name}: bare model {n / model_s:.2f} frames/s ({model_s / n * 1e3:.0f} ms/frame; same batches, no I/O)"
+        )
+        for label, secs, names in (
+            ("default outputs (masks + overlay video)", default_s, DEFAULT),
+            ("every output (masks + overlay PNGs + overlay video)", all_s, STAGES),
+        ):
             seq = sum(st[k] for k in names)
-            print(f"  {label}: end-to-end {n / secs:.2f} frames/s ({secs / n * 1e3:.0f} ms/frame), "
-                  f"ratio end-to-end / model {model_s / secs:.2f}; sequential pass {seq / n * 1e3:.0f} ms/frame, "
-                  f"model share {st['model'] / seq:.0%}")
+            print(
+                f"  {label}: end-to-end {n / secs:.2f} frames/s ({secs / n * 1e3:.0f} ms/frame), "
+                f"ratio end-to-end / model {model_s / secs:.2f}; sequential pass {seq / n * 1e3:.0f} ms/frame, "
+                f"model share {st['model'] / seq:.0%}"
+            )
             print(f"    stages: {shares(st, names, n)}")
     if len(rows) == 2:
         pt, ox = rows["PyTorch"], rows["onnxruntime"]
         files = sorted(masks["PyTorch"].glob("*.png"))
         diff = sum(int((read_mask(f) != read_mask(masks["onnxruntime"] / f.name)).sum()) for f in files)
-        print(f"\nonnxruntime vs PyTorch: bare model x{ox[1] / pt[1]:.2f}, end-to-end (default outputs) x{ox[0] / pt[0]:.2f}; "
-              f"differing mask pixels {diff} of {len(files) * info['width'] * info['height']} ({len(files)} frames)")
+        print(
+            f"\nonnxruntime vs PyTorch: bare model x{ox[1] / pt[1]:.2f}, "
+            f"end-to-end (default outputs) x{ox[0] / pt[0]:.2f}; "
+            f"differing mask pixels {diff} of {len(files) * info['width'] * info['height']} ({len(files)} frames)"
+        )
     load1 = os.getloadavg()
-    print(f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} ({cores} usable cores of {os.cpu_count()}); "
-          f"files in {tmp}")
+    print(
+        f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} ({cores} usable cores of {os.cpu_count()}); "
+        f"files in {tmp}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"Tests of the `surgseg` command line (surgseg.cli): parsers, conventions, errors, and Config's round trip through YAML, the CLI and papermill."
+"""Tests of the `surgseg` command line (surgseg.cli): parsers, conventions, errors, and Config's round trip through
+YAML, the CLI and papermill."""
+
 import contextlib, dataclasses, io, subprocess, sys
 from pathlib import Path
 
@@ -16,16 +18,19 @@ TRAIN_NB = ROOT / "nbs" / "06_train.ipynb"
 def run(*argv):
     "Run `surgseg ARGV` in this process: (exit code, stdout, stderr)."
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([str(a) for a in argv])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
     return rc, out.getvalue(), err.getvalue()
 
 
 def one_line_error(rc, err, cmd, *expected):
-    "A failure: non-zero exit, exactly one line on stderr, `surgseg CMD: error: ...` containing `expected`, no traceback."
+    """A failure: non-zero exit, exactly one line on stderr, `surgseg CMD: error: ...` containing `expected`, no
+    traceback."""
     lines = [l for l in err.splitlines() if l.strip()]
     assert rc != 0 and len(lines) == 1 and lines[0].startswith(f"surgseg {cmd}: error: "), (rc, err)
     assert "Traceback" not in err
-    for e in expected: assert e in lines[0], (e, lines[0])
+    for e in expected:
+        assert e in lines[0], (e, lines[0])
 
 
 def parse_train(*argv) -> Config:
@@ -34,18 +39,35 @@ def parse_train(*argv) -> Config:
 
 # --- the command and its subcommands -----------------------------------------------------------------
 
+
 def test_top_level_help_is_fast_and_lists_every_command():
     "`surgseg --help` lists the subcommands without importing torch (the chapters are imported per subcommand)."
-    code = "import sys; from surgseg.cli import main; rc = main(['--help']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    code = (
+        "import sys; from surgseg.cli import main; rc = main(['--help']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    for cmd in COMMANDS: assert f"  {cmd} " in r.stdout, cmd
-    assert set(COMMANDS) == {"synth", "unpack", "validate", "extract", "stats", "train", "evaluate", "predict",
-                             "predict-image", "predict-video", "export"}
+    for cmd in COMMANDS:
+        assert f"  {cmd} " in r.stdout, cmd
+    assert set(COMMANDS) == {
+        "synth",
+        "unpack",
+        "validate",
+        "extract",
+        "stats",
+        "train",
+        "evaluate",
+        "predict",
+        "predict-image",
+        "predict-video",
+        "export",
+    }
 
 
 def test_version_and_unknown_command():
     from surgseg import __version__
+
     r = subprocess.run([str(SURGSEG), "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == __version__, (r.stdout, r.stderr)
     rc, out, err = run("trian")
@@ -69,8 +91,9 @@ def test_every_multiword_flag_has_both_spellings(cmd):
 
 
 def test_dash_and_underscore_spellings_agree():
-    assert parse_train("--data-dir", "d", "--out-dir", "o", "--batch-size", 2, "--no-low-res") == \
-           parse_train("--data_dir", "d", "--out_dir", "o", "--batch_size", 2, "--no-low_res")
+    assert parse_train("--data-dir", "d", "--out-dir", "o", "--batch-size", 2, "--no-low-res") == parse_train(
+        "--data_dir", "d", "--out_dir", "o", "--batch_size", 2, "--no-low_res"
+    )
     a = parser("evaluate").parse_args(["r", "p", "--allow-missing"])
     b = parser("evaluate").parse_args(["r", "p", "--allow_missing"])
     assert vars(a) == vars(b) and a.allow_missing is True
@@ -78,22 +101,28 @@ def test_dash_and_underscore_spellings_agree():
 
 def test_required_options():
     "Options a command cannot work without are marked required: argparse refuses before anything runs."
-    for cmd, argv, flag in [("unpack", ["a.zip"], "--to"), ("predict", ["--data", "d", "--out", "o"], "--checkpoint"),
-                            ("predict", ["--checkpoint", "c", "--out", "o"], "--data"),
-                            ("predict-image", ["img.png", "--out", "o"], "--checkpoint"),
-                            ("predict-video", ["v.mp4", "--checkpoint", "c"], "--out")]:
+    for cmd, argv, flag in [
+        ("unpack", ["a.zip"], "--to"),
+        ("predict", ["--data", "d", "--out", "o"], "--checkpoint"),
+        ("predict", ["--checkpoint", "c", "--out", "o"], "--data"),
+        ("predict-image", ["img.png", "--out", "o"], "--checkpoint"),
+        ("predict-video", ["v.mp4", "--checkpoint", "c"], "--out"),
+    ]:
         rc, out, err = run(cmd, *argv)
         one_line_error(rc, err, cmd, "required", flag)
         assert rc == 2
     for cmd in ("unpack", "predict", "predict-image", "predict-video"):
         h = run(cmd, "--help")[1]
         usage = h.split("\n\n")[0]
-        assert all(f"[{f}" not in usage for f in ("--to ", "--checkpoint ")), usage   # shown as required in the usage line
+        assert all(f"[{f}" not in usage for f in ("--to ", "--checkpoint ")), (
+            usage
+        )  # shown as required in the usage line
 
 
 def test_choices_come_from_the_registries():
     "Registry-backed flags offer exactly the registered names; a wrong one fails naming the flag and the valid names."
     from surgseg import losses, models, sampler  # noqa: F401 (they register their names)
+
     acts = {a.dest: a for a in parser("train")._actions}
     for key in ("loss", "sampler", "model", "class_weights", "head", "finetune"):
         assert choices(key), f"nothing registered for {key!r}"
@@ -104,6 +133,7 @@ def test_choices_come_from_the_registries():
     rc, out, err = run("predict", "--checkpoint", "c", "--data", "d", "--out", "o", "--fill", "nope")
     one_line_error(rc, err, "predict", "--fill", "background")
     from surgseg.data import SPLITS
+
     assert tuple(next(a for a in parser("unpack")._actions if a.dest == "split").choices) == SPLITS
     rc, out, err = run("unpack", "a.zip", "--to", "x", "--split", "nope")
     one_line_error(rc, err, "unpack", "--split", "'train'")
@@ -113,24 +143,39 @@ def test_boolean_pairs():
     "--tta / --no-tta: on, off, or (left out) the run's config; train's booleans also take a value."
     base = ["--checkpoint", "c", "--data", "d", "--out", "o"]
     p = parser("predict")
-    assert [p.parse_args(base + f).tta for f in ([], ["--tta"], ["--no-tta"], ["--no_tta"])] == [None, True, False, False]
+    assert [p.parse_args(base + f).tta for f in ([], ["--tta"], ["--no-tta"], ["--no_tta"])] == [
+        None,
+        True,
+        False,
+        False,
+    ]
     v = parser("predict-video")
-    assert [v.parse_args(["x.mp4", "--checkpoint", "c", "--out", "o"] + f).overlays for f in ([], ["--overlays"], ["--no-overlays"])] == [False, True, False]
-    assert [parse_train(*f).tta for f in ([], ["--tta"], ["--no-tta"], ["--tta", "false"], ["--tta", "yes"])] == \
-           [False, True, False, False, True]
+    assert [
+        v.parse_args(["x.mp4", "--checkpoint", "c", "--out", "o"] + f).overlays
+        for f in ([], ["--overlays"], ["--no-overlays"])
+    ] == [False, True, False]
+    assert [parse_train(*f).tta for f in ([], ["--tta"], ["--no-tta"], ["--tta", "false"], ["--tta", "yes"])] == [
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert parse_train("--augment", "off").augment is False and parse_train("--no-augment").augment is False
     rc, out, err = run("train", "--augment", "maybe")
     one_line_error(rc, err, "train", "--augment", "'maybe' is not a boolean")
-    rc, out, err = run("predict", *base, "--tta", "yes")   # predict's --tta takes no value: 'yes' is not an argument
+    rc, out, err = run("predict", *base, "--tta", "yes")  # predict's --tta takes no value: 'yes' is not an argument
     assert rc == 2
 
 
 def test_train_groups_follow_config_sections():
     "train --help: one group per Config section holding exactly its fields, each with the field's docment and default."
     from fastcore.docments import docments
+
     p = parser("train")
     groups = {g.title: [a.dest for a in g._group_actions] for g in p._action_groups}
-    for section, names in CONFIG_SECTIONS.items(): assert groups[section] == names, section
+    for section, names in CONFIG_SECTIONS.items():
+        assert groups[section] == names, section
     assert sorted(n for ns in CONFIG_SECTIONS.values() for n in ns) == sorted(Config.field_names())
     docs = docments(Config)
     acts = {a.dest: a for a in p._actions}
@@ -141,13 +186,24 @@ def test_train_groups_follow_config_sections():
     assert "\ndata:\n" in out and "\noptimisation:\n" in out and "focal loss focusing parameter" in out
 
 
-@pytest.mark.parametrize("argv,key", [(["--lr", "-1"], "lr"), (["--batch_size", "0"], "batch_size"),
-                                      (["--resolution", "1.5"], "resolution"), (["--fps", "7"], "fps"),
-                                      (["--loss", "nope"], "loss"), (["--epochs", "2.5"], "epochs")],
-                         ids=["lr", "batch_size", "resolution", "fps", "loss", "epochs"])
+@pytest.mark.parametrize(
+    "argv,key",
+    [
+        (["--lr", "-1"], "lr"),
+        (["--batch_size", "0"], "batch_size"),
+        (["--resolution", "1.5"], "resolution"),
+        (["--fps", "7"], "fps"),
+        (["--loss", "nope"], "loss"),
+        (["--epochs", "2.5"], "epochs"),
+    ],
+    ids=["lr", "batch_size", "resolution", "fps", "loss", "epochs"],
+)
 def test_wrong_value_fails_before_any_run_folder(tmp_path, argv, key):
     "A value Config (or a registry) refuses: non-zero exit, one line naming the key, and no run folder."
-    out_dir, data = tmp_path / "runs", tmp_path / "no-data"   # a missing data folder: a wrongly accepted value fails fast
+    out_dir, data = (
+        tmp_path / "runs",
+        tmp_path / "no-data",
+    )  # a missing data folder: a wrongly accepted value fails fast
     rc, out, err = run("train", *argv, "--out_dir", out_dir, "--data_dir", data, "--run_name", "r")
     one_line_error(rc, err, "train", key)
     assert rc == 2
@@ -156,8 +212,12 @@ def test_wrong_value_fails_before_any_run_folder(tmp_path, argv, key):
 
 def test_wrong_value_in_a_real_process(tmp_path):
     "The console script: exit code 2, one line, no traceback, nothing written."
-    r = subprocess.run([str(SURGSEG), "train", "--lr", "-1", "--out_dir", str(tmp_path / "runs")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(SURGSEG), "train", "--lr", "-1", "--out_dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     one_line_error(r.returncode, r.stderr, "train", "'lr'", "> 0")
     assert not (tmp_path / "runs").exists()
 
@@ -172,6 +232,7 @@ def test_surgseg_error_is_one_line_exit_1(tmp_path):
 def test_no_module_cli_wrapper_is_used():
     "The subcommands call the library directly: cli.py names no `*_cli` function of a chapter."
     import re
+
     src = Path(cli.__file__).read_text()
     found = re.findall(r"\b[A-Za-z_]\w*_cli\b", src)
     assert not found, found
@@ -179,24 +240,44 @@ def test_no_module_cli_wrapper_is_used():
 
 # --- every Config field, round trip ------------------------------------------------------------------
 
-ODD = {"data_dir": "/data/SAR RARP50", "out_dir": "elsewhere/runs", "run_name": "r_1", "encoder": "resnet18",
-       "weights": "none", "dinov3": "models/dinov3-local", "precision": "bf16", "log_with": "wandb",
-       "pos_embed_rescale": 2.0, "lora_targets": ["q_proj", "k_proj", "v_proj"], "min_area": [1, 2, 3, 4, 5, 6, 7, 8, 9],
-       "folds": 5, "fold": 4, "ema": 0.99, "crop_weights": "rarity"}  # fold needs folds: no value one above its default alone
+ODD = {
+    "data_dir": "/data/SAR RARP50",
+    "out_dir": "elsewhere/runs",
+    "run_name": "r_1",
+    "encoder": "resnet18",
+    "weights": "none",
+    "dinov3": "models/dinov3-local",
+    "precision": "bf16",
+    "log_with": "wandb",
+    "pos_embed_rescale": 2.0,
+    "lora_targets": ["q_proj", "k_proj", "v_proj"],
+    "min_area": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    "folds": 5,
+    "fold": 4,
+    "ema": 0.99,
+    "crop_weights": "rarity",
+}  # fold needs folds: no value one above its default alone
 
 
 def non_default_config() -> Config:
     "A Config with every field set to a valid value that differs from its default."
     from surgseg import losses, models, sampler  # noqa: F401 (registries: names to choose from)
+
     d, vals = Config(), {}
     for f in dataclasses.fields(Config):
         v = getattr(d, f.name)
-        if f.name in ODD: vals[f.name] = ODD[f.name]
-        elif isinstance(v, bool): vals[f.name] = not v
-        elif choices(f.name): vals[f.name] = next(n for n in reversed(choices(f.name)) if n != v)
-        elif isinstance(v, int): vals[f.name] = v + 1
-        elif isinstance(v, float): vals[f.name] = v / 2
-        else: raise AssertionError(f"no odd value for Config field {f.name!r}: add one to ODD")
+        if f.name in ODD:
+            vals[f.name] = ODD[f.name]
+        elif isinstance(v, bool):
+            vals[f.name] = not v
+        elif choices(f.name):
+            vals[f.name] = next(n for n in reversed(choices(f.name)) if n != v)
+        elif isinstance(v, int):
+            vals[f.name] = v + 1
+        elif isinstance(v, float):
+            vals[f.name] = v / 2
+        else:
+            raise AssertionError(f"no odd value for Config field {f.name!r}: add one to ODD")
     cfg = Config(**vals)
     same = [k for k in Config.field_names() if getattr(cfg, k) == getattr(d, k)]
     assert not same, f"fields left at their default: {same}"
@@ -208,9 +289,12 @@ def as_flags(cfg: Config) -> list[str]:
     argv = []
     for i, f in enumerate(dataclasses.fields(Config)):
         v, name = getattr(cfg, f.name), (f.name if i % 2 else f.name.replace("_", "-"))
-        if isinstance(v, bool): argv.append(f"--{name}" if v else f"--no-{name}")
-        elif isinstance(v, list): argv += [f"--{name}", *map(str, v)]
-        else: argv += [f"--{name}", str(v)]
+        if isinstance(v, bool):
+            argv.append(f"--{name}" if v else f"--no-{name}")
+        elif isinstance(v, list):
+            argv += [f"--{name}", *map(str, v)]
+        else:
+            argv += [f"--{name}", str(v)]
     return argv
 
 
@@ -224,7 +308,7 @@ def test_every_field_round_trips_through_yaml(tmp_path):
 def test_every_field_round_trips_through_the_cli(tmp_path):
     cfg = non_default_config()
     assert parse_train(*as_flags(cfg)) == cfg
-    save_config(cfg, tmp_path / "c.yaml")                     # the YAML file under no flags, and under flags
+    save_config(cfg, tmp_path / "c.yaml")  # the YAML file under no flags, and under flags
     assert parse_train("--config", tmp_path / "c.yaml") == cfg
     assert parse_train("--config", tmp_path / "c.yaml", *as_flags(Config())) == Config()
 
@@ -235,17 +319,21 @@ def _parameters_cell(nb):
     return cells[0]
 
 
-def _shown(v) -> str: return " ".join(map(str, v)) if isinstance(v, list) else repr(v)
+def _shown(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, list) else repr(v)
 
 
 def test_papermill_parameters_are_config_fields():
-    """06_train's parameters: Config's names, in order, each commented with the field's docment and standing for its default.
+    """06_train's parameters: Config's names, in order, each commented with the field's docment and standing for its
+    default.
 
     papermill cannot parse a parameter line whose comment holds "=", so a docment's " = " reads " means " there. A
     parameter may default to None ("the --config YAML's value, else Config's default"): its comment then ends with
-    "(default X)", X being Config's default; otherwise its default is Config's own and the comment is the docment alone."""
+    "(default X)", X being Config's default; otherwise its default is Config's own and the comment is the docment
+    alone."""
     import papermill
     from fastcore.docments import docments
+
     params = papermill.inspect_notebook(str(TRAIN_NB))
     names = [n for n in params if n in Config.field_names()]
     assert names == Config.field_names(), set(Config.field_names()) ^ set(names)
@@ -254,25 +342,32 @@ def test_papermill_parameters_are_config_fields():
     docs, d = docments(Config), Config()
     for n in names:
         doc, default, help = docs[n].replace(" = ", " means "), eval(params[n]["default"]), params[n]["help"]
-        if default is None: assert help == f"{doc} (default {_shown(getattr(d, n))})", (n, help, doc)
-        else: assert (default, help) == (getattr(d, n), doc), (n, default, help)
+        if default is None:
+            assert help == f"{doc} (default {_shown(getattr(d, n))})", (n, help, doc)
+        else:
+            assert (default, help) == (getattr(d, n), doc), (n, default, help)
 
 
 def _papermill_config(params: dict | None) -> Config:
-    "The Config the chapter builds when papermill runs it with `params`: the parameters cell, the injected cell, the next cell."
+    """The Config the chapter builds when papermill runs it with `params`: the parameters cell, the injected cell, the
+    next cell."""
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
-    nb = load_notebook_node(str(TRAIN_NB))   # as papermill reads it (every cell given a tags list)
+
+    nb = load_notebook_node(str(TRAIN_NB))  # as papermill reads it (every cell given a tags list)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1, f"{TRAIN_NB.name}: expected one cell tagged parameters, found {len(cells)}"
     i = nb.cells.index(cells[0])
     if params:
         nb = parameterize_notebook(nb, params)
         i = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
-    build = next(c for c in nb.cells[i + 1:] if c.cell_type == "code")   # the chapter's cell turning parameters into `cfg`
+    build = next(
+        c for c in nb.cells[i + 1 :] if c.cell_type == "code"
+    )  # the chapter's cell turning parameters into `cfg`
     ns = {}
     exec("from surgseg.core import *\nfrom surgseg import losses, models, sampler", ns)
-    for c in [cells[0]] + ([nb.cells[i]] if params else []) + [build]: exec(c.source, ns)
+    for c in [cells[0]] + ([nb.cells[i]] if params else []) + [build]:
+        exec(c.source, ns)
     return ns["cfg"]
 
 
@@ -281,50 +376,156 @@ def test_every_field_round_trips_through_papermill():
     cfg = non_default_config()
     assert _papermill_config(cfg.to_dict()) == cfg
     typed = {k: " ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.to_dict().items()}
-    assert _papermill_config(typed) == cfg            # every value as the text a shell's `-p key value` gives
+    assert _papermill_config(typed) == cfg  # every value as the text a shell's `-p key value` gives
     assert _papermill_config(None) == Config()
 
 
 # --- every subcommand on a tiny dataset ---------------------------------------------------------------
 
+
 def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
-    "synth -> validate -> extract -> stats -> train -> predict -> evaluate -> predict-image -> predict-video, in one process."
+    """synth -> validate -> extract -> stats -> train -> predict -> evaluate -> predict-image -> predict-video, in one
+    process."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SURGSEG_HOME", str(tmp_path / "home"))
+
     def ok(*argv):
         rc, out, err = run(*argv)
         assert rc == 0, (argv, out, err[-2000:])
         return out
-    assert "wrote 3 videos, 9 masks (96x64, MJPG)" in ok("synth", "data", "--n_train", 2, "--n_test", 1, "--seconds", 2,
-                                                       "--width", 96, "--height", 64, "--split-ops", 0, "--workers", 1)
+
+    assert "wrote 3 videos, 9 masks (96x64, MJPG)" in ok(
+        "synth",
+        "data",
+        "--n_train",
+        2,
+        "--n_test",
+        1,
+        "--seconds",
+        2,
+        "--width",
+        96,
+        "--height",
+        64,
+        "--split-ops",
+        0,
+        "--workers",
+        1,
+    )
     assert "OK: 3 videos (train: 2, test: 1), 9 masks" in ok("validate", "data", "--workers", 1)
     assert "9 frames written, 0 already there" in ok("extract", "data", "--workers", 1)
     assert "9 masks in 3 videos" in ok("stats", "data", "--workers", 1)
-    out = ok("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder", "resnet18",
-             "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none")
-    run_r = Path.cwd() / "runs" / "r"    # an explicit relative out_dir: from the working folder, printed absolute
+    out = ok(
+        "train",
+        "--data_dir",
+        "data",
+        "--out_dir",
+        "runs",
+        "--run_name",
+        "r",
+        "--model",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--weights",
+        "none",
+        "--epochs",
+        1,
+        "--max_steps",
+        1,
+        "--batch-size",
+        1,
+        "--no-augment",
+        "--log_with",
+        "none",
+    )
+    run_r = Path.cwd() / "runs" / "r"  # an explicit relative out_dir: from the working folder, printed absolute
     assert out.startswith(f"run folder: {run_r}; best validation score "), out
-    assert ("decisions tuned on" in out) == Path("runs/r/decisions.json").is_file() and "decisions" in out, out  # the default recipe
-    rc, out, err = run("train", "--data_dir", "data", "--out_dir", "runs", "--run_name", "r", "--model", "unet", "--encoder",
-                       "resnet18", "--weights", "none", "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment",
-                       "--log_with", "none", "--resume")
-    assert rc == 0 and f"resuming {run_r} from {run_r}/last" in err, err[-2000:]   # the library's log line, shown by the CLI
-    out = ok("train", "--data_dir", "data", "--run_name", "r", "--model", "unet", "--encoder", "resnet18", "--weights", "none",
-             "--epochs", 1, "--max_steps", 1, "--batch-size", 1, "--no-augment", "--log_with", "none", "--no-decisions")
-    assert out.startswith(f"run folder: {tmp_path / 'home' / 'runs' / 'r'}; "), out   # no out_dir: the run store, said
-    assert "wrote 3 masks of 1 videos to pred" in ok("predict", "--checkpoint", "runs/r", "--data", "data/test", "--out", "pred",
-                                                    "--no-tta", "--min_area", 16)
+    assert ("decisions tuned on" in out) == Path("runs/r/decisions.json").is_file() and "decisions" in out, (
+        out
+    )  # the default recipe
+    rc, out, err = run(
+        "train",
+        "--data_dir",
+        "data",
+        "--out_dir",
+        "runs",
+        "--run_name",
+        "r",
+        "--model",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--weights",
+        "none",
+        "--epochs",
+        1,
+        "--max_steps",
+        1,
+        "--batch-size",
+        1,
+        "--no-augment",
+        "--log_with",
+        "none",
+        "--resume",
+    )
+    assert rc == 0 and f"resuming {run_r} from {run_r}/last" in err, err[
+        -2000:
+    ]  # the library's log line, shown by the CLI
+    out = ok(
+        "train",
+        "--data_dir",
+        "data",
+        "--run_name",
+        "r",
+        "--model",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--weights",
+        "none",
+        "--epochs",
+        1,
+        "--max_steps",
+        1,
+        "--batch-size",
+        1,
+        "--no-augment",
+        "--log_with",
+        "none",
+        "--no-decisions",
+    )
+    assert out.startswith(f"run folder: {tmp_path / 'home' / 'runs' / 'r'}; "), out  # no out_dir: the run store, said
+    assert "wrote 3 masks of 1 videos to pred" in ok(
+        "predict", "--checkpoint", "runs/r", "--data", "data/test", "--out", "pred", "--no-tta", "--min_area", 16
+    )
     assert "segmentation score" in ok("evaluate", "data/test", "pred", "--workers", 1)
     assert len(list(Path("pred").glob("*.csv"))) >= 6
     rgb = next(Path("data/test").glob("video_*/rgb"))
-    assert "wrote 3 masks and overlays to img" in ok("predict-image", rgb, "--checkpoint", "runs/r", "--out", "img", "--tta")
+    assert "wrote 3 masks and overlays to img" in ok(
+        "predict-image", rgb, "--checkpoint", "runs/r", "--out", "img", "--tta"
+    )
     video = next(Path("data/test").glob("video_*/video_left.avi"))
-    assert "masks and vid/video_left_overlay.mp4" in ok("predict-video", video, "--checkpoint", "runs/r", "--out", "vid",
-                                                        "--every", 30, "--no-overlays")
+    assert "masks and vid/video_left_overlay.mp4" in ok(
+        "predict-video", video, "--checkpoint", "runs/r", "--out", "vid", "--every", 30, "--no-overlays"
+    )
     assert sorted(p.name for p in Path("vid").iterdir()) == ["masks", "video_left_overlay.mp4"]
-    assert "wrote 2 masks and vid2/video_left_overlay.mp4" in ok("predict-video", video, "--checkpoint", "runs/r", "--out", "vid2",
-                                                                "--every", 30, "--end", 1, "--smooth", 0.5, "--no-overlays",
-                                                                "--no-legend")   # frames 0 and 30 of the first second
+    assert "wrote 2 masks and vid2/video_left_overlay.mp4" in ok(
+        "predict-video",
+        video,
+        "--checkpoint",
+        "runs/r",
+        "--out",
+        "vid2",
+        "--every",
+        30,
+        "--end",
+        1,
+        "--smooth",
+        0.5,
+        "--no-overlays",
+        "--no-legend",
+    )  # frames 0 and 30 of the first second
     rc, out, err = run("predict-video", video, "--checkpoint", "runs/r", "--out", "vid3", "--smooth", 1)
     one_line_error(rc, err, "predict-video", "argument --smooth: 1 is out of range", "[0, 1)")
     assert rc == 2 and not Path("vid3").exists()
@@ -332,22 +533,29 @@ def test_every_subcommand_end_to_end(tmp_path, monkeypatch):
 
 # --- the command lines the book and the README show ---------------------------------------------------
 
+
 def documented_command_lines() -> list[tuple[str, str]]:
-    "(where, command line) of every inline-code `surgseg CMD ARGS` in the README and the notebooks' prose, but those with placeholders."
+    """(where, command line) of every inline-code `surgseg CMD ARGS` in the README and the notebooks' prose, but those
+    with placeholders."""
     import json, re
+
     texts = [("README.md", (ROOT / "README.md").read_text())]
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
-        texts += [(nb.name, "".join(c["source"])) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown"]
+        texts += [
+            (nb.name, "".join(c["source"])) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown"
+        ]
     found = []
     for where, text in texts:
-        for line in re.findall(r"`(surgseg [a-z][a-z-]* [^`]+)`", text):   # a subcommand with arguments
-            if not re.search(r"[\[\]<>|]|\.\.\.|\$\(", line): found.append((where, line))
+        for line in re.findall(r"`(surgseg [a-z][a-z-]* [^`]+)`", text):  # a subcommand with arguments
+            if not re.search(r"[\[\]<>|]|\.\.\.|\$\(", line):
+                found.append((where, line))
     return found
 
 
 def test_documented_command_lines_parse():
     "Every command line the README and the book show is accepted by today's parsers (a renamed flag fails here)."
     import shlex
+
     lines = documented_command_lines()
     assert len(lines) >= 8, lines
     for where, line in lines:
@@ -355,15 +563,19 @@ def test_documented_command_lines_parse():
         assert cmd in COMMANDS, (where, line)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            try: parser(cmd).parse_args(argv)
-            except SystemExit: raise AssertionError(f"{where}: `{line}`: {err.getvalue().strip()}") from None
+            try:
+                parser(cmd).parse_args(argv)
+            except SystemExit:
+                raise AssertionError(f"{where}: `{line}`: {err.getvalue().strip()}") from None
 
 
 # --- export and the onnxruntime backend ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_run(ws):
-    "tests/conftest.py's `ws` (a tiny dataset and a one-step U-Net run): (the folder holding data/ and runs/r, the run)."
+    """tests/conftest.py's `ws` (a tiny dataset and a one-step U-Net run): (the folder holding data/ and runs/r, the
+    run)."""
     return ws, ws / "runs" / "r"
 
 
@@ -371,16 +583,41 @@ def test_export_flags_parse():
     "export: --format onnx is the default and the only choice; booleans are pairs in both spellings."
     p = parser("export")
     a = p.parse_args(["runs/r"])
-    assert (a.run, a.format, a.out, a.opset, a.dynamo, a.merge_lora, a.overwrite, a.threads) == \
-           ("runs/r", "onnx", None, 18, False, True, False, None)
-    b = p.parse_args(["runs/r", "--format", "onnx", "--opset", "17", "--dynamo", "--no-merge-lora", "--overwrite",
-                      "--threads", "2", "--out", "m.onnx"])
+    assert (a.run, a.format, a.out, a.opset, a.dynamo, a.merge_lora, a.overwrite, a.threads) == (
+        "runs/r",
+        "onnx",
+        None,
+        18,
+        False,
+        True,
+        False,
+        None,
+    )
+    b = p.parse_args(
+        [
+            "runs/r",
+            "--format",
+            "onnx",
+            "--opset",
+            "17",
+            "--dynamo",
+            "--no-merge-lora",
+            "--overwrite",
+            "--threads",
+            "2",
+            "--out",
+            "m.onnx",
+        ]
+    )
     assert (b.opset, b.dynamo, b.merge_lora, b.overwrite, b.threads, b.out) == (17, True, False, True, 2, "m.onnx")
     assert p.parse_args(["r", "--no_merge_lora"]).merge_lora is False and p.parse_args(["r", "--merge-lora"]).merge_lora
     rc, out, err = run("export", "runs/r", "--format", "tflite")
     one_line_error(rc, err, "export", "--format", "'onnx'")
-    for cmd, argv in [("predict", ["--data", "d", "--out", "o"]), ("predict-image", ["i.png", "--out", "o"]),
-                      ("predict-video", ["v.mp4", "--out", "o"])]:
+    for cmd, argv in [
+        ("predict", ["--data", "d", "--out", "o"]),
+        ("predict-image", ["i.png", "--out", "o"]),
+        ("predict-video", ["v.mp4", "--out", "o"]),
+    ]:
         q = parser(cmd)
         assert q.parse_args(argv + ["--checkpoint", "c"]).backend == "torch"
         a = q.parse_args(argv + ["--checkpoint", "c", "--backend", "onnxruntime", "--threads", "3"])
@@ -391,16 +628,50 @@ def test_export_flags_parse():
 
 def test_predict_video_streaming_flags_parse():
     a = parser("predict-video").parse_args(["v.mp4", "--out", "o", "--checkpoint", "c"])
-    assert (a.start, a.end, a.masks, a.overlay_video, a.legend, a.smooth, a.smooth_centred) == (0.0, None, True, True, True, 0.0, False)
-    a = parser("predict-video").parse_args(["v.mp4", "--out", "o", "--checkpoint", "c", "--start", "1.5", "--end", "3",
-                                            "--no-masks", "--no-overlay-video", "--no_legend", "--smooth", "0.6", "--smooth-centred"])
-    assert (a.start, a.end, a.masks, a.overlay_video, a.legend, a.smooth, a.smooth_centred) == (1.5, 3.0, False, False, False, 0.6, True)
+    assert (a.start, a.end, a.masks, a.overlay_video, a.legend, a.smooth, a.smooth_centred) == (
+        0.0,
+        None,
+        True,
+        True,
+        True,
+        0.0,
+        False,
+    )
+    a = parser("predict-video").parse_args(
+        [
+            "v.mp4",
+            "--out",
+            "o",
+            "--checkpoint",
+            "c",
+            "--start",
+            "1.5",
+            "--end",
+            "3",
+            "--no-masks",
+            "--no-overlay-video",
+            "--no_legend",
+            "--smooth",
+            "0.6",
+            "--smooth-centred",
+        ]
+    )
+    assert (a.start, a.end, a.masks, a.overlay_video, a.legend, a.smooth, a.smooth_centred) == (
+        1.5,
+        3.0,
+        False,
+        False,
+        False,
+        0.6,
+        True,
+    )
 
 
 def test_export_then_onnxruntime_predictions(tiny_run, tmp_path):
     "export writes RUN/export/model.onnx + manifest and refuses a second time; onnxruntime's masks are torch's."
     import json
     from surgseg.core import read_mask
+
     d, r = tiny_run
     rc, out, err = run("export", r, "--format", "onnx", "--threads", 1)
     assert rc == 0, (out, err[-2000:])
@@ -415,8 +686,22 @@ def test_export_then_onnxruntime_predictions(tiny_run, tmp_path):
     masks = {}
     for backend in ("torch", "onnxruntime"):
         o = tmp_path / backend
-        rc, out, err = run("predict-image", rgb, "--checkpoint", r, "--out", o, "--backend", backend, "--no-tta",
-                           "--min_area", 0, "--device", "cpu", *(["--threads", 1] if backend == "onnxruntime" else []))
+        rc, out, err = run(
+            "predict-image",
+            rgb,
+            "--checkpoint",
+            r,
+            "--out",
+            o,
+            "--backend",
+            backend,
+            "--no-tta",
+            "--min_area",
+            0,
+            "--device",
+            "cpu",
+            *(["--threads", 1] if backend == "onnxruntime" else []),
+        )
         assert rc == 0 and "wrote 3 masks and overlays" in out, (backend, out, err[-2000:])
         masks[backend] = {f.name: read_mask(f) for f in sorted((o / "masks").glob("*.png"))}
     assert len(masks["torch"]) == 3 and masks["torch"].keys() == masks["onnxruntime"].keys()
@@ -429,26 +714,35 @@ def test_export_then_onnxruntime_predictions(tiny_run, tmp_path):
 
 
 def test_predict_decisions_flag(tiny_run, tmp_path):
-    "--decisions run applies RUN/decisions.json (a bad one is one line naming it); off ignores it; hashes show they differ."
+    """--decisions run applies RUN/decisions.json (a bad one is one line naming it); off ignores it; hashes show they
+    differ."""
     import hashlib
+
     d, r = tiny_run
     dec = r / "decisions.json"
     assert not dec.exists()
+
     def masks(out):
-        return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.png"))}
+        return {
+            p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*.png"))
+        }
+
     try:
         dec.write_text("{not json")
         rc, out, err = run("predict", "--data", d / "data" / "test", "--out", tmp_path / "bad", "--checkpoint", r)
         assert rc == 1 and len(err.strip().splitlines()) == 1 and "decisions.json" in err, (rc, err)
         assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
-        rc, out, err = run("predict", "--data", d / "data" / "test", "--out", tmp_path / "off", "--checkpoint", r,
-                           "--decisions", "off")
+        rc, out, err = run(
+            "predict", "--data", d / "data" / "test", "--out", tmp_path / "off", "--checkpoint", r, "--decisions", "off"
+        )
         assert rc == 0, err
         dec.unlink()
         rc, out, err = run("predict", "--data", d / "data" / "test", "--out", tmp_path / "none", "--checkpoint", r)
         assert rc == 0, err
-        assert masks(tmp_path / "off") == masks(tmp_path / "none")   # off: exactly the raw model
+        assert masks(tmp_path / "off") == masks(tmp_path / "none")  # off: exactly the raw model
         rc, out, err = run("predict", "--data", "x", "--out", "y", "--checkpoint", r, "--decisions", "sometimes")
         one_line_error(rc, err, "predict", "--decisions", "'off'")
     finally:
-        if dec.exists(): dec.unlink()
+        if dec.exists():
+            dec.unlink()

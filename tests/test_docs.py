@@ -1,18 +1,29 @@
 "The docs site, built offline from nbdev's processed notebooks, renders in a real browser (headless Chromium)."
+
 import os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-quic"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 def chromium():
     exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-    if exe: return exe
-    if os.environ.get("SURGSEG_REQUIRE_BROWSER"): pytest.fail("headless Chromium is required here but not installed")
+    if exe:
+        return exe
+    if os.environ.get("SURGSEG_REQUIRE_BROWSER"):
+        pytest.fail("headless Chromium is required here but not installed")
     pytest.skip("headless Chromium not installed (Debian: apt-get install chromium): the site was NOT checked")
 
 
@@ -27,8 +38,13 @@ def render(exe, url, tmp, what="--dump-dom"):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site") / "_site"
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docs.py"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -57,22 +73,27 @@ def test_chapter_page_with_docs_and_plots(site, tmp_path):
 
 def _build_docs():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
     return mod
 
 
 def test_sidebar_is_generated_and_lists_every_notebook():
     import yaml
+
     bd = _build_docs()
     quarto = yaml.safe_load((ROOT / "_quarto.yml").read_text())
-    assert bd.sidebar(quarto) == bd.sidebar_entries(), \
+    assert bd.sidebar(quarto) == bd.sidebar_entries(), (
         "_quarto.yml's sidebar is stale: run python tools/build_docs.py --sidebar"
+    )
     assert (ROOT / "nbs" / "_quarto.yml").resolve() == (ROOT / "_quarto.yml").resolve()  # one sidebar file
 
 
 def test_index_lists_every_chapter():
     import nbformat
+
     index = nbformat.read(ROOT / "nbs" / "index.ipynb", as_version=4)
     text = "\n".join(c.source for c in index.cells if c.cell_type == "markdown")
     missing = [p.name for p in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")) if f"({p.name})" not in text]

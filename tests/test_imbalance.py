@@ -1,4 +1,5 @@
 "`surgseg stats` as a user runs it, and the frame table's parallel path and cache edge cases."
+
 import subprocess, sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def toy(root: Path, n_videos=3, n_frames=12, seed=0) -> Path:
         for i in range(n_frames):
             m = np.zeros((20, 60), np.uint8)
             for c in range(1, 10):
-                if rng.random() < 1 / c: m[:, 6 * c: 6 * c + c // 2 + 1] = c
+                if rng.random() < 1 / c:
+                    m[:, 6 * c : 6 * c + c // 2 + 1] = c
             write_mask(root / "train" / f"video_{v:02d}" / "segmentation" / f"{60 * i:09d}.png", m)
     return root
 
@@ -79,14 +81,14 @@ def test_min_pixels_rethresholds_without_recount(tmp_path):
 
 KILLERS = {  # where a `surgseg stats` run is killed with SIGKILL (code run before write_stats in the child)
     "while counting": "import surgseg.imbalance as im; f = im.mask_pixel_counts; n = [0]\n"
-                      "def g(p):\n    n[0] += 1\n    if n[0] == 20: os.kill(os.getpid(), signal.SIGKILL)\n    return f(p)\n"
-                      "im.mask_pixel_counts = g",
+    "def g(p):\n    n[0] += 1\n    if n[0] == 20: os.kill(os.getpid(), signal.SIGKILL)\n    return f(p)\n"
+    "im.mask_pixel_counts = g",
     "while writing the cache": "import pandas as pd; f = pd.DataFrame.to_csv\n"
-                               "def g(self, p, **k):\n    open(p, 'w').write('px_0,px_1\\n1,'); os.kill(os.getpid(), signal.SIGKILL)\n"
-                               "pd.DataFrame.to_csv = g",
+    "def g(self, p, **k):\n    open(p, 'w').write('px_0,px_1\\n1,'); os.kill(os.getpid(), signal.SIGKILL)\n"
+    "pd.DataFrame.to_csv = g",
     "while writing the CSV files": "import pandas as pd; f = pd.DataFrame.to_csv; n = [0]\n"
-                                   "def g(self, p, **k):\n    n[0] += 1\n    f(self, p, **k)\n    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
-                                   "pd.DataFrame.to_csv = g",
+    "def g(self, p, **k):\n    n[0] += 1\n    f(self, p, **k)\n    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "pd.DataFrame.to_csv = g",
 }
 
 
@@ -104,23 +106,30 @@ def _outputs(root: Path) -> dict:
 @pytest.mark.parametrize("moment", list(KILLERS))
 def test_stats_killed_and_rerun_gives_the_same_bytes(tmp_path, moment):
     root = toy(tmp_path / "data", n_videos=2, n_frames=30)
-    code = f"import os, signal\n{KILLERS[moment]}\nfrom surgseg.imbalance import write_stats\nwrite_stats({str(root)!r}, workers=1)"
+    code = (
+        f"import os, signal\n{KILLERS[moment]}\n"
+        f"from surgseg.imbalance import write_stats\nwrite_stats({str(root)!r}, workers=1)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr
     assert not (root / ".surgseg/stats").exists()  # no half set of CSV files where a user looks
-    assert stats(root).returncode == 0             # rerun
+    assert stats(root).returncode == 0  # rerun
     after_kill = _outputs(root)
     leftovers = [p for p in root.rglob("*") if p.name.endswith((".partial", ".lock", ".old")) or ".tmp" in p.name]
     assert leftovers == []
-    import shutil; shutil.rmtree(root / ".surgseg")
-    assert stats(root).returncode == 0             # an uninterrupted run
+    import shutil
+
+    shutil.rmtree(root / ".surgseg")
+    assert stats(root).returncode == 0  # an uninterrupted run
     assert after_kill == _outputs(root) and sorted(after_kill) == [".surgseg/frame_table.csv"] + [
-        f".surgseg/stats/{n}" for n in ("classes.csv", "cooccurrence.csv", "frames.csv", "videos.csv")]
+        f".surgseg/stats/{n}" for n in ("classes.csv", "cooccurrence.csv", "frames.csv", "videos.csv")
+    ]
 
 
 def test_two_stats_runs_on_one_folder_refuse_the_second(tmp_path):
     from surgseg.core import SurgsegError, output_lock
     from surgseg.imbalance import write_stats
+
     root = toy(tmp_path / "data", n_videos=1, n_frames=2)
     with output_lock(root / ".surgseg" / "stats"):
         with pytest.raises(SurgsegError, match=r"stats: in use by pid \d+ on "):

@@ -1,4 +1,5 @@
 "Cross-checks of surgseg.losses against PyTorch's own reductions, and under bf16 autocast."
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,14 +45,21 @@ def test_bf16_autocast_gives_float32_close_to_fp32(name):
 def test_registries_check_config_names_on_every_entry(tmp_path):
     from surgseg.core import SurgsegError, choices, load_config
     from surgseg.losses import WEIGHT_SCHEMES
+
     assert choices("loss") == list(LOSSES) and choices("class_weights") == list(WEIGHT_SCHEMES)
-    with pytest.raises(SurgsegError, match="config key 'loss': 'dice' is not a loss; choose from ce, wce, dice_ce, focal_ce"):
+    with pytest.raises(
+        SurgsegError, match="config key 'loss': 'dice' is not a loss; choose from ce, wce, dice_ce, focal_ce"
+    ):
         Config(loss="dice")
-    with pytest.raises(SurgsegError, match="config key 'class_weights': 'inv' is not a class-weight scheme; choose from none, inverse"):
+    with pytest.raises(
+        SurgsegError, match="config key 'class_weights': 'inv' is not a class-weight scheme; choose from none, inverse"
+    ):
         Config().update(class_weights="inv")
     (tmp_path / "c.yaml").write_text("loss: focal\n")
     with pytest.raises(SurgsegError, match="c.yaml: config key 'loss': 'focal' is not a loss"):
         load_config(tmp_path / "c.yaml")
     LOSSES["tmp_loss"] = LOSSES["ce"]  # a loss registered later is valid at once (the registry is kept by reference)
-    try: assert Config(loss="tmp_loss").loss == "tmp_loss"
-    finally: del LOSSES["tmp_loss"]
+    try:
+        assert Config(loss="tmp_loss").loss == "tmp_loss"
+    finally:
+        del LOSSES["tmp_loss"]

@@ -1,4 +1,5 @@
 "Run every notebook in nbs/ the way nbdev_test does (cells flagged notest/slow/gpu skipped), one test each."
+
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -6,7 +7,8 @@ import pytest
 import nbdev.test  # imported as a module so pytest does not collect test_nb itself
 
 ROOT = Path(__file__).resolve().parents[1]
-cfg = ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+cfg = ConfigParser(delimiters=["="])
+cfg.read(ROOT / "settings.ini")
 SKIP_FLAGS = cfg["DEFAULT"]["tst_flags"].split()
 NOTEBOOKS = sorted(p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith("_"))
 

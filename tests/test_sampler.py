@@ -1,4 +1,5 @@
 "The sampler against its own expectations: empirical exposure, distinct frames, rank sharding, Accelerate sharding."
+
 import math, warnings
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from surgseg.core import REAL_FRAME_PRESENCE, SurgsegError
-from surgseg.sampler import (SCHEMES, class_exposure, expected_unique, frame_weights, make_sampler)
+from surgseg.sampler import SCHEMES, class_exposure, expected_unique, frame_weights, make_sampler
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def test_empirical_exposure_matches_expectation(presence, scheme):
     assert np.abs(z).max() <= 4, dict(zip(ex["name"], z.round(2)))
     # and the weights really favour what they claim: the sampler realises the gain of the rarest class
     rare = int(np.argmin(presence.sum(0)))
-    if scheme != "none": assert seen[rare] > 1.2 * n * presence[:, rare].mean()
+    if scheme != "none":
+        assert seen[rare] > 1.2 * n * presence[:, rare].mean()
 
 
 @pytest.mark.parametrize("scheme", ["none", "repeat_factor", "class_balanced"])
@@ -69,7 +71,8 @@ def test_rank_shards_are_disjoint_and_cover_the_stream(world_size, n):
         interleaved = [x for tup in zip(*shards) for x in tup]
         ref = make_sampler(w, n, seed=9).stream(epoch).tolist()
         assert interleaved == (ref * math.ceil(total / n))[:total]
-        if epoch == 0: assert interleaved == padded
+        if epoch == 0:
+            assert interleaved == padded
 
 
 def test_epochs_differ_and_resume_replays():
@@ -78,7 +81,8 @@ def test_epochs_differ_and_resume_replays():
     a = make_sampler(w, seed=1)
     passes = [list(a) for _ in range(4)]
     assert len({tuple(p) for p in passes}) == 4
-    b = make_sampler(w, seed=1); b.set_epoch(3)
+    b = make_sampler(w, seed=1)
+    b.set_epoch(3)
     assert list(b) == passes[3]
 
 
@@ -86,29 +90,36 @@ def test_epochs_differ_and_resume_replays():
 def test_accelerate_sharding_uses_each_draw_once(num_processes):
     "Through Accelerate's own sharding every process draws the same stream and takes disjoint batches of it."
     from accelerate.data_loader import prepare_data_loader
+
     w = np.random.default_rng(2).random(30)
     n, bs = 60, 4  # 15 batches: not a multiple of the process count, so Accelerate pads by wrapping
     dl = DataLoader(np.arange(30), batch_size=bs, sampler=make_sampler(w, n, seed=7))
-    loaders = [prepare_data_loader(dl, num_processes=num_processes, process_index=r, put_on_device=False)
-               for r in range(num_processes)]
+    loaders = [
+        prepare_data_loader(dl, num_processes=num_processes, process_index=r, put_on_device=False)
+        for r in range(num_processes)
+    ]
     for epoch in range(2):
         shards = [[b.tolist() for b in ld] for ld in loaders]  # each pass calls set_epoch(iteration)
         stream = make_sampler(w, n, seed=7).stream(epoch).tolist()
-        batches = [stream[i:i + bs] for i in range(0, n, bs)]
+        batches = [stream[i : i + bs] for i in range(0, n, bs)]
         order = [b for tup in zip(*shards) for b in tup]
-        assert order[:len(batches)] == batches       # batch k went to process k % num_processes
-        assert all(b in batches[:num_processes] for b in order[len(batches):])  # only the wrap-around padding repeats
+        assert order[: len(batches)] == batches  # batch k went to process k % num_processes
+        assert all(b in batches[:num_processes] for b in order[len(batches) :])  # only the wrap-around padding repeats
 
 
 def test_bad_input():
-    with pytest.raises(SurgsegError, match="'bogus' is not a sampler scheme; choose from none, inverse_frequency, repeat_factor, class_balanced"):
+    with pytest.raises(
+        SurgsegError,
+        match="'bogus' is not a sampler scheme; choose from none, inverse_frequency, repeat_factor, class_balanced",
+    ):
         frame_weights(np.ones((3, 2), bool), "bogus")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(SurgsegError, match="frame weights are zero"):
             frame_weights(np.zeros((3, 2), bool), "class_balanced")
     with pytest.warns(UserWarning, match="Needle Holder never occur"):
-        p = np.ones((4, 10), bool); p[:, 7] = False
+        p = np.ones((4, 10), bool)
+        p[:, 7] = False
         w = frame_weights(p, "repeat_factor")
     assert np.isfinite(w).all() and w.mean() == pytest.approx(1)
     with pytest.raises(SurgsegError, match="threshold must be positive"):
@@ -119,12 +130,20 @@ def test_bad_input():
 
 def test_registry_checks_config_sampler_names():
     from surgseg.core import Config, choices
+
     assert choices("sampler") == list(SCHEMES)
-    with pytest.raises(SurgsegError, match="config key 'sampler': 'rfs' is not a sampler scheme; choose from none, inverse_frequency, repeat_factor, class_balanced"):
+    with pytest.raises(
+        SurgsegError,
+        match=(
+            "config key 'sampler': 'rfs' is not a sampler scheme; "
+            "choose from none, inverse_frequency, repeat_factor, class_balanced"
+        ),
+    ):
         Config(sampler="rfs")
 
 
 # ---------------------------------------------------------------- exposure in pixels (frames x crops)
+
 
 @pytest.fixture(scope="module")
 def masks():
@@ -133,15 +152,18 @@ def masks():
     out = []
     for i in range(40):
         m = np.zeros((40, 60), np.uint8)
-        if i % 4: m[5:12, :] = 3
+        if i % 4:
+            m[5:12, :] = 3
         if i % 5 == 0:
-            y, x = rng.integers(0, 36), rng.integers(0, 56); m[y:y + 4, x:x + 4] = 9
+            y, x = rng.integers(0, 36), rng.integers(0, 56)
+            m[y : y + 4, x : x + 4] = 9
         out.append(m)
     return out
 
 
 def test_pixel_exposure_whole_frames_is_exact(masks):
     from surgseg.sampler import pixel_exposure
+
     counts = np.stack([np.bincount(m.ravel(), minlength=10) for m in masks]).astype(float)
     np.testing.assert_allclose(pixel_exposure(masks), counts.sum(0))
     w = np.arange(1, 41, dtype=float)
@@ -153,6 +175,7 @@ def test_pixel_exposure_matches_a_simulated_epoch(masks, rare):
     "The expectation against a long run of what training does: frame draws from the sampler, crops from crop_window."
     from surgseg.data import crop_pad, crop_window
     from surgseg.sampler import pixel_exposure
+
     presence = np.stack([np.bincount(m.ravel(), minlength=10) > 0 for m in masks])
     w = frame_weights(presence, "repeat_factor", 0.3, 10)
     n = 20_000
@@ -163,11 +186,14 @@ def test_pixel_exposure_matches_a_simulated_epoch(masks, rare):
         seen += np.bincount(crop_pad(masks[i], y, x, (16, 16)).ravel(), minlength=10)
     want = pixel_exposure(masks, w, 16, rare, num_samples=n, draws=500, seed=1)
     assert abs(seen.sum() - n * 256) < 1e-6
-    np.testing.assert_allclose(seen[[0, 3, 9]], want[[0, 3, 9]], rtol=0.1)  # over 3 standard deviations for the catheter
+    np.testing.assert_allclose(
+        seen[[0, 3, 9]], want[[0, 3, 9]], rtol=0.1
+    )  # over 3 standard deviations for the catheter
 
 
 def test_centred_crops_raise_the_share_of_small_classes(masks):
     from surgseg.sampler import pixel_exposure
+
     rand, rare = (pixel_exposure(masks, crop_size=16, crop_rare=r, draws=64) for r in (0.0, 1.0))
     assert rare[9] / rare.sum() > 2 * rand[9] / rand.sum()
     assert rare[0] < rand[0]

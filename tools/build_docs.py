@@ -14,6 +14,7 @@ to static HTML with nbconvert, with the sidebar of `_quarto.yml`.
 The sidebar is generated, never edited by hand: every notebook of nbs/ is in it (index first, numbered chapters
 below 10 under "Chapters", the rest under "Appendix"), and tests/test_docs.py fails when it is stale.
 """
+
 import argparse, html, os, re, shutil
 from pathlib import Path
 
@@ -49,12 +50,15 @@ def sidebar(quarto: dict) -> list:
     "(section, notebook) pairs in sidebar order."
     out = []
     for item in quarto["website"]["sidebar"]["contents"]:
-        if isinstance(item, str): out.append(("", item))
-        else: out += [(item["section"], nb) for nb in item["contents"]]
+        if isinstance(item, str):
+            out.append(("", item))
+        else:
+            out += [(item["section"], nb) for nb in item["contents"]]
     return out
 
 
-def page_name(nb: str) -> str: return Path(nb).stem + ".html"
+def page_name(nb: str) -> str:
+    return Path(nb).stem + ".html"
 
 
 def front_matter(nb) -> dict:
@@ -74,12 +78,16 @@ def quarto_cells(nb):
     "Apply the Quarto cell options nbdev leaves in processed notebooks (echo, include, output: asis)."
     cells = []
     for c in nb.cells:
-        if c.cell_type != "code": cells.append(c); continue
+        if c.cell_type != "code":
+            cells.append(c)
+            continue
         lines = c.source.splitlines()
         opts = {}
         while lines and DIRECTIVE.match(lines[0]):
-            k, v = DIRECTIVE.match(lines.pop(0)).groups(); opts[k] = v.strip().lower()
-        if opts.get("include") == "false": continue
+            k, v = DIRECTIVE.match(lines.pop(0)).groups()
+            opts[k] = v.strip().lower()
+        if opts.get("include") == "false":
+            continue
         c.source = "\n".join(lines)
         if opts.get("echo") == "false" or not c.source.strip():
             c.metadata.setdefault("tags", []).append("remove_input")
@@ -97,16 +105,23 @@ def _only_clean_imports():
     """Make nbdev's docs processing run export cells, show_doc cells and import-only cells, never a test cell
     that happens to import something (nbdev would run it out of context: its data does not exist there)."""
     import ast, nbdev.processors as P
-    if getattr(P._do_eval, "_surgseg", False): return
+
+    if getattr(P._do_eval, "_surgseg", False):
+        return
     orig = P._do_eval
+
     def _do_eval(cell):
         res = orig(cell)
         if res and not (cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}):
             trees = cell.parsed_() or []
-            if P._ast_contains(trees, (ast.Import, ast.ImportFrom)) and not P._show_docs(trees) and \
-               any(not isinstance(t, (ast.Import, ast.ImportFrom)) for t in trees):
+            if (
+                P._ast_contains(trees, (ast.Import, ast.ImportFrom))
+                and not P._show_docs(trees)
+                and any(not isinstance(t, (ast.Import, ast.ImportFrom)) for t in trees)
+            ):
                 return None
         return res
+
     _do_eval._surgseg = True
     P._do_eval = _do_eval
 
@@ -114,6 +129,7 @@ def _only_clean_imports():
 def build(out: Path, nbs: Path = ROOT / "nbs") -> list[Path]:
     "Process the notebooks with nbdev and write one HTML page per sidebar entry into `out`."
     from nbdev.serve import proc_nbs
+
     _only_clean_imports()
     os.chdir(ROOT)
     cache = proc_nbs(str(nbs), n_workers=0, force=True)
@@ -122,12 +138,16 @@ def build(out: Path, nbs: Path = ROOT / "nbs") -> list[Path]:
     site = quarto["website"]["title"]
     from traitlets.config import Config
     from nbconvert.filters import markdown2html
-    c = Config(); c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}; c.TagRemovePreprocessor.enabled = True
+
+    c = Config()
+    c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
+    c.TagRemovePreprocessor.enabled = True
     exporter = HTMLExporter(template_name="basic", config=c, exclude_input_prompt=True, exclude_output_prompt=True)
     pages, titles = {}, {}
     for _, nbname in entries:
         src = cache / nbname
-        if not src.exists(): continue
+        if not src.exists():
+            continue
         nb = nbformat.read(src, as_version=4)
         meta = front_matter(nb)
         quarto_cells(nb)
@@ -135,24 +155,33 @@ def build(out: Path, nbs: Path = ROOT / "nbs") -> list[Path]:
         body, _ = exporter.from_notebook_node(nb)
         pages[nbname] = (meta, body)
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     written = []
     for _, nbname in entries:
-        if nbname not in pages: continue
+        if nbname not in pages:
+            continue
         meta, body = pages[nbname]
         nav, last = [], None
         for section, other in entries:
-            if other not in titles or other == "index.ipynb": continue
-            if section and section != last: nav.append(f'<div class="section">{html.escape(section)}</div>')
+            if other not in titles or other == "index.ipynb":
+                continue
+            if section and section != last:
+                nav.append(f'<div class="section">{html.escape(section)}</div>')
             last = section
             cls = ' class="active"' if other == nbname else ""
             nav.append(f'<a{cls} href="{page_name(other)}">{html.escape(titles[other])}</a>')
         lead = f'<div class="lead">{markdown2html(meta["description"])}</div>' if meta.get("description") else ""
         p = tmp / page_name(nbname)
-        p.write_text(PAGE.format(title=html.escape(titles[nbname]), site=html.escape(site), nav="\n".join(nav),
-                                 lead=lead, body=body), encoding="utf-8")
+        p.write_text(
+            PAGE.format(
+                title=html.escape(titles[nbname]), site=html.escape(site), nav="\n".join(nav), lead=lead, body=body
+            ),
+            encoding="utf-8",
+        )
         written.append(out / p.name)
-    shutil.rmtree(out, ignore_errors=True); tmp.rename(out)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     return written
 
 
@@ -168,7 +197,7 @@ def write_sidebar(quarto: Path = ROOT / "_quarto.yml", nbs: Path = ROOT / "nbs")
     "Rewrite the `sidebar:` block of `quarto` from `sidebar_entries` (the rest of the file is kept as it is)."
     text = quarto.read_text()
     head, rest = text.split("  sidebar:\n", 1)
-    tail = rest[rest.index("\n\n") if "\n\n" in rest else len(rest):]
+    tail = rest[rest.index("\n\n") if "\n\n" in rest else len(rest) :]
     lines = ["  sidebar:", "    style: floating", "    contents:", "      - index.ipynb"]
     for section in ("Chapters", "Appendix"):
         lines += [f'      - section: "{section}"', "        contents:"]
@@ -180,25 +209,32 @@ def write_sidebar(quarto: Path = ROOT / "_quarto.yml", nbs: Path = ROOT / "nbs")
 
 
 def readme(index: Path = ROOT / "nbs" / "index.ipynb", out: Path = ROOT / "README.md") -> Path:
-    "Write README.md (GitHub markdown) from index.ipynb, as `nbdev_readme` does with Quarto; figures go to index_files/."
+    """Write README.md (GitHub markdown) from index.ipynb, as `nbdev_readme` does with Quarto; figures go to
+    index_files/."""
     from nbdev.serve import proc_nbs
     from nbconvert import MarkdownExporter
     from traitlets.config import Config
+
     os.chdir(ROOT)
     _only_clean_imports()
     cache = proc_nbs(str(index.parent), n_workers=0, force=True)
     nb = nbformat.read(cache / index.name, as_version=4)
     meta = front_matter(nb)
     quarto_cells(nb)
-    c = Config(); c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}; c.TagRemovePreprocessor.enabled = True
+    c = Config()
+    c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
+    c.TagRemovePreprocessor.enabled = True
     body, res = MarkdownExporter(config=c).from_notebook_node(nb, resources={"output_files_dir": "index_files"})
     figs = ROOT / "index_files"
     shutil.rmtree(figs, ignore_errors=True)
     for name, data in res.get("outputs", {}).items():
-        (ROOT / name).parent.mkdir(parents=True, exist_ok=True); (ROOT / name).write_bytes(data)
+        (ROOT / name).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / name).write_bytes(data)
     head = f"# {meta.get('title', 'surgseg')}\n\n" + (f"> {meta['description']}\n\n" if meta.get("description") else "")
 
-    tmp = out.with_suffix(".md.tmp"); tmp.write_text(head + body.strip() + "\n", encoding="utf-8"); tmp.replace(out)
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(head + body.strip() + "\n", encoding="utf-8")
+    tmp.replace(out)
     return out
 
 
@@ -208,8 +244,10 @@ if __name__ == "__main__":
     ap.add_argument("--readme", action="store_true", help="only write README.md from nbs/index.ipynb")
     ap.add_argument("--sidebar", action="store_true", help="only regenerate _quarto.yml's sidebar from nbs/")
     args = ap.parse_args()
-    if args.readme: print(f"wrote {readme()}")
-    elif args.sidebar: print(f"wrote {write_sidebar()}")
+    if args.readme:
+        print(f"wrote {readme()}")
+    elif args.sidebar:
+        print(f"wrote {write_sidebar()}")
     else:
         pages = build(Path(args.out).resolve())
         print(f"wrote {len(pages)} pages to {pages[0].parent if pages else '-'}")

@@ -8,6 +8,7 @@ Each notebook runs in a fresh kernel from nbs/ (as nbdev_test does). Progress ba
 script exits non-zero, leaving the notebook untouched. Run `nbdev_clean` afterwards.
 At smoke scale, into a folder, as CI does: tools/smoke_book.py.
 """
+
 import sys, time
 from pathlib import Path
 
@@ -21,12 +22,17 @@ def run(nb_path: Path) -> float:
     "Execute one notebook in place; return the seconds it took."
     nb = nbformat.read(nb_path, as_version=4)
     t0 = time.time()
-    NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}
+    ).execute()
     for c in nb.cells:
         if c.cell_type == "code":
-            c.outputs = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            c.outputs = [
+                o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
     tmp = nb_path.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp); tmp.replace(nb_path)
+    nbformat.write(nb, tmp)
+    tmp.replace(nb_path)
     return time.time() - t0
 
 
@@ -34,7 +40,9 @@ if __name__ == "__main__":
     nbs = [Path(a).resolve() for a in sys.argv[1:]] or sorted((ROOT / "nbs").glob("[0-9i]*.ipynb"))
     failed = []
     for p in nbs:
-        try: print(f"{p.name}: {run(p):.0f} s", flush=True)
+        try:
+            print(f"{p.name}: {run(p):.0f} s", flush=True)
         except Exception as e:
-            failed.append(p.name); print(f"{p.name}: FAILED ({type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''})", flush=True)
+            failed.append(p.name)
+            print(f"{p.name}: FAILED ({type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''})", flush=True)
     sys.exit(1 if failed else 0)

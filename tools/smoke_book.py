@@ -16,9 +16,11 @@ test machine lacks, like the real dataset or the network) and `gpu` cells when t
 - Runs go to DIR/home, a stand-in `$SURGSEG_HOME` that links every entry of the real one (the generated data,
   caches) except `runs`, so the smoke runs never enter the user's run store and the chapters that look for
   chapter 06's run find the smoke one. Rerunning with the same DIR reuses what is there (index needs 09's).
-- A failing cell is reported with its chapter, cell number (from 1, markdown cells counted) and first line; the other chapters still run;
-  the exit status is 1 if any failed. Per-chapter seconds are printed and written to DIR/smoke_times.csv.
+- A failing cell is reported with its chapter, cell number (from 1, markdown cells counted) and first line; the
+  other chapters still run; the exit status is 1 if any failed. Per-chapter seconds are printed and written to
+  DIR/smoke_times.csv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +49,9 @@ SMOKE = {
     # epoch (Config's 512 crops: 64 steps) per run, trained through papermill (its default) two at a time and scored
     # with and without decisions; out_dir is where index reads the study's tables from. (Not a shorter epoch through
     # `config`: the chapter's tests of cli_args assume no config file.)
-    "09_experiments": dict(configs="dice_ce,dice_ce+rfs+crops", seeds="0", primary_seeds="0", epochs=1,
-                           out_dir="{home}/runs/study"),
+    "09_experiments": dict(
+        configs="dice_ce,dice_ce+rfs+crops", seeds="0", primary_seeds="0", epochs=1, out_dir="{home}/runs/study"
+    ),
     # one seed, two folds (the fewest a cross-validation ensemble has), one epoch of 16 crops per run: 4 runs
     # (all, all+ema, two folds) and 3 scored predictions, every comparison and sentence of the chapter.
     "09b_recipes": dict(seeds="0", folds=2, epochs=1, samples_per_epoch=16, out_dir="{home}/runs/recipes"),
@@ -80,6 +83,7 @@ def flags(cell) -> set[str]:
 def chapters(names: list[str], every: bool) -> list[Path]:
     "The notebooks to run: those named, else every chapter (`every`) or those with a cell the tests skip."
     import nbformat
+
     if names:
         paths = [Path(n) if n.endswith(".ipynb") else NBS / f"{n}.ipynb" for n in names]
         missing = [str(p) for p in paths if not p.exists()]
@@ -90,13 +94,17 @@ def chapters(names: list[str], every: bool) -> list[Path]:
     if every:
         return book
     skipped = skip_flags()
-    return [p for p in book if any(flags(c) & skipped for c in nbformat.read(p, as_version=4).cells
-                                   if c.cell_type == "code")]
+    return [
+        p
+        for p in book
+        if any(flags(c) & skipped for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
+    ]
 
 
 def smoke_notebook(path: Path, gpu: bool):
     "The chapter as executed here: `notest` cells, and `gpu` cells without a GPU, left in but emptied (with why)."
     import nbformat
+
     nb = nbformat.read(path, as_version=4)
     for c in nb.cells:
         if c.cell_type != "code":
@@ -135,7 +143,10 @@ def chapter_cwd(name: str, out: Path, home: Path) -> Path:
     root = out / "root"
     (root / "nbs").mkdir(parents=True, exist_ok=True)
     (root / "runs").mkdir(exist_ok=True)
-    for link, target in ((root / "settings.ini", ROOT / "settings.ini"), (root / "runs" / "study", home / "runs" / "study")):
+    for link, target in (
+        (root / "settings.ini", ROOT / "settings.ini"),
+        (root / "runs" / "study", home / "runs" / "study"),
+    ):
         if not link.is_symlink():
             link.symlink_to(target)
     return root / "nbs"
@@ -144,6 +155,7 @@ def chapter_cwd(name: str, out: Path, home: Path) -> Path:
 def failed_cell(executed: Path, index: int) -> str:
     "Which cell of the chapter failed (papermill's `index` counts its injected parameters cell): number, first line."
     import nbformat
+
     nb = nbformat.read(executed, as_version=4)
     cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]  # its error banner
     injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells[:index])
@@ -154,12 +166,19 @@ def failed_cell(executed: Path, index: int) -> str:
 def run(path: Path, out: Path, home: Path, gpu: bool) -> tuple[float, str]:
     "Execute one chapter into DIR; (seconds, '' or why it failed)."
     import papermill
+
     name = path.stem
     executed = out / path.name
     t0 = time.time()
     try:
-        papermill.execute_notebook(smoke_notebook(path, gpu), str(executed), parameters=parameters(name, out, home),
-                                   cwd=str(chapter_cwd(name, out, home)), kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            smoke_notebook(path, gpu),
+            str(executed),
+            parameters=parameters(name, out, home),
+            cwd=str(chapter_cwd(name, out, home)),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     except papermill.PapermillExecutionError as e:
         return time.time() - t0, f"{failed_cell(executed, e.cell_index)} raised {e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died, a parameter is unknown, ...
@@ -177,7 +196,9 @@ def repo_state() -> set[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("notebooks", nargs="*", help="chapters to run (paths or names); default: see --all")
-    ap.add_argument("--to", help="folder for the executed copies, runs and data links (default: a new temporary folder)")
+    ap.add_argument(
+        "--to", help="folder for the executed copies, runs and data links (default: a new temporary folder)"
+    )
     ap.add_argument("--all", action="store_true", help="every chapter, also those the tests execute completely")
     a = ap.parse_args(argv)
     out = Path(a.to).expanduser().absolute() if a.to else Path(tempfile.mkdtemp(prefix="surgseg-smoke-"))
@@ -186,10 +207,13 @@ def main(argv=None) -> int:
     os.environ["SURGSEG_HOME"] = str(home)  # the kernels (and the study's training processes) inherit it
     os.environ.setdefault("MPLBACKEND", "Agg")
     import torch
+
     gpu = torch.cuda.is_available()
     nbs = chapters(a.notebooks, a.all)
-    print(f"smoke: {len(nbs)} chapters into {out} (SURGSEG_HOME={home}; gpu cells {'run' if gpu else 'skipped'})",
-          flush=True)
+    print(
+        f"smoke: {len(nbs)} chapters into {out} (SURGSEG_HOME={home}; gpu cells {'run' if gpu else 'skipped'})",
+        flush=True,
+    )
     before, t_all, rows = repo_state(), time.time(), []
     for p in nbs:
         secs, error = run(p, out, home, gpu)
@@ -204,8 +228,11 @@ def main(argv=None) -> int:
     added = sorted(repo_state() - before)
     if added:
         print("smoke: the book wrote into the repository:\n  " + "\n  ".join(added), flush=True)
-    print(f"smoke: {len(rows) - len(failed)} of {len(rows)} chapters passed in {total / 60:.1f} min"
-          + (f"; failed: {', '.join(failed)} (executed copies with the error in {out})" if failed else ""), flush=True)
+    print(
+        f"smoke: {len(rows) - len(failed)} of {len(rows)} chapters passed in {total / 60:.1f} min"
+        + (f"; failed: {', '.join(failed)} (executed copies with the error in {out})" if failed else ""),
+        flush=True,
+    )
     return 1 if failed or added else 0
 
 
