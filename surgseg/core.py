@@ -610,7 +610,7 @@ class Config:
     sampler_threshold: float = 0.3   # repeat_factor: frame-fraction threshold t; class_balanced: temperature
     min_pixels: int = 16             # a frame "contains" a class only with at least this many pixels of it
     max_weight: float = 10.0         # clip per-frame sampling weights at this multiple of the mean
-    samples_per_epoch: int = 512     # frames (crops) per epoch, as nnU-Net's fixed epochs; 0 = all frames
+    samples_per_epoch: int = 1024    # frames (crops) per epoch, as nnU-Net's fixed epochs; 0 = all frames
     crop_size: int | list = 64       # crop side(s) in working pixels: one (square) or two (H W); 0 = off
     crop_rare: float = 0.5           # share of crops centred on a present foreground class; rest random
     crop_weights: str = "equal"      # centred crops' class: equal (nnU-Net) or rarity (1 / frame share)

@@ -772,6 +772,7 @@ class SegDataset:
                  crop_size=0,              # training: crops of this size (working resolution), int or (h, w); 0 = off
                  crop_rare: float = 0.0,   # training crops: chance of centring on a present class (`crop_window`)
                  class_weights=None,       # (classes,) weights of the classes as crop centres; None = foreground equal
+                 cache_mb: float = 1024,   # training crops: keep frames decoded at working size, up to this many MB
                 ):
         self.videos = find_videos(videos) if isinstance(videos, (str, Path)) else list(videos)
         if scale <= 0: raise SurgsegError(f"scale {scale} must be positive")
@@ -795,6 +796,7 @@ class SegDataset:
         import torch
         self.seed = int(torch.initial_seed() % 2**32) if seed is None else seed
         self._tfs, self._seeded_for = {}, "unseeded"
+        self._cache, self._cache_left = {}, int(cache_mb * 2**20)   # item -> (image, mask) at working size
 
     def __len__(self): return len(self.items)
 
@@ -852,32 +854,42 @@ class SegDataset:
         i, seed = key if isinstance(key, tuple) else (key, None)
         if not -len(self) <= i < len(self): raise IndexError(i)
         i = i % len(self)
+        img, mask = self._working(i) if self.crop else self._read(i)
+        tf = self._transform(i)
+        if seed is not None:
+            tf.set_random_seed(int(seed) % 2**32)   # a function of the draw, not of the process's history
+        if self.crop:
+            # before the other augmentations: they run on the crop
+            y0, x0, _ = crop_window(mask, self.crop, self.crop_rare, tf.random_generator, self.class_weights)
+            # copies: the pipeline must never write into a cached frame
+            img, mask = crop_pad(img, y0, x0, self.crop), crop_pad(mask, y0, x0, self.crop, self.fill_mask)
+            img, mask = img.copy(), mask.copy()
+        out = tf(image=img, mask=mask)
+        image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
+        return dict(image=image, mask=torch.from_numpy(out["mask"].astype(np.int64)), index=i)
+
+    def _read(self, i: int) -> tuple:
+        "Item i's RGB image and mask as stored (full resolution), checked."
         _, _, rgb, mp = self.items[i]
         img = cv2.imread(str(rgb), cv2.IMREAD_COLOR)
         if img is None: raise SurgsegError(f"{rgb}: unreadable image")
         size = self.size_of(i)
         if img.shape[:2] != size:
             raise SurgsegError(f"{rgb}: size {img.shape[1]}x{img.shape[0]}, but its mask is {size[1]}x{size[0]}")
-        tf = self._transform(i)
-        if seed is not None:
-            tf.set_random_seed(int(seed) % 2**32)   # a function of the draw, not of the process's history
-        img, mask = cv2.cvtColor(img, cv2.COLOR_BGR2RGB), read_mask(mp, size)
-        if self.crop:
-            # before the other augmentations: they run on the crop
-            img, mask = self._crop(i, img, mask, tf.random_generator)
-        out = tf(image=img, mask=mask)
-        image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
-        return dict(image=image, mask=torch.from_numpy(out["mask"].astype(np.int64)), index=i)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), read_mask(mp, size)
 
-    def _crop(self, i: int, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple:
-        """Item i's image and mask brought to working resolution, then cropped by `crop_window` with the pipeline's
-        seeded generator."""
+    def _working(self, i: int) -> tuple:
+        """Item i's image and mask at working resolution, kept in memory while `cache_mb` lasts (the crops' source:
+        decoding a frame costs more than the crop's augmentation, so a frame is decoded once, not every draw)."""
+        if i in self._cache: return self._cache[i]
+        img, mask = self._read(i)
         h, w = self.work_size(i)
         if (h, w) != img.shape[:2]:
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-        y0, x0, _ = crop_window(mask, self.crop, self.crop_rare, rng, self.class_weights)
-        return crop_pad(img, y0, x0, self.crop), crop_pad(mask, y0, x0, self.crop, self.fill_mask)
+        if img.nbytes + mask.nbytes <= self._cache_left:
+            self._cache[i], self._cache_left = (img, mask), self._cache_left - img.nbytes - mask.nbytes
+        return img, mask
 
     def __repr__(self):
         return (f"SegDataset({len(self)} frames of {len(self.videos)} videos, full {self.full_size}, "
