@@ -613,7 +613,7 @@ class Config:
     samples_per_epoch: int = 1024    # frames (crops) per epoch, as nnU-Net's fixed epochs; 0 = all frames
     crop_size: int | list = 64       # crop side(s) in working pixels: one (square) or two (H W); 0 = off
     crop_rare: float = 0.5           # share of crops centred on a present foreground class; rest random
-    crop_weights: str = "equal"      # centred crops' class: equal (nnU-Net) or rarity (1 / frame share)
+    crop_weights: str = "rarity"     # centred crops' class: equal (nnU-Net) or rarity (1 / frame share)
     # loss
     loss: str = "dice_ce"            # ce, wce, dice_ce, focal_ce
     class_weights: str = "none"      # CE class weights: none, inverse, sqrt_inverse, median, one_minus_p

@@ -255,7 +255,7 @@ ODD = {
     "folds": 5,
     "fold": 4,
     "ema": 0.99,
-    "crop_weights": "rarity",
+    "crop_weights": "equal",
 }  # fold needs folds: no value one above its default alone
 
 
