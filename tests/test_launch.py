@@ -50,7 +50,12 @@ def alone(job, env):
     return env["CUDA_VISIBLE_DEVICES"]
 
 
-CHILD = "import sys, time\\ntry: time.sleep(120)\\nexcept KeyboardInterrupt: open(sys.argv[1], 'w').close()"
+# the child says it is ready inside its try block: a signal before that (a slow start on a busy machine) would kill it
+# without the note
+CHILD = (
+    "import sys, time\\ntry:\\n    open(sys.argv[1] + '.ready', 'w').close()\\n    time.sleep(120)\\n"
+    "except KeyboardInterrupt: open(sys.argv[1], 'w').close()"
+)
 
 
 def resumable(job, env):
@@ -61,6 +66,9 @@ def resumable(job, env):
     start = int(progress.read_text()) if progress.exists() else 0
     with open(job.run_dir / "starts", "a") as f: f.write(f"{start}\\n")
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(job.run_dir / "child_stopped")])
+    ready, deadline = job.run_dir / "child_stopped.ready", time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.02)
     for step in range(start, 12):
         time.sleep(0.25)
         progress.write_text(str(step + 1))
