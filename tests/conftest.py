@@ -1,8 +1,10 @@
 "Fixtures shared by the test files."
 
-import contextlib, io, shutil
+import contextlib, dataclasses, io, shutil
 
 import pytest
+
+from surgseg.core import Config, choices
 
 SYNTH = ["--n_train", 2, "--n_test", 1, "--seconds", 2, "--width", 96, "--height", 64, "--split-ops", 0, "--workers", 1]
 UNET = [
@@ -61,3 +63,49 @@ def ws(tmp_path_factory):
         yield d
     finally:
         mp.undo()
+
+
+# --- a Config with every field changed (round trips through YAML, strings and the CLI) ---------------------------
+
+ODD = {
+    "data_dir": "/data/SAR RARP50",
+    "out_dir": "elsewhere/runs",
+    "run_name": "r_1",
+    "encoder": "resnet18",
+    "weights": "none",
+    "dinov3": "models/dinov3-local",
+    "precision": "bf16",
+    "log_with": "wandb",
+    "pos_embed_rescale": 2.0,
+    "lora_targets": ["q_proj", "k_proj", "v_proj"],
+    "min_area": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    "folds": 5,
+    "fold": 4,
+    "ema": 0.99,
+    "crop_weights": "equal",
+}  # fold needs folds: no value one above its default alone
+
+
+def non_default_config() -> Config:
+    "A Config with every field set to a valid value that differs from its default."
+    from surgseg import losses, models, sampler  # noqa: F401 (registries: names to choose from)
+
+    d, vals = Config(), {}
+    for f in dataclasses.fields(Config):
+        v = getattr(d, f.name)
+        if f.name in ODD:
+            vals[f.name] = ODD[f.name]
+        elif isinstance(v, bool):
+            vals[f.name] = not v
+        elif choices(f.name):
+            vals[f.name] = next(n for n in reversed(choices(f.name)) if n != v)
+        elif isinstance(v, int):
+            vals[f.name] = v + 1
+        elif isinstance(v, float):
+            vals[f.name] = v / 2
+        else:
+            raise AssertionError(f"no odd value for Config field {f.name!r}: add one to ODD")
+    cfg = Config(**vals)
+    same = [k for k in Config.field_names() if getattr(cfg, k) == getattr(d, k)]
+    assert not same, f"fields left at their default: {same}"
+    return cfg

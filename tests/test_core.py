@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import non_default_config  # every Config field changed (tests/conftest.py)
 from surgseg.core import (
     CONFIG_SECTIONS,
     Config,
@@ -150,78 +151,12 @@ def test_parse_bool():
         parse_bool("si", "--tta")
 
 
-NON_DEFAULT = dict(
-    data_dir="/data/SAR RARP50",
-    out_dir="r",
-    run_name="x1",
-    fps=10,
-    resolution=0.25,
-    low_res=True,
-    val_fraction=0.3,
-    augment=False,
-    num_workers=2,
-    sampler="none",
-    sampler_threshold=0.5,
-    min_pixels=4,
-    max_weight=5.0,
-    samples_per_epoch=100,
-    crop_size=[128, 256],
-    crop_rare=0.25,
-    crop_weights="equal",
-    loss="wce",
-    class_weights="inverse",
-    ce_weight=0.5,
-    dice_weight=2.0,
-    dice_absent=True,
-    focal_weight=0.7,
-    focal_gamma=1.5,
-    focal_alpha=0.25,
-    ignore_index=254,
-    model="fpn",
-    encoder="resnet18",
-    weights="none",
-    dinov3="/w/dinov3",
-    finetune="full",
-    lora_rank=4,
-    lora_alpha=8,
-    lora_dropout=0.1,
-    lora_targets=["q_proj", "k_proj"],
-    head="multilayer",
-    head_layers=3,
-    grad_checkpointing=True,
-    pos_embed_rescale=2.0,
-    epochs=5,
-    batch_size=2,
-    lr=3e-4,
-    backbone_lr=3e-5,
-    weight_decay=0.01,
-    warmup=0.05,
-    grad_accum=2,
-    grad_clip=0.0,
-    precision="bf16",
-    max_steps=5,
-    save_every=10,
-    patience=2,
-    seed=7,
-    resume=True,
-    log_with="none",
-    tta=True,
-    min_area=[10, 20, 30, 40, 50, 60, 70, 80, 90],
-    decisions=False,
-    folds=5,
-    fold=3,
-    ema=0.999,
-)
-
-
 def test_every_field_round_trips_through_yaml_and_strings(tmp_path):
-    assert sorted(NON_DEFAULT) == sorted(Config.field_names())
-    cfg = Config(**NON_DEFAULT)
-    assert all(getattr(cfg, k) != getattr(Config(), k) for k in NON_DEFAULT)  # really non-default
+    cfg = non_default_config()  # every field differs from its default (checked there)
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
     as_text = {
-        k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in NON_DEFAULT.items()
+        k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.to_dict().items()
     }  # as a CLI hands them over
     assert Config().update(as_text) == cfg
     assert [k for ks in CONFIG_SECTIONS.values() for k in ks] == Config.field_names()

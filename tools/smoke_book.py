@@ -46,11 +46,15 @@ SMOKE = {
     # never lands in nbs/runs (the default before the run store).
     "06_train": dict(epochs=2, samples_per_epoch=16, out_dir="{home}/runs"),
     # the study's machinery on its smallest design: the baseline and the primary configuration, one seed each, one
-    # epoch (Config's 512 crops: 64 steps) per run, trained through papermill (its default) two at a time and scored
-    # with and without decisions; out_dir is where index reads the study's tables from. (Not a shorter epoch through
-    # `config`: the chapter's tests of cli_args assume no config file.)
+    # epoch of 16 crops per run, trained through papermill (its default) two at a time and scored with and without
+    # decisions; out_dir is where index reads the study's tables from.
     "09_experiments": dict(
-        configs="dice_ce,dice_ce+rfs+crops", seeds="0", primary_seeds="0", epochs=1, out_dir="{home}/runs/study"
+        configs="dice_ce,dice_ce+rfs+crops",
+        seeds="0",
+        primary_seeds="0",
+        epochs=1,
+        samples_per_epoch=16,
+        out_dir="{home}/runs/study",
     ),
     # one seed, two folds (the fewest a cross-validation ensemble has), one epoch of 16 crops per run: 4 runs
     # (all, all+ema, two folds) and 3 scored predictions, every comparison and sentence of the chapter.
