@@ -65,6 +65,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.nargs == 0: return opts
         return f"{opts} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
+# %% ../nbs/10_cli.ipynb #286dee0b
 class Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line on stderr (`surgseg CMD: error: ...`) and exit code 2."
     def __init__(self, *args, **kwargs):
@@ -114,11 +115,13 @@ class Command(NamedTuple):
     args: Callable   # args(parser): add the subcommand's arguments
     run: Callable    # run(namespace) -> exit code (None = 0): call the library, print what was done
 
+# %% ../nbs/10_cli.ipynb #15192885
 COMMANDS: dict[str, Command] = {}
 
 class UsageError(SurgsegError):
     "A wrong value on the command line (or in its --config file), found after parsing: exit code 2, like argparse's."
 
+# %% ../nbs/10_cli.ipynb #68eda6f7
 def parser(cmd: str,    # a subcommand name, a key of `COMMANDS`
           ) -> Parser:  # its parser, options added
     "The argument parser of subcommand `cmd`."
@@ -145,6 +148,7 @@ def synth_args(p,  # the subcommand's parser: its options are added here
         D["first_test"], type=int)
     add(p, "workers", "parallel processes (default: one per core)", type=int)
 
+# %% ../nbs/10_cli.ipynb #419ae404
 def run_synth(a,  # the parsed options of the subcommand
              ):
     "Generate the synthetic SAR-RARP50 stand-in; say how many videos and masks were written."
@@ -171,6 +175,7 @@ def unpack_args(p,  # the subcommand's parser: its options are added here
     add(p, "split", "put every video in this split folder (default: from the archive or the released table)",
         choices=SPLITS)
 
+# %% ../nbs/10_cli.ipynb #55d25349
 def run_unpack(a,  # the parsed options of the subcommand
               ):
     "Unpack the archives (nothing escapes the root, nothing is overwritten, resumable); say what was written."
@@ -191,6 +196,7 @@ def validate_args(p,  # the subcommand's parser: its options are added here
         action=BoolFlag)
     add(p, "workers", "processes (default: one per core)", type=int)
 
+# %% ../nbs/10_cli.ipynb #996f3f51
 def run_validate(a,  # the parsed options of the subcommand
                 ):
     "Print every problem of the dataset root and exit 1 if there is any; else one line of what is there."
@@ -216,6 +222,7 @@ def extract_args(p,  # the subcommand's parser: its options are added here
     add(p, "workers", "processes (default: one per core)", type=int)
     add(p, "sequential", "decode every frame instead of seeking (the reference method)", False, action=BoolFlag)
 
+# %% ../nbs/10_cli.ipynb #8f42f5f7
 def run_extract(a,  # the parsed options of the subcommand
                ):
     "Extract the frames (resumable); say how many were written and how each video was decoded."
@@ -238,6 +245,7 @@ def stats_args(p,  # the subcommand's parser: its options are added here
     add(p, "min_pixels", "a frame contains a class only with at least this many pixels of it", 16, type=int)
     add(p, "workers", "counting processes (default: automatic)", type=int)
 
+# %% ../nbs/10_cli.ipynb #6e46d71b
 def run_stats(a,  # the parsed options of the subcommand
              ):
     "Write the class statistics as CSV files (all four or none) and print the class summary."
@@ -292,6 +300,7 @@ def train_config(a: argparse.Namespace,  # parsed `surgseg train` arguments
     except UsageError: raise
     except SurgsegError as e: raise UsageError(str(e)) from None
 
+# %% ../nbs/10_cli.ipynb #315ab219
 def run_train(a,  # the parsed options of the subcommand
              ):
     """Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best
@@ -327,6 +336,7 @@ def evaluate_args(p,  # the subcommand's parser: its options are added here
     add(p, "allow_missing", "score missing predictions 0 instead of refusing the folder", False, action=BoolFlag)
     predictor_args(p.add_argument_group("predicting first (with --checkpoint)"), required=False)
 
+# %% ../nbs/10_cli.ipynb #a1237261
 def run_evaluate(a,  # the parsed options of the subcommand
                 ):
     "Score the folder, print the summary and write the CSV files; exit 1 listing every problem of the folder."
@@ -376,6 +386,7 @@ def predictor_args(p,                      # a predict subcommand's parser
     add(p, "batch_size", "frames per forward pass", 4, type=int)
     add(p, "device", "cpu, cuda, cuda:1, mps (default: the best available; onnxruntime: cpu)")
 
+# %% ../nbs/10_cli.ipynb #83ea5958
 def predictor(a,          # parsed options of `predictor_args`
               **kwargs):  # more `Predictor` settings (smooth, smooth_centred)
     "The `Predictor` of the parsed options (flags not given fall back to the run's config); `--min_area tune` tunes it."
@@ -417,6 +428,7 @@ def predict_args(p,  # the subcommand's parser: its options are added here
     add(p, "out", "prediction folder to create (must not exist or be empty)", required=True)
     predictor_args(p, tune=True)
 
+# %% ../nbs/10_cli.ipynb #2891d762
 def run_predict(a,  # the parsed options of the subcommand
                ):
     "Predict every annotated frame of a split in the official layout: OUT/video_XX/segmentation/{frame:09d}.png."
@@ -441,6 +453,7 @@ def predict_image_args(p,  # the subcommand's parser: its options are added here
     add(p, "alpha", "overlay opacity in [0, 1]", 0.5, type=checked("alpha"))
     predictor_args(p)
 
+# %% ../nbs/10_cli.ipynb #72b86b46
 def run_predict_image(a,  # the parsed options of the subcommand
                      ):
     "Segment one image or a folder of images: OUT/masks/NAME.png and OUT/overlays/NAME.png."
@@ -474,6 +487,7 @@ def predict_video_args(p,  # the subcommand's parser: its options are added here
         action=BoolFlag)
     predictor_args(p)
 
+# %% ../nbs/10_cli.ipynb #619f1dcd
 def run_predict_video(a,  # the parsed options of the subcommand
                      ):
     "Segment a video: OUT/masks/{frame:09d}.png, OUT/overlays/{frame:09d}.png and OUT/NAME_overlay.mp4 (each optional)."
@@ -505,6 +519,7 @@ def export_args(p,  # the subcommand's parser: its options are added here
     add(p, "threads", "onnxruntime threads for the parity check (default: torch's thread count)",
         type=checked("threads"))
 
+# %% ../nbs/10_cli.ipynb #0887dea5
 def run_export(a,  # the parsed options of the subcommand
               ):
     "Export the run's model, check parity with PyTorch, print one line describing the export."
@@ -527,6 +542,7 @@ def top_parser() -> Parser:  # `surgseg`'s parser
     p.add_argument("-V", "--version", action="version", version=__version__)
     return p
 
+# %% ../nbs/10_cli.ipynb #679eb5ee
 @contextlib.contextmanager
 def log_to_stderr():
     "While a command runs, the library's log messages (`surgseg.*` loggers, INFO and up) go to stderr, one line each."
@@ -542,6 +558,7 @@ def log_to_stderr():
             lg.removeHandler(h)
             lg.setLevel(level)
 
+# %% ../nbs/10_cli.ipynb #a9f65222
 def _exhaustion_line(cmd: str, e: BaseException) -> str | None:
     "The one line of a full disk that no writer named (None for other errors); memory running out is named where it is."
     from surgseg.core import disk_full_message, is_disk_full

@@ -73,6 +73,7 @@ def colorize(mask: np.ndarray,  # (H, W) integer class ids
     "Colour a mask with the class palette."
     return PALETTE[np.asarray(mask).clip(0, NUM_CLASSES - 1)]
 
+# %% ../nbs/00_core.ipynb #d410b4ec
 def _overlay_np(image, mask, alpha):
     "The definition: round((1 - alpha) * pixel + alpha * colour) on instrument pixels, in float32."
     out = image.astype(np.float32)
@@ -127,6 +128,7 @@ _FULL_HITS: dict = {}
 class DiskFullError(SurgsegError):
     "A write failed for want of space (disk or quota): the message names the file and what was being written."
 
+# %% ../nbs/00_core.ipynb #1ee184ab
 def _existing(path: Path) -> Path:
     "`path` or its nearest existing parent."
     while not path.exists() and path != path.parent: path = path.parent
@@ -144,6 +146,7 @@ def is_disk_full(e: BaseException,                # an exception raised while wr
     try: return shutil.disk_usage(_existing(Path(path))).free < 1 << 20  # e.g. torch.save's "file write failed"
     except OSError: return False
 
+# %% ../nbs/00_core.ipynb #12832c12
 def _inject_full(path: Path):
     """Test hook: the N-th write of a path matching `$SURGSEG_DISK_FULL_AT` (GLOB or GLOB@N), and every later one, fails
     with ENOSPC."""
@@ -163,6 +166,7 @@ def disk_full_message(path: str | Path,    # the file or folder being written
     why = "disk quota exceeded" if quota else "no space left on the device"
     return f"{path}: {why} while writing {what}; free some space and run the same command again"
 
+# %% ../nbs/00_core.ipynb #7714f805
 @contextlib.contextmanager
 def writing(path: str | Path,   # the file or folder the block writes
             what: str = "a file",  # what it is, for the message ("the extracted frames", "a checkpoint")
@@ -273,6 +277,7 @@ def clean_partials(parent: str | Path,       # folder holding outputs
         else: os.rename(old, out)                   # killed between the renames: the old folder comes back
     return removed
 
+# %% ../nbs/00_core.ipynb #4cd53af3
 @contextlib.contextmanager
 def atomic_folder(path: str | Path,       # the folder to publish
                   replace: bool = False,  # False: `path` must not exist or be empty; True: swap it out when done
@@ -401,6 +406,7 @@ def read_mask(path: str | Path,           # PNG file
         raise SurgsegError(f"{path}: value {int(arr.max())} is not a class id (0..{NUM_CLASSES - 1})")
     return arr
 
+# %% ../nbs/00_core.ipynb #41850339
 def write_png(path: str | Path,    # destination .png
               image: np.ndarray,   # uint8 (H, W) grey or (H, W, 3) RGB
               overwrite: bool = True,  # replace an existing file (False: refuse)
@@ -416,6 +422,7 @@ def write_png(path: str | Path,    # destination .png
     if not ok: raise SurgsegError(f"{path}: PNG encoding failed")
     with atomic_write(path, overwrite, what) as tmp: tmp.write_bytes(buf.tobytes())
 
+# %% ../nbs/00_core.ipynb #52a8260d
 def write_mask(path: str | Path,  # destination .png
                mask: np.ndarray,  # (H, W) class ids 0..9
                overwrite: bool = True,  # replace an existing file (False: refuse)
@@ -427,6 +434,7 @@ def write_mask(path: str | Path,  # destination .png
         raise ValueError(f"{path}: mask values must be 0..{NUM_CLASSES - 1}")
     write_png(path, mask.astype(np.uint8, copy=False), overwrite, what)
 
+# %% ../nbs/00_core.ipynb #85311d43
 def read_rgb(path: str | Path,  # an image file
             ) -> np.ndarray:    # (H, W, 3) uint8 RGB
     "Read an image as (H, W, 3) uint8 RGB, raising `SurgsegError` naming the file if unreadable."
@@ -493,6 +501,7 @@ def default_workers(n_tasks: int,               # number of tasks
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(int(workers), int(n_tasks)))
 
+# %% ../nbs/00_core.ipynb #a7a5c20c
 def die_with_parent():
     "In a child process: ask Linux to SIGKILL it when its parent dies, so a killed command leaves no orphan writing."
     with contextlib.suppress(Exception):  # Linux only; elsewhere a no-op
@@ -500,6 +509,7 @@ def die_with_parent():
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1: os._exit(1)           # the parent died before the request took effect
 
+# %% ../nbs/00_core.ipynb #c2515382
 def _init_worker():
     "Pool worker start-up: die with the parent; one thread per library."
     die_with_parent()
@@ -577,6 +587,7 @@ def register_choices(key: str,         # the Config field (or CLI option) whose 
     if not any(s is names for s in srcs): srcs.append(names if isinstance(names, dict) else list(names))
     if noun: _NOUNS[key] = noun
 
+# %% ../nbs/00_core.ipynb #8cb36394
 def choices(key: str,              # a registry's name: a `REGISTERED` Config field
            ) -> list[str] | None:  # the names, or None
     "The names registered for `key` so far, in registration order (None if nothing is registered: anything goes)."
@@ -797,6 +808,7 @@ def current_entry() -> str:  # python, cli or papermill
     python."""
     return _ENTRY[-1] if _ENTRY else os.environ.get("SURGSEG_ENTRY", "python")
 
+# %% ../nbs/00_core.ipynb #41e52798
 @contextlib.contextmanager
 def entry_point(name: str):  # cli, papermill or python
     "Inside the block, messages name options as the door `name` writes them."
@@ -810,6 +822,7 @@ def entry_point(name: str):  # cli, papermill or python
         if old is None: os.environ.pop("SURGSEG_ENTRY", None)
         else: os.environ["SURGSEG_ENTRY"] = old
 
+# %% ../nbs/00_core.ipynb #13e0821e
 def option(name: str,          # the option (a Config field or a keyword), e.g. "resume"
            value=None,         # the value to suggest; None = the option itself
            entry: str | None = None,  # the door; None = the one in use
@@ -823,6 +836,7 @@ def option(name: str,          # the option (a Config field or a keyword), e.g. 
     text = name if value is None else f"{name}={value!r}"
     return f"{text} in the parameters" if entry == "papermill" and value is not None else text
 
+# %% ../nbs/00_core.ipynb #2b36aa94
 MESSAGES = {  # key: the message, options written <name> or <name=value> (rendered by `message` for the door in use)
     "run_exists": "{path}: run folder exists; pass <resume=True> to continue it or choose another <run_name>",
     "overwrite": "{path}: already exists (refusing to overwrite; pass <overwrite=True>)",
@@ -850,6 +864,7 @@ def is_out_of_memory(e: BaseException,  # the exception raised
     return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e).lower() or isinstance(e,
                                                                                                            MemoryError))
 
+# %% ../nbs/00_core.ipynb #3b85efa9
 def oom_error(e: BaseException,     # the out-of-memory error
               step: str,            # what was running, e.g. "training (epoch 2, step 14)"
               batch_size: int,      # images per step
@@ -878,6 +893,7 @@ class OptionError(SurgsegError):
         super().__init__(message)
         self.why = why or message
 
+# %% ../nbs/00_core.ipynb #4819be03
 def check_option(name: str,  # a key of OPTION_RULES
                  value,      # the value given (a string from the CLI, a number from Python)
                 ):           # the value coerced to the option's type
@@ -936,12 +952,14 @@ def read_yaml(path: str | Path):  # YAML file
     except yaml.YAMLError as e: raise SurgsegError(f"{path}: invalid YAML ({first_line(e)})") from None
     except (OSError, UnicodeDecodeError) as e: raise SurgsegError(f"{path}: unreadable ({type(e).__name__})") from None
 
+# %% ../nbs/00_core.ipynb #cdf1b25b
 def save_config(cfg: Config,       # the settings to save
                 path: str | Path,  # the YAML file to write
                ):
     "Write every field of `cfg` as YAML, atomically."
     with atomic_write(path) as tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
+# %% ../nbs/00_core.ipynb #5054dcd7
 def load_config(path: str | Path | None = None,  # YAML file ("" or None = defaults only)
                 overrides: dict | None = None,   # values that win over the file
                 **kwargs,
@@ -965,10 +983,12 @@ def get_device() -> str:  # cuda, mps or cpu
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available(): return "mps"
     return "cpu"
 
+# %% ../nbs/00_core.ipynb #a1dbdf69
 def surgseg_home() -> Path:  # the folder (not created)
     "Where surgseg keeps generated data and caches: `$SURGSEG_HOME`, default `~/.cache/surgseg`."
     return Path(os.environ.get("SURGSEG_HOME", "~/.cache/surgseg")).expanduser()
 
+# %% ../nbs/00_core.ipynb #d22398a5
 def runs_dir(out_dir: str | Path = "",  # a parent folder of run folders; "" = the run store
              sub: str = "",             # with an empty out_dir: this folder of the run store (the study's "study")
             ) -> Path:                  # the folder, absolute
@@ -976,6 +996,7 @@ def runs_dir(out_dir: str | Path = "",  # a parent folder of run folders; "" = t
     if str(out_dir or ""): return Path(out_dir).expanduser().absolute()
     return (surgseg_home() / "runs" / sub).absolute()
 
+# %% ../nbs/00_core.ipynb #24e1dc0c
 def default_data_dir() -> Path:  # the dataset root (it may not exist yet)
     """The synthetic default dataset root, used when `Config.data_dir` is empty (versioned: a new default gets a new
     folder)."""

@@ -38,6 +38,7 @@ def natural_key(name: str,  # a file or folder name
     "Sort key that orders `video_2` before `video_10`."
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
+# %% ../nbs/01_data_extraction.ipynb #80daa085
 def operation_of(name: str,  # a video folder name
                 ) -> str:    # its operation id
     "The operation id of a video folder name: `video_11_2` -> `11`, `video_03` -> `03`."
@@ -70,6 +71,7 @@ class Video:
     def __repr__(self):
         return f"Video({self.split + '/' if self.split else ''}{self.name}, {len(self.frames)} masks)"
 
+# %% ../nbs/01_data_extraction.ipynb #85cff5b0
 def load_video(path: str | Path,  # a video_* folder
                split: str = "",   # the split folder it was found in
               ) -> Video:         # the video's description
@@ -231,6 +233,7 @@ class VideoProbe:
     note: str = ""    # why the timestamps are unusable for seeking, if they are
     fps: float = 0.0  # frames per second the container declares (0 = it declares none)
 
+# %% ../nbs/01_data_extraction.ipynb #0b865ab1
 def probe_video(path: str | Path,    # video file
                 demux: bool = True,  # False: the header only (declared frame count, 0 if none; no timestamps)
                ) -> VideoProbe:      # the video's metadata
@@ -414,6 +417,7 @@ class FrameReader:
         note = ": " + self.note if self.note else ""
         return f"FrameReader({self.path.name}, {len(self.frames)} frames, {self.method}{note})"
 
+# %% ../nbs/01_data_extraction.ipynb #09f06eda
 def read_frames(path: str | Path,   # video file
                 frames: list,       # frame numbers wanted (frame N = the N-th frame of a sequential decode)
                 method: str = "auto", # "auto": seek where proven exact, else decode; "seek"; or "sequential"
@@ -543,6 +547,7 @@ def png_complete(path: str | Path,       # a PNG file
     w, h = struct.unpack(">II", head[16:24])
     return size is None or (h, w) == tuple(size)
 
+# %% ../nbs/01_data_extraction.ipynb #a6f8de76
 def _step(fps: int) -> int:
     if fps < 1 or MASK_STEP % fps:
         raise SurgsegError(f"fps {fps} must divide {MASK_STEP} (1 = the annotated frames, 10 = every 6th frame)")
@@ -555,6 +560,7 @@ def target_frames(video: Video,     # the video folder
     "Frame numbers to extract: every (60/fps)-th frame of the video, and every frame that has a mask."
     return sorted(set(range(0, n_frames, _step(fps))) | set(video.frames))
 
+# %% ../nbs/01_data_extraction.ipynb #f873379e
 @dataclass
 class Extracted:
     "What `extract_frames` did with one video."
@@ -592,6 +598,7 @@ def already_extracted(v: Video,     # the video folder
         if n and all(png_complete(v.rgb_path(f)) for f in t): return Extracted(v.name, "done", 0, len(t))
     return None
 
+# %% ../nbs/01_data_extraction.ipynb #406baee9
 def extract_video(v: Video,              # the video folder
                   fps: int = 1,          # 1 = the annotated frames; 10 = every 6th frame as well
                   method: str = "auto",  # "auto" (seek where proven exact), "seek" (fail if not exact) or "sequential"
@@ -745,6 +752,7 @@ def crop_window(mask: np.ndarray,          # (H, W) class ids at working resolut
             return int(np.clip(y - h // 2, lo[0], hi[0])), int(np.clip(x - w // 2, lo[1], hi[1])), c
     return int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1)), -1
 
+# %% ../nbs/01_data_extraction.ipynb #840d2c22
 def crop_pad(a: np.ndarray,   # (H, W) or (H, W, C) array
              y0: int,         # top row of the window in `a` (negative: padded)
              x0: int,         # top-left corner (may be negative: padding)

@@ -28,6 +28,7 @@ def layout_root(root: str | Path,  # a folder holding video_* folders, or one ho
     if not any(root.glob("video_*")) and any((root / "test").glob("video_*")): return root / "test"
     return root
 
+# %% ../nbs/07a_evaluate.ipynb #3e204fd2
 def reference_masks(ref: str | Path,  # reference root in the official layout
                    ) -> dict[str, list[Path]]:  # video name -> sorted ground-truth mask paths
     "The ground-truth masks of every video, found as `video_*/segmentation/*.png`."
@@ -103,6 +104,7 @@ class PredictionFolderError(SurgsegError):
         more = f"; ... and {len(problems) - shown} more" if len(problems) > shown else ""
         super().__init__(f"{pred}: {len(problems)} problem(s): " + "; ".join(self.problems[:shown]) + more)
 
+# %% ../nbs/07a_evaluate.ipynb #4d58b42e
 def check_predictions(ref: str | Path,             # reference root
                       pred: str | Path,            # prediction root
                       workers: int | None = None,  # processes reading the files (None = all cores)
@@ -161,6 +163,7 @@ def result_tables(results: dict,                # an `evaluate` result
             "per_class_breakdown.csv": class_breakdown(results),
             "per_frame_results.csv": results["frames"]}
 
+# %% ../nbs/07a_evaluate.ipynb #cad3e565
 def write_results(results: dict,     # from `evaluate` or `ScoreAccumulator.compute()`
                   out: str | Path,   # folder to write into (created if needed)
                  ) -> list[Path]:    # the files written
@@ -220,6 +223,7 @@ def error_kinds(gt: np.ndarray,    # (H, W) ground-truth class ids
     kinds[wrong & (gt > 0) & (pred > 0)] = 3
     return kinds
 
+# %% ../nbs/07a_evaluate.ipynb #385169f9
 def error_image(rgb: np.ndarray,   # (H, W, 3) uint8 frame
                 gt: np.ndarray,    # (H, W) ground-truth class ids
                 pred: np.ndarray,  # (H, W) predicted class ids
@@ -269,6 +273,7 @@ def confusion_table(cm: np.ndarray,  # (10, 10) pixel counts, rows = ground trut
     names = [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)]
     return pd.DataFrame(share, index=pd.Index(names, name="ground truth"), columns=pd.Index(names, name="prediction"))
 
+# %% ../nbs/07a_evaluate.ipynb #1e621e9f
 def plot_confusion(cm: np.ndarray,  # (10, 10) pixel counts, rows = ground truth
                    ax=None,         # matplotlib axis (default: a new figure)
                   ):                # the axis

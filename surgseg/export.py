@@ -288,6 +288,7 @@ def onnx_file(source: str | Path,  # an .onnx file, a run folder, its checkpoint
     raise SurgsegError(f"{p}: no exported model (expected {runs[-1] / EXPORT_DIR / ONNX_FILE}; "
                        f"run `surgseg export {runs[-1]} --format onnx` first)")
 
+# %% ../nbs/08b_export.ipynb #da16b73a
 def load_onnx(source: str | Path,          # an .onnx file or a run folder with an export
               threads: int | None = None,  # onnxruntime intra-op threads; None = torch's thread count
               cfg: Config | None = None,   # the config, for an .onnx file written elsewhere (no surgseg metadata)
@@ -303,6 +304,7 @@ def load_onnx(source: str | Path,          # an .onnx file or a run folder with 
     except (ValueError, SurgsegError) as e:
         raise SurgsegError(f"{path}: unreadable surgseg config in its metadata ({first_line(e, 200)})") from None
 
+# %% ../nbs/08b_export.ipynb #f1e67f83
 def onnx_predictor(source: str | Path,         # an .onnx file or a run folder with an export
                    threads: int | None = None, # onnxruntime intra-op threads
                    tta: bool | None = None,    # horizontal-flip TTA; None = the run's config

@@ -37,6 +37,7 @@ def dataset_root(video,     # a `Video`
     p = Path(video.path)
     return p.parent.parent if video.split and p.parent.name == video.split else p.parent
 
+# %% ../nbs/02_imbalance_study.ipynb #6c3b4842
 def video_fingerprint(video,    # a `Video`
                      ) -> str:  # hex digest
     "A hash of a video's mask file names, sizes and modification times: it changes whenever a mask does."
@@ -143,6 +144,7 @@ def class_summary(table: pd.DataFrame,             # a `frame_table`
                          "frames": has.sum(0), "frame_share": has.mean(0)},
                         index=pd.RangeIndex(NUM_CLASSES, name="class"))
 
+# %% ../nbs/02_imbalance_study.ipynb #7e8cd420
 def video_presence(table: pd.DataFrame,            # a `frame_table`
                    min_pixels: int | None = None,  # re-threshold presence (None = the table's has_* flags)
                   ) -> pd.DataFrame:               # videos x class names: share of the video's frames containing it
@@ -150,6 +152,7 @@ def video_presence(table: pd.DataFrame,            # a `frame_table`
     has = pd.DataFrame(_presence(table, min_pixels), columns=CLASS_NAMES, index=table["video"].to_numpy())
     return has.groupby(level=0).mean().rename_axis("video")
 
+# %% ../nbs/02_imbalance_study.ipynb #6091ac50
 def cooccurrence(table: pd.DataFrame,            # a `frame_table`
                  min_pixels: int | None = None,  # re-threshold presence (None = the table's has_* flags)
                 ) -> pd.DataFrame:               # classes x classes: P(column present | row present); NaN: absent rows
@@ -198,6 +201,7 @@ def plot_class_shares(summary: pd.DataFrame,                # a `class_summary`
     fig.tight_layout()
     return fig
 
+# %% ../nbs/02_imbalance_study.ipynb #8a32d30d
 def plot_presence_maps(table: pd.DataFrame):  # a `frame_table`
     "Two heatmaps: the share of each video's frames containing each class, and class co-occurrence."
     import matplotlib.pyplot as plt
@@ -221,6 +225,7 @@ def format_summary(summary: pd.DataFrame,  # a `class_summary`
                       "frames": summary["frames"], "frame share": summary["frame_share"].map("{:.1%}".format)})
     return d.to_string()
 
+# %% ../nbs/02_imbalance_study.ipynb #abaa0e9a
 def write_stats(root: str | Path,             # dataset root in the official layout
                 out: str | Path | None = None,  # folder for the CSV files (default ROOT/.surgseg/stats)
                 min_pixels: int = 16,           # a frame contains a class only with at least this many pixels of it

@@ -99,6 +99,7 @@ def resize(self: Predictor, image: np.ndarray,  # uint8 (H, W, 3) RGB frame at f
     if size not in self._resizers: self._resizers[size] = build_transforms(size, train=False, shrink=self.scale < 1)
     return self._resizers[size](image=image)["image"]
 
+# %% ../nbs/08_inference.ipynb #f9cde76d
 def _to_batch(images: list[np.ndarray], device) -> torch.Tensor:
     "Stack same-size uint8 RGB frames as a float (B,3,h,w) tensor in [0,1] on `device`."
     return torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
@@ -139,6 +140,7 @@ def average_probabilities(logits: list,  # per member: (B, C, h, w) logits of th
     p = torch.stack([l.float().softmax(1) for l in logits]).mean(0)
     return p.clamp_min(1e-12).log()  # as `ProbSmoother` does: a probability of 0 stays finite
 
+# %% ../nbs/08_inference.ipynb #fd146f5f
 def load_ensemble(paths: list,  # run folders (best/ preferred, else last/) or checkpoint folders
                  ) -> tuple:    # (models in eval mode, the first member's Config, the checkpoint folders)
     "Load an ensemble's members, refusing (one line) members at different resolutions, or one given twice."
@@ -159,6 +161,7 @@ def presence_evidence(logits: torch.Tensor,  # (B, C, h, w) logits at the workin
     with torch.no_grad():  # frame by frame: the same numbers whatever the batch a frame comes in
         return np.stack([l[None].float().softmax(1).amax((2, 3))[0].cpu().numpy() for l in logits])
 
+# %% ../nbs/08_inference.ipynb #9f0a2223
 @patch
 def decision_bias(self: Predictor, logits: torch.Tensor,  # (B, C, h, w) logits at the working resolution
                   evidence: list | None = None,           # a list: gets each frame's `presence_evidence` row, in order
@@ -171,6 +174,7 @@ def decision_bias(self: Predictor, logits: torch.Tensor,  # (B, C, h, w) logits 
     if evidence is not None: evidence.extend(pmax)
     return None if rule is None else rule(pmax)
 
+# %% ../nbs/08_inference.ipynb #7592af15
 @patch
 @torch.inference_mode()
 def top2(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
@@ -181,12 +185,14 @@ def top2(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frame
     r = full_res_masks(logits, images[0].shape[:2], top2=second, bias=self.decision_bias(logits))  # one frame at a time
     return list(zip(*r)) if second else [(a, None) for a in r]
 
+# %% ../nbs/08_inference.ipynb #0062a0d2
 @patch
 def predict_batch(self: Predictor, images: list[np.ndarray],  # uint8 (H, W, 3) RGB frames, all the same size
                   ) -> list[np.ndarray]:                       # (H, W) uint8 masks
     "Masks of a batch of same-size frames, post-processed."
     return [self.finish(a, b) for a, b in self.top2(images, second=self.needs_second)]
 
+# %% ../nbs/08_inference.ipynb #fe488d3f
 @patch
 def finish(self: Predictor, top1: np.ndarray,     # (H, W) uint8 raw argmax mask
            top2: np.ndarray | None = None,        # (H, W) uint8 second most likely class, if computed
@@ -194,6 +200,7 @@ def finish(self: Predictor, top1: np.ndarray,     # (H, W) uint8 raw argmax mask
     "Apply this predictor's post-processing (if any) to a raw argmax mask."
     return top1 if self.postprocess is None else self.postprocess(top1, top2)
 
+# %% ../nbs/08_inference.ipynb #22491ef9
 @patch
 def predict(self: Predictor, image: np.ndarray | str | Path,  # uint8 (H, W, 3) RGB frame, or an image file
             ) -> np.ndarray:                                    # (H, W) uint8 class ids
@@ -348,6 +355,7 @@ def stream_top2(self: Predictor, items: Iterable[tuple[Any, np.ndarray]],  # (ke
             yield r
             bar.update(1)
 
+# %% ../nbs/08_inference.ipynb #5bca488a
 @patch
 def predict_stream(self: Predictor,
                    items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
@@ -365,6 +373,7 @@ def predict_stream(self: Predictor,
     # 4: post-processing
     yield from _prefetch(((k, im, self.finish(a, b)) for k, im, a, b in maps), 2 * self.batch_size)
 
+# %% ../nbs/08_inference.ipynb #d459b3e8
 @patch
 def stream_logits(self: Predictor,
                   items: Iterable[tuple[Any, np.ndarray]],  # (key, uint8 RGB frame) pairs
@@ -390,6 +399,7 @@ def check_output_dir(out: str | Path,  # the output folder asked for
     if out.is_dir() and any(out.iterdir()):
         raise SurgsegError(f"{out}: output folder is not empty (refusing to overwrite; choose a new folder)")
 
+# %% ../nbs/08_inference.ipynb #6add76ab
 @contextlib.contextmanager
 def new_output(out: str | Path,  # the output folder to create: must not exist or be empty
               ) -> Iterator[Path]:  # the hidden partial folder to write into

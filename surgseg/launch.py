@@ -41,6 +41,7 @@ class Job:
         "The run's launch log: the job's output and, on failure, the line that says why."
         return self.run_dir / LOG_FILE
 
+# %% ../nbs/09a_launch.ipynb #77cc9aa6
 @dataclass
 class Outcome:
     "What became of one job: `done` with `fn`'s result, `failed` with the line that says why, or still `running`."
@@ -63,6 +64,7 @@ def read_record(job: Job,         # the run
     except (OSError, ValueError): return None
     return d if isinstance(d, dict) else None
 
+# %% ../nbs/09a_launch.ipynb #7a2a2438
 def write_record(job: Job,  # the run
                  **rec,
                 ) -> dict:  # the record written
@@ -72,18 +74,21 @@ def write_record(job: Job,  # the run
     with atomic_write(job.run_dir / JOB_FILE) as tmp: tmp.write_text(json.dumps(rec, indent=1))
     return rec
 
+# %% ../nbs/09a_launch.ipynb #a3e51413
 def store_result(job: Job,  # the run
                  result,    # what its function returned (picklable)
                 ) -> None:
     "Keep `fn`'s result in the run folder (`result.pkl`, atomically): the run is finished."
     with atomic_write(job.run_dir / RESULT_FILE) as tmp: tmp.write_bytes(pickle.dumps(result))
 
+# %% ../nbs/09a_launch.ipynb #b1d8b1e8
 def stored_result(job: Job,              # the run
                  ) -> tuple[bool, Any]:  # (found, result)
     "(True, result) if the run folder holds `fn`'s result, else (False, None)."
     try: return True, pickle.loads((job.run_dir / RESULT_FILE).read_bytes())
     except (OSError, EOFError, pickle.UnpicklingError): return False, None
 
+# %% ../nbs/09a_launch.ipynb #dde2b4ba
 def last_line(path: str | Path,  # a text file (a run's log)
              ) -> str:           # its last non-empty line, or ''
     "The last non-empty line of a text file (carriage returns split lines too), or '' if there is none."
@@ -105,6 +110,7 @@ def visible_gpus() -> list[str]:  # GPU names, as CUDA_VISIBLE_DEVICES writes th
     if env is None: return [str(i) for i in range(n)]
     return [d.strip() for d in env.split(",") if d.strip()][:n]
 
+# %% ../nbs/09a_launch.ipynb #9c9b812c
 def device_slots(gpus_per_run: int = 1,          # GPUs each run trains on (0: CPU)
                  parallel: int = 2,              # CPU slots when there is no GPU (or gpus_per_run=0)
                  gpus: list[str] | None = None,  # the GPUs to share out (None: `visible_gpus()`)
@@ -116,6 +122,7 @@ def device_slots(gpus_per_run: int = 1,          # GPUs each run trains on (0: C
         raise SurgsegError(f"gpus_per_run={gpus_per_run}: only {len(gpus)} GPU(s) visible ({','.join(gpus)})")
     return [",".join(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
 
+# %% ../nbs/09a_launch.ipynb #3c64671c
 def run_env(devices: str | None,  # the run's CUDA_VISIBLE_DEVICES (None: leave it as the worker has it)
             threads: int = 1,     # CPU threads of the run's training process
            ) -> dict:             # environment variables for the run's child process
@@ -133,6 +140,7 @@ def free_port() -> int:  # a port number
         s.bind(("", 0))
         return s.getsockname()[1]
 
+# %% ../nbs/09a_launch.ipynb #16473090
 def train_command(args: list[str],          # `surgseg` arguments, e.g. ["train", "--loss", "focal_ce", "--seed", "0"]
                   env: dict | None = None,  # the run's environment from `launch` (its CUDA_VISIBLE_DEVICES)
                   port: int | None = None,  # rendezvous port of a multi-GPU run (None: a free one)
@@ -155,6 +163,7 @@ def failure_line(job: Job,          # the run that failed
     msg = " ".join(f"{type(e).__name__}: {e}".split())
     return f"{job.name} failed: {msg}" + (f" (last output: {before})" if before and before not in msg else "")
 
+# %% ../nbs/09a_launch.ipynb #6ec92e9d
 def run_job(job: Job,      # the run
             fn: Callable,  # fn(job, env) -> result: trains, predicts and scores the run
             env: dict,     # the run's extra environment (devices, threads)
@@ -187,6 +196,7 @@ def slurm_states(job_ids: list[str],  # SLURM job ids
     if job_ids: w.update()
     return {j: (w.get_state(j, mode="cache") or "UNKNOWN").split()[0] for j in job_ids}
 
+# %% ../nbs/09a_launch.ipynb #404c7177
 def job_active(rec: dict,                  # a job record (`job.json`)
                state: str | None = None,   # its SLURM state, if already asked (`slurm_states`)
               ) -> bool | None:            # True: queued or running; False: ended; None: cannot tell here
@@ -218,6 +228,7 @@ def output_to(path: Path,  # a log file (appended to)
             os.dup2(saved[1], 2)
             for fd in saved: os.close(fd)
 
+# %% ../nbs/09a_launch.ipynb #0d498041
 def stop_children(timeout: float = 60,  # seconds to wait for them
                  ) -> list[int]:         # the pids interrupted
     "Interrupt this process's child processes (SIGINT, so training unwinds and releases its run) and wait for them."
@@ -235,6 +246,7 @@ def stop_children(timeout: float = 60,  # seconds to wait for them
     while time.time() < end and set(kids) & set(children()): time.sleep(0.2)
     return kids
 
+# %% ../nbs/09a_launch.ipynb #2327b1a4
 class SubmititRun(Checkpointable):
     "One run in a submitit job (a SLURM array task or a local process); requeued on timeout, it calls itself again."
     def __init__(self,

@@ -32,12 +32,14 @@ def check_pair(pred: np.ndarray,  # (H, W) predicted class ids 0..9
             raise ValueError(f"{name} holds values outside 0..{NUM_CLASSES - 1}")
     return (np.ascontiguousarray(pred, dtype=np.uint8), np.ascontiguousarray(gt, dtype=np.uint8))
 
+# %% ../nbs/07_evaluation.ipynb #e9b8e512
 def confusion(pred: np.ndarray,  # (H, W) predicted class ids 0..9
               gt: np.ndarray,    # (H, W) ground-truth class ids 0..9
              ) -> np.ndarray:    # (10, 10) int64 pixel counts, rows = ground truth, columns = prediction
     "Pixel confusion matrix of one frame, from a single `bincount`."
     return _confusion(*check_pair(pred, gt))
 
+# %% ../nbs/07_evaluation.ipynb #0ddbaafc
 def _confusion(pred, gt):  # checked uint8 maps: 10 * gt + pred is at most 99, so it stays uint8
     return np.bincount((gt * np.uint8(NUM_CLASSES) + pred).ravel(),
                        minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
@@ -81,6 +83,7 @@ def near_edges(edges: np.ndarray,   # (M, 2) edge pixel coordinates (x, y)
     src[edges[:, 1], edges[:, 0]] = 0
     return cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= tau
 
+# %% ../nbs/07_evaluation.ipynb #d50565d3
 def surface_dice(pred_edges: np.ndarray,  # (N, 2) edge pixel coordinates of the prediction
                  gt_edges: np.ndarray,    # (M, 2) edge pixel coordinates of the ground truth
                  tau: float = 10.0,       # tolerance in pixels (a distance equal to tau counts as correct)
@@ -192,6 +195,7 @@ def frame_table(self: ScoreAccumulator) -> pd.DataFrame:  # one row per frame
                   pd.DataFrame(np.stack([p[1] for p in pres]), columns=_PRED)]
     return pd.concat(parts, axis=1)
 
+# %% ../nbs/07_evaluation.ipynb #644abf65
 @patch
 def compute(self: ScoreAccumulator) -> dict:  # the official numbers and the tables
     "Official mIoU, mNSD and score, plus per-class, per-video, per-frame tables and the pooled IoU."
@@ -417,6 +421,7 @@ def holm(p,               # p-values (NaN allowed)
     out[order] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     return out
 
+# %% ../nbs/07_evaluation.ipynb #68c6c12f
 def adjust(table: pd.DataFrame,           # rows of `paired_differences` forming one family
            level: float = 0.95,           # family-wise coverage
           ) -> pd.DataFrame:              # a copy with p_holm, low_adj, high_adj and real (Holm rejects at 1 - level)
@@ -452,6 +457,7 @@ def detectable_effect(var_seed: float,             # seed variance component (`p
     df = max(float(df), 1.0)
     return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * np.sqrt(var))
 
+# %% ../nbs/07_evaluation.ipynb #20d4b0ee
 def seeds_needed(effect: float,               # the true difference to detect
                  var_seed: float,             # seed variance component
                  var_video: float,            # video variance component

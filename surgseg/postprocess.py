@@ -100,6 +100,7 @@ class RemoveSmall:
 
     def __repr__(self): return f"RemoveSmall(min_area={self.min_area[1:].tolist()}, fill={self.fill})"
 
+# %% ../nbs/08a_postprocess.ipynb #8936e55a
 def load_predictor(checkpoint,                 # run folder (best/, else last/) or checkpoint folder
                    tta: bool | None = None,    # horizontal-flip TTA; None = the run's config
                    min_area=None,              # small-component threshold(s); None = the decisions', else the config's
@@ -184,6 +185,7 @@ class Decisions:
         return (f"Decisions(offset={np.round(self.offset[1:], 3).tolist()}, presence={self.presence[1:].tolist()}, "
                 f"min_area={self.min_area[1:].tolist()}, fill={self.fill})")
 
+# %% ../nbs/08a_postprocess.ipynb #9143be97
 def as_decisions(post,               # None, a min_area setting, a `RemoveSmall` or a `Decisions`
                  fill: str = "background",  # fill of a plain min_area setting
                 ) -> Decisions:             # the same rule as `Decisions`
@@ -242,6 +244,7 @@ class MinAreaTuning:
         return (f"MinAreaTuning(min_area={self.min_area[1:].tolist()}, score {b['score']:.4f} -> {a['score']:.4f}, "
                 f"mIoU {b['miou']:.4f} -> {a['miou']:.4f}, mNSD {b['mnsd']:.4f} -> {a['mnsd']:.4f})")
 
+# %% ../nbs/08a_postprocess.ipynb #c10ec586
 def _combo(iou: np.ndarray, nsd: np.ndarray, pick: np.ndarray) -> dict:
     "Official scores of choosing row pick[c] for class c (exact when classes are independent)."
     cols = np.arange(iou.shape[1])
@@ -278,6 +281,7 @@ def validation_videos(cfg: Config,  # the run's config
                            "hold out no validation videos")
     return val
 
+# %% ../nbs/08a_postprocess.ipynb #16292abb
 def tune_min_area(checkpoint,                       # run folder, checkpoint folder, or a `Predictor`
                   videos=None,                      # validation videos or a root; None = the run's own validation split
                   candidates: Sequence[int] = MIN_AREA_CANDIDATES,  # thresholds to try (pixels, full resolution)
@@ -355,6 +359,7 @@ def decisions_path(checkpoint,  # a run folder or checkpoint folder
     ck = find_checkpoint(checkpoint)
     return (ck.parent if ck.name in (BEST, LAST) else ck) / DECISIONS_FILE
 
+# %% ../nbs/08a_postprocess.ipynb #3aec3411
 def read_decisions(path: str | Path,  # a decisions.json
                   ) -> tuple[Decisions, dict]:  # the rule and the whole record
     "Read a decisions file; any problem is one line naming the file."
@@ -372,6 +377,7 @@ def read_decisions(path: str | Path,  # a decisions.json
     try: return Decisions(rec["offset"], rec["presence"], rec["min_area"], rec.get("fill", "background")), rec
     except SurgsegError as e: raise SurgsegError(f"{path}: {e}") from None
 
+# %% ../nbs/08a_postprocess.ipynb #e607353c
 def load_decisions(checkpoint,  # run folder or checkpoint folder
                   ) -> Decisions | None:  # None when the run has no decisions file
     "The run's tuned decisions, checked to belong to the checkpoint that `checkpoint` loads."
@@ -633,6 +639,7 @@ class DecisionTuning:
         with atomic_write(path) as tmp: Path(tmp).write_text(json.dumps(self.record(), indent=1))
         return path
 
+# %% ../nbs/08a_postprocess.ipynb #8a75234a
 def _per_class_table(d: Decisions, bb: pd.DataFrame, ba: pd.DataFrame) -> pd.DataFrame:
     "One row per class: the rule, and the validation IoU, NSD, false-alarm and miss frames before and after."
     t = pd.DataFrame({"class": bb["class"], "offset": d.offset[1:], "presence": d.presence[1:],

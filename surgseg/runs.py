@@ -53,6 +53,7 @@ def write_manifest(folder: str | Path,  # a checkpoint folder, complete
     with atomic_write(folder / MANIFEST) as tmp: tmp.write_text(json.dumps(files, indent=0))
     return files
 
+# %% ../nbs/05a_runs.ipynb #617d9f44
 def check_manifest(folder: str | Path,  # a checkpoint folder
                   ) -> bool:            # True if it has a manifest (all files checked), False if it has none
     "Raise a one-line `SurgsegError` naming the first file of `folder` that is missing, truncated or altered."
@@ -120,6 +121,7 @@ def run_progress(run: str | Path,  # a run folder
     try: return json.loads((Path(run) / LAST / PROGRESS).read_text())
     except (OSError, ValueError): return None
 
+# %% ../nbs/05a_runs.ipynb #764c28c4
 def is_finished(run: str | Path,         # a run folder
                 epochs: int | None = None, # epochs it must have run (None = those of its config.yaml)
                ) -> bool:                # True if training ended
@@ -132,6 +134,7 @@ def is_finished(run: str | Path,         # a run folder
         except SurgsegError: return False
     return p.get("epoch", 0) >= epochs or bool(p.get("stopped"))
 
+# %% ../nbs/05a_runs.ipynb #19e2db47
 def run_folders(folder: str | Path,  # where to look
                ):                    # yields run folders (those with a config.yaml), folder itself included
     """The run folders in `folder` and its subfolders at any depth, not looking inside a run folder nor into hidden or
@@ -144,6 +147,7 @@ def run_folders(folder: str | Path,  # where to look
     except OSError: return
     for s in subs: yield from run_folders(s)
 
+# %% ../nbs/05a_runs.ipynb #11d5683f
 def latest_run(out_dir: str | Path | list = "",  # folder(s) holding run folders, at any depth; "" = the run store
                **filters,                        # Config field values a run must have (model="unet", ...)
               ) -> Path | None:                  # the newest finished run, or None
@@ -160,6 +164,7 @@ def latest_run(out_dir: str | Path | list = "",  # folder(s) holding run folders
         found.append(((run / LAST / PROGRESS).stat().st_mtime, str(run), run))
     return max(found)[2] if found else None
 
+# %% ../nbs/05a_runs.ipynb #984a185f
 NOT_RECIPE = ("out_dir", "run_name", "resume", "num_workers", "log_with", "save_every",  # where and how it is logged
               "epochs", "max_steps", "samples_per_epoch", "patience",                    # how long it trains
               "decisions", "tta", "min_area")                                            # what is done with it after

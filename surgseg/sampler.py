@@ -40,6 +40,7 @@ def uniform_weights(presence: np.ndarray,    # (frames, classes) bool: class pre
     "Every frame weighs 1 (`threshold` unused)."
     return np.ones(len(presence))
 
+# %% ../nbs/03_sampler.ipynb #176a2ff2
 def inverse_frequency_weights(presence: np.ndarray,  # (frames, classes) bool
                               threshold: float = 0.3, # unused
                              ) -> np.ndarray:         # (frames,) unnormalised weights
@@ -50,6 +51,7 @@ def inverse_frequency_weights(presence: np.ndarray,  # (frames, classes) bool
     w_c[f > 0] = 1 + np.log(f.max() / f[f > 0])
     return np.where(presence.any(1), presence @ w_c, 1.0)
 
+# %% ../nbs/03_sampler.ipynb #8517a02c
 def repeat_factor_weights(presence: np.ndarray,  # (frames, classes) bool
                           threshold: float = 0.3, # t: classes in more than this share of frames are not oversampled
                          ) -> np.ndarray:         # (frames,) unnormalised weights
@@ -60,6 +62,7 @@ def repeat_factor_weights(presence: np.ndarray,  # (frames, classes) bool
     r[f > 0] = np.maximum(1, np.sqrt(threshold / f[f > 0]))
     return np.where(presence, r, 1.0).max(1, initial=1.0)
 
+# %% ../nbs/03_sampler.ipynb #ea98e149
 def class_balanced_weights(presence: np.ndarray,  # (frames, classes) bool
                            threshold: float = 0.3, # temperature T: smaller favours rare classes more
                           ) -> np.ndarray:         # (frames,) unnormalised weights (a distribution)
@@ -202,6 +205,7 @@ def class_exposure(presence: np.ndarray,         # (frames, classes) bool
                          "gain": np.divide(q, f, out=np.full_like(q, np.nan), where=f > 0)},
                         index=pd.RangeIndex(presence.shape[1], name="class"))
 
+# %% ../nbs/03_sampler.ipynb #ebc22911
 def expected_unique(weights: np.ndarray,           # (frames,) sampling weights
                     num_samples: int | None = None, # draws per epoch (None = number of frames)
                     replacement: bool = True,      # False: every draw is a new frame
@@ -235,6 +239,7 @@ def exposure_report(presence: np.ndarray,          # (frames, classes) bool
     div["distinct_share"] = div["distinct_frames"] / len(presence)
     return expo, div
 
+# %% ../nbs/03_sampler.ipynb #376d3864
 def plot_exposure(expo: pd.DataFrame,  # first table of `exposure_report`
                   div: pd.DataFrame,   # second table of `exposure_report`
                  ):
@@ -271,6 +276,7 @@ def presence_for(table: pd.DataFrame,          # a `frame_table` (one row per ma
         idx.append(row[key])
     return has[np.array(idx, dtype=np.int64)]
 
+# %% ../nbs/03_sampler.ipynb #54e0225d
 def build_sampler(cfg,                   # `Config`: sampler, sampler_threshold, max_weight, samples_per_epoch, seed...
                   presence: np.ndarray,  # (frames, classes) bool, in dataset order (see `presence_for`)
                   rank: int = 0,         # this process, when sharding without Accelerate
@@ -299,6 +305,7 @@ def crop_pixels(mask: np.ndarray,        # (H, W) class ids at working resolutio
         tot += np.bincount(crop_pad(mask, y0, x0, size).ravel(), minlength=NUM_CLASSES)
     return tot / draws
 
+# %% ../nbs/03_sampler.ipynb #a70289fb
 def pixel_exposure(masks: list,                # (H, W) class-id masks at working resolution, one per training frame
                    weights=None,               # (frames,) frame sampling weights (None = uniform: no sampler)
                    crop_size=0,                # crop size (0 = whole frames)
@@ -334,6 +341,7 @@ def pixel_report(masks: list,            # (H, W) class-id masks at working reso
     tab.attrs.update(crop_size=crop_size, crop_rare=crop_rare, frames=len(masks), draws_per_epoch=n)
     return tab
 
+# %% ../nbs/03_sampler.ipynb #0fdf368f
 def plot_pixel_exposure(tab: pd.DataFrame,  # `pixel_report`'s table
                        ):
     "Two panels: pixels per epoch of each class (log scale), and each class's share of the pixels seen."

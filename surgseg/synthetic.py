@@ -240,6 +240,7 @@ def tissue_texture(rng: np.random.Generator,  # source of randomness
     glint *= np.clip(bump[..., None] + 0.6, 0, 1)                                 # on the crests
     return np.clip(img * (1 - glint) + 255 * glint, 0, 255).astype(np.uint8)
 
+# %% ../nbs/90_synthetic.ipynb #afb3c5d9
 def vignette(shape: tuple,            # (H, W)
              rng: np.random.Generator,  # random generator (the light's centre)
              strength: float = 0.55,  # darkening at the corners (0 = none)
@@ -262,6 +263,7 @@ class Shape:
     color: tuple           # RGB colour in the image
     width: float = 1.0     # line thickness, or disc radius, in pixels
 
+# %% ../nbs/90_synthetic.ipynb #6dbdebed
 def draw(shapes: list[Shape],        # drawn in order, later over earlier
          mask: np.ndarray,           # (H, W) uint8 class ids, drawn in place
          rgb: np.ndarray | None = None,  # (H, W, 3) uint8 image, drawn in place if given
@@ -298,6 +300,7 @@ def border_point(phi: float,      # angle of the ray (radians)
     t = min((w / 2) / abs(d[0]) if abs(d[0]) > 1e-9 else np.inf, (h / 2) / abs(d[1]) if abs(d[1]) > 1e-9 else np.inf)
     return np.array([w / 2, h / 2]) + t * d
 
+# %% ../nbs/90_synthetic.ipynb #ed061a7e
 def reach(p: np.ndarray,  # (x, y) start point
           u: np.ndarray,  # unit direction
           size: tuple,    # (H, W) of the frame
@@ -307,6 +310,7 @@ def reach(p: np.ndarray,  # (x, y) start point
     ts = [(lim - p[i]) / u[i] for i, lim in ((0, w if u[0] > 0 else 0), (1, h if u[1] > 0 else 0)) if abs(u[i]) > 1e-9]
     return max(0.0, min(ts)) if ts else 0.0
 
+# %% ../nbs/90_synthetic.ipynb #76bb993e
 def _shade(c, f):
     "Colour `c` scaled by `f` (clipped to 0..255)."
     return tuple(int(min(255, max(0, v * f))) for v in c)
@@ -324,6 +328,7 @@ def tube(p0,     # (x, y) one end
             Shape("poly", None, _seg(p0, p1, 0.11 * r, 0.11 * r) + n * 0.4 * r,
                   _shade(color, 1.8) if max(color) > 90 else _shade(color, 3))]
 
+# %% ../nbs/90_synthetic.ipynb #5f26cd82
 def instrument(E,              # (x, y) entry point on the frame border
                u,              # unit direction into the frame
                depth,          # tip distance from E in pixels
@@ -364,6 +369,7 @@ def instrument(E,              # (x, y) entry point on the frame border
                       _shade(jw, 0.45), max(1, 0.06 * ws))]
     return out, j2 + uj * 0.7 * lj
 
+# %% ../nbs/90_synthetic.ipynb #ab14dbc6
 def needle(center,                 # (x, y) centre of the arc
            radius,                 # arc radius in pixels
            start,                  # start angle (radians)
@@ -376,12 +382,14 @@ def needle(center,                 # (x, y) centre of the arc
     pts = center + radius * np.stack([np.cos(a), np.sin(a)], 1)
     return [Shape("line", 4, pts, color, width)], pts[0], pts[-1]
 
+# %% ../nbs/90_synthetic.ipynb #2b038d67
 def spline(points: np.ndarray,  # (N, 2) control points
            per: int = 12,       # samples per segment
           ) -> np.ndarray:      # (M, 2) points
     "A smooth Catmull-Rom curve through (N, 2) points, `per` samples per segment."
     return catmull_rom(points, np.linspace(0, len(points) - 1, per * (len(points) - 1) + 1))
 
+# %% ../nbs/90_synthetic.ipynb #b2993ead
 def clip_shape(center,  # (x, y) of the clip
                angle,   # orientation (radians)
                size,    # length in pixels
@@ -664,6 +672,7 @@ def shapes(self: Scene,
     for s, _ in tools: out += s
     return out + nd
 
+# %% ../nbs/90_synthetic.ipynb #57574d40
 @patch
 def mask(self: Scene,
          f: int,          # frame number
@@ -673,6 +682,7 @@ def mask(self: Scene,
     draw(self.shapes(f), m)
     return m
 
+# %% ../nbs/90_synthetic.ipynb #58474be4
 @patch
 def render(self: Scene,
            f: int,                             # frame number
@@ -693,6 +703,7 @@ def render(self: Scene,
     img = cv2.multiply(img, self.look["vignette"], scale=1 / 255)
     return cv2.GaussianBlur(img, (3, 3), 0.7), m
 
+# %% ../nbs/90_synthetic.ipynb #3e5683f6
 @patch
 def frame(self: Scene,
           f: int,                             # frame number
@@ -718,6 +729,7 @@ def action_segments(n_frames: int,                   # frames of the video
         start = end + 1
     return segs
 
+# %% ../nbs/90_synthetic.ipynb #2b703ac1
 def write_actions(folder: Path,              # the video folder
                   n_frames: int,             # frames of the video
                   rng: np.random.Generator,  # random generator
@@ -738,6 +750,7 @@ def disk_free(path,     # a path to be written (its parent must exist)
              ) -> int:  # free bytes
     return shutil.disk_usage(Path(path).parent).free
 
+# %% ../nbs/90_synthetic.ipynb #74fbb6a8
 def fourcc_of(codec: str,  # MJPG, MP4V or MPEG-4
              ) -> str:     # the fourcc
     "The OpenCV fourcc of a codec name (MJPG, MP4V or MPEG-4), or a SurgsegError listing the choices."
@@ -745,6 +758,7 @@ def fourcc_of(codec: str,  # MJPG, MP4V or MPEG-4
     if c not in CODECS: raise SurgsegError(f"{codec!r} is not a codec; choose from MJPG, MP4V (MPEG-4)")
     return CODECS[c]
 
+# %% ../nbs/90_synthetic.ipynb #8980beef
 def write_video(plan: VideoPlan,      # what to render
                 root: str | Path,     # dataset root: writes root/<split>/<name>/
                 codec: str = "MJPG",  # MJPG or MP4V (MPEG-4)
@@ -791,6 +805,7 @@ def marker_params(n_train,       # training operations
             f"seed={seed} split_ops={split_ops}{f' first_test={first_test}' if first_test else ''} "
             f"version={SYNTHETIC_VERSION}")
 
+# %% ../nbs/90_synthetic.ipynb #0c91c818
 def generate(root: str | Path,           # dataset root to create (must not exist, or be an empty folder)
              n_train: int = 6,           # training operations (one or more split into _1/_2 parts)
              n_test: int = 2,            # test videos
@@ -850,6 +865,7 @@ def plan_masks(plans: list[VideoPlan],  # videos planned by `plan_dataset`
         sc = Scene(p, appearance=False)
         for f in range(0, p.n_frames, MASK_STEP): yield p, f, sc.mask(f)
 
+# %% ../nbs/90_synthetic.ipynb #c606b5a5
 def calibration(split: str = "train",  # which split of the planned dataset to measure
                 **kwargs,              # `plan_dataset` arguments unlike `SYNTHETIC_DEFAULT`'s (n_train, size, ...)
                ):
@@ -880,6 +896,7 @@ def band_width(mask: np.ndarray,  # (H, W) bool or 0/1: one class of a mask
     ridge = (d > 0) & (d >= cv2.dilate(d, np.ones((3, 3), np.uint8)))
     return float(np.median(d[ridge])) if ridge.any() else float("nan")
 
+# %% ../nbs/90_synthetic.ipynb #b3514fb4
 def thin_widths(plans: list[VideoPlan],   # planned videos (e.g. the training split of the default stand-in)
                 scale: float,             # working resolution (Config.scale)
                 classes=(4, 5),           # needle, thread

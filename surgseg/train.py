@@ -72,6 +72,7 @@ def fold_split(videos: list,       # the training videos (test split excluded)
     val = set(ops[fold::folds])
     return [v for v in videos if v.operation not in val], [v for v in videos if v.operation in val]
 
+# %% ../nbs/06_train.ipynb #ad017a1a
 def run_splits(cfg: Config,                      # uses data_dir, val_fraction, folds, fold and seed
                root: str | Path | None = None,   # dataset root (default: `resolve_data_dir(cfg.data_dir)`)
               ) -> tuple[list, list]:            # (train videos, validation videos)
@@ -114,6 +115,7 @@ def draw_seed(seed: int,   # the run's seed
     "The augmentation seed of one draw: a function of (seed, epoch, draw index) only."
     return int(np.random.SeedSequence([seed, epoch, draw]).generate_state(1)[0])
 
+# %% ../nbs/06_train.ipynb #cedff18d
 class SeededDraws(torch.utils.data.Sampler):
     "Yield (frame index, augmentation seed) for every draw of `sampler`, the seed from `draw_seed(seed, epoch, k)`."
     def __init__(self, sampler,  # a frame sampler with set_epoch (chapter 03's)
@@ -133,7 +135,6 @@ class SeededDraws(torch.utils.data.Sampler):
         e = self.epoch
         if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(e)
         for k, i in enumerate(self.sampler): yield (int(i), draw_seed(self.seed, e, k))
-
 
 # %% ../nbs/06_train.ipynb #5cceb497
 def make_optimizer(model: torch.nn.Module,  # the model to train
@@ -303,6 +304,7 @@ def save_checkpoint(self: Trainer,
         acc.wait_for_everyone()  # every process has written its RNG state before the folder is published
     acc.wait_for_everyone()
 
+# %% ../nbs/06_train.ipynb #c4cfb463
 @patch
 def restore(self: Trainer,
             path: Path,  # a checkpoint folder (`save_checkpoint`)
