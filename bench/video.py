@@ -15,6 +15,8 @@ Prints, asserting nothing (the cores are shared: read the load average printed w
 Run (one core, as measured below):
   taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python bench/video.py --frames 24 --threads 1 --backend both
 Options: [--frames 60] [--backend torch|onnxruntime|both] [--threads 2] [--run RUN] [--video FILE] [--batch-size 4]
+         [--json FILE]: also write every number printed to FILE (the record chapters 08 and 08b show:
+         bench/results/video.json)
 Without --run, the untrained default model (`build_model(Config())`: U-Net, ImageNet EfficientNet-Lite0 encoder).
 Without --video, a synthetic 1920x1080 60 fps MJPG video of --frames frames is rendered (surgseg.synthetic).
 An older checkout can be measured with the same script: PYTHONPATH=OLD_CHECKOUT (the stage pass then falls back to
@@ -52,7 +54,7 @@ run), untrained default model at 960x540, batch 4. "Default" = masks + overlay v
   No GPU was available: GPU numbers were not measured.
 """
 
-import argparse, dataclasses, os, tempfile, time
+import argparse, dataclasses, json, os, subprocess, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,14 @@ write_mask_png = getattr(
 )  # core.write_mask since the writers moved to core
 blend = getattr(inference, "_blend", overlay)  # core.overlay (fast path) since then
 write_png = getattr(inference, "_png", getattr(_core, "write_png", _old_png))
+
+
+def _commit() -> str:
+    "The checkout's commit (with `+` when it has changes), or '' outside git."
+    root = Path(__file__).resolve().parents[1]
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+" if head and git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def make_video(folder: Path, frames: int) -> Path:
@@ -184,6 +194,7 @@ def main():
     ap.add_argument("--backend", choices=["torch", "onnxruntime", "both"], default="both")
     ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads")
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--json", help="write the numbers to this JSON file too (replaced whole, atomically)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     load0 = os.getloadavg()
@@ -233,6 +244,20 @@ def main():
             om, ocfg, device="cpu", batch_size=a.batch_size, postprocess=p_torch.postprocess
         )
     rows, masks = {}, {}
+    record = dict(
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        commit=_commit(),
+        video=info | dict(name=video.name, processed=n),
+        model=cfg.model,
+        encoder=cfg.encoder,
+        trained=bool(a.run),
+        working_size=[w, h],
+        batch_size=a.batch_size,
+        threads=a.threads,
+        usable_cores=cores,
+        load_before=list(load0),
+        backends={},
+    )
     for name, p in backends.items():
         model_s = bare_model(p.model, xs)
         default_s = end_to_end(p, video, tmp / f"pred_{name}", overlays=False)
@@ -254,16 +279,33 @@ def main():
                 f"model share {st['model'] / seq:.0%}"
             )
             print(f"    stages: {shares(st, names, n)}")
+        record["backends"][name] = dict(
+            model_fps=n / model_s,
+            default_fps=n / default_s,
+            every_fps=n / all_s,
+            default_ratio=model_s / default_s,
+            every_ratio=model_s / all_s,
+            stage_ms={k: st[k] / n * 1e3 for k in STAGES},
+            default_stages=list(DEFAULT),
+        )
     if len(rows) == 2:
         pt, ox = rows["PyTorch"], rows["onnxruntime"]
         files = sorted(masks["PyTorch"].glob("*.png"))
         diff = sum(int((read_mask(f) != read_mask(masks["onnxruntime"] / f.name)).sum()) for f in files)
+        record["mask_pixels_differing"] = [diff, len(files) * info["width"] * info["height"], len(files)]
         print(
             f"\nonnxruntime vs PyTorch: bare model x{ox[1] / pt[1]:.2f}, "
             f"end-to-end (default outputs) x{ox[0] / pt[0]:.2f}; "
             f"differing mask pixels {diff} of {len(files) * info['width'] * info['height']} ({len(files)} frames)"
         )
     load1 = os.getloadavg()
+    if a.json:
+        record["load_after"] = list(load1)
+        out = Path(a.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(out.name + ".part")
+        part.write_text(json.dumps(record, indent=1) + "\n")
+        part.replace(out)  # whole or not at all
     print(
         f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} ({cores} usable cores of {os.cpu_count()}); "
         f"files in {tmp}"
