@@ -1,6 +1,7 @@
 """A second official-layout world nobody tuned surgseg to, and the default commands run on it (issue 18, target 2).
 
-python bench/second_world.py [--root DIR] [--seed N] [--predict-args "--min_area tune"] [--tag NAME] [--workers 2]
+python bench/second_world.py [--root DIR] [--seed N] [--train-args "--seed 1"] [--predict-args "--min_area tune"]
+                             [--tag NAME] [--workers 2]
 
 Independent drawing (numpy + cv2 only, nothing from surgseg.synthetic): 640x360 frames, XVID (MPEG-4 part 2)
 AVI at 60 fps, masks at frames 0, 60, 120, ... Mottled tissue under an endoscope's vignette with drifting light,
@@ -315,6 +316,11 @@ def main():
     ap.add_argument("--root", default=str(Path.home() / ".cache/surgseg/second-world-v1"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--predict-args", default="", help='extra flags for `surgseg predict`, e.g. "--min_area tune"')
+    ap.add_argument(
+        "--train-args",
+        default="",
+        help='extra flags for `surgseg train` (another recipe or training seed, e.g. "--seed 1"); names the run',
+    )
     ap.add_argument("--tag", default="", help="name of this predict/evaluate variant (default: from --predict-args)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--retrain", action="store_true", help="train again even if the run exists")
@@ -326,14 +332,17 @@ def main():
     made = generate(root, a.seed, a.workers)
     times["generate"] = round(time.time() - t, 1) if made else 0.0
     times["validate"] = sh([exe, "validate", str(root)], log)
-    run_name = f"default_seed{a.seed}"
+    slug = lambda args: "_".join(args.replace("-", " ").split())
+    run_name = f"default_seed{a.seed}" + (f"__{slug(a.train_args)}" if a.train_args else "")
     run = root / "runs" / run_name
     if a.retrain or not (run / "best").exists() and not (run / "last").exists():
         shutil.rmtree(run, ignore_errors=True)
         times["train"] = sh(
-            [exe, "train", "--data_dir", str(root), "--out_dir", str(root / "runs"), "--run_name", run_name], log
+            [exe, "train", "--data_dir", str(root), "--out_dir", str(root / "runs"), "--run_name", run_name]
+            + shlex.split(a.train_args),
+            log,
         )
-    tag = a.tag or ("default" if not a.predict_args else "_".join(a.predict_args.replace("-", " ").split()))
+    tag = a.tag or ("default" if not a.predict_args else slug(a.predict_args))
     pred = root / "pred" / f"{run_name}__{tag}"
     shutil.rmtree(pred, ignore_errors=True)
     times["predict"] = sh(
@@ -375,6 +384,7 @@ def main():
     summary = dict(
         root=str(root),
         seed=a.seed,
+        train_args=a.train_args,
         predict_args=a.predict_args,
         tag=tag,
         run=str(run),
@@ -397,7 +407,7 @@ def main():
     print("times (s):", ", ".join(f"{k} {v}" for k, v in times.items()))
     text = json.dumps(summary, indent=1, default=float)
     (root / "summary.json").write_text(text)
-    (root / f"summary_{tag}.json").write_text(text)  # kept per variant; summary.json is the latest
+    (root / f"summary_{run_name}__{tag}.json").write_text(text)  # kept per variant; summary.json is the latest
 
 
 if __name__ == "__main__":
