@@ -15,8 +15,9 @@ Prints, asserting nothing (the cores are shared: read the load average printed w
 Run (one core, as measured below):
   taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python bench/video.py --frames 24 --threads 1 --backend both
 Options: [--frames 60] [--backend torch|onnxruntime|both] [--threads 2] [--run RUN] [--video FILE] [--batch-size 4]
-         [--json FILE]: also write every number printed to FILE (the record chapters 08 and 08b show:
-         bench/results/video.json)
+         [--json FILE]: also write every number printed to FILE (the records chapters 08 and 08b show:
+         bench/results/video-1core.json, as run above with --json, and bench/results/video-2cores.json, the same
+         without taskset and OMP_NUM_THREADS, with --threads 2)
 Without --run, the untrained default model (`build_model(Config())`: U-Net, ImageNet EfficientNet-Lite0 encoder).
 Without --video, a synthetic 1920x1080 60 fps MJPG video of --frames frames is rendered (surgseg.synthetic).
 An older checkout can be measured with the same script: PYTHONPATH=OLD_CHECKOUT (the stage pass then falls back to
