@@ -65,7 +65,9 @@ def resumable(job, env):
     progress = job.run_dir / "progress"
     start = int(progress.read_text()) if progress.exists() else 0
     with open(job.run_dir / "starts", "a") as f: f.write(f"{start}\\n")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(job.run_dir / "child_stopped")])
+    from surgseg.core import die_with_parent  # as the study starts its training processes
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(job.run_dir / "child_stopped")],
+                             preexec_fn=die_with_parent)
     ready, deadline = job.run_dir / "child_stopped.ready", time.time() + 60
     while not ready.exists() and time.time() < deadline:
         time.sleep(0.02)
@@ -310,3 +312,30 @@ def test_a_preempted_job_is_requeued_and_resumes(toys, tmp_path):
     assert (job.run_dir / "child_stopped").exists()  # the first attempt's child was interrupted cleanly
     assert read_record(job)["job_id"] == res["pre"].job_id  # the same job, not a new submission
     assert "pre interrupted (SystemExit)" in job.log.read_text()
+
+
+def test_a_child_of_a_background_command_can_still_be_interrupted(tmp_path):
+    "`nohup cmd &` starts cmd with SIGINT ignored; children started with `die_with_parent` get their KeyboardInterrupt."
+    from surgseg.core import die_with_parent
+
+    code = (
+        "import sys, time\ntry:\n    open(sys.argv[1] + '.ready', 'w').close()\n    time.sleep(60)\n"
+        "except KeyboardInterrupt: open(sys.argv[1], 'w').close()"
+    )
+    note = tmp_path / "stopped"
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background command
+    try:
+        plain = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "plain")])
+        child = subprocess.Popen([sys.executable, "-c", code, str(note)], preexec_fn=die_with_parent)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    deadline = time.time() + 60
+    while not (Path(f"{note}.ready").exists() and (tmp_path / "plain.ready").exists()) and time.time() < deadline:
+        time.sleep(0.02)
+    for p in (child, plain):
+        p.send_signal(signal.SIGINT)
+    assert child.wait(30) == 0 and note.exists()  # interrupted cleanly
+    time.sleep(0.5)
+    assert plain.poll() is None  # without it, the interrupt is ignored (what made requeues wait 60 s for nothing)
+    plain.kill()
+    plain.wait()
