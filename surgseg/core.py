@@ -508,8 +508,8 @@ def die_with_parent():
         import ctypes, signal
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1: os._exit(1)           # the parent died before the request took effect
-    # a command started in the background (`nohup ... &`) hands its children SIGINT ignored, and Python then installs no
-    # KeyboardInterrupt handler: restore it, so that `launch.stop_children` can interrupt a run cleanly (main thread only)
+    # a command started in the background (`nohup ... &`) hands its children SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: restore it, so that `launch.stop_children` can interrupt a run cleanly (main thread)
     with contextlib.suppress(Exception):
         import signal
         signal.signal(signal.SIGINT, signal.default_int_handler)
