@@ -300,6 +300,16 @@ def class_shares(root):
     return out
 
 
+def slug(args: str) -> str:
+    "Command-line flags as a folder-name part: `--seed 1` -> `seed_1`."
+    return "_".join(args.replace("-", " ").split())
+
+
+def run_name_for(seed: int, train_args: str = "") -> str:
+    "The run folder name of the default train (plus `train_args`) on the world drawn with `seed`."
+    return f"default_seed{seed}" + (f"__{slug(train_args)}" if train_args else "")
+
+
 def sh(cmd, log):
     "Run one command (children inherit our niceness), echo it, fail loudly; return its wall time."
     print("$", shlex.join(cmd), flush=True)
@@ -332,8 +342,7 @@ def main():
     made = generate(root, a.seed, a.workers)
     times["generate"] = round(time.time() - t, 1) if made else 0.0
     times["validate"] = sh([exe, "validate", str(root)], log)
-    slug = lambda args: "_".join(args.replace("-", " ").split())
-    run_name = f"default_seed{a.seed}" + (f"__{slug(a.train_args)}" if a.train_args else "")
+    run_name = run_name_for(a.seed, a.train_args)
     run = root / "runs" / run_name
     if a.retrain or not (run / "best").exists() and not (run / "last").exists():
         shutil.rmtree(run, ignore_errors=True)

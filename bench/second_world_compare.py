@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from second_world import run_name_for  # bench/ is on the path when this script runs
 from surgseg.metrics import paired_differences
 
 RECIPES = {
@@ -23,11 +24,6 @@ RECIPES = {
     "1024 equal": "--crop_weights equal",
 }
 SEEDS = {42: "", 1: "--seed 1", 2: "--seed 2"}
-
-
-def run_name(train_args: str) -> str:
-    "The run folder name bench/second_world.py gives these train arguments (world seed 0)."
-    return "default_seed0" + (f"__{'_'.join(train_args.replace('-', ' ').split())}" if train_args else "")
 
 
 def main():
@@ -39,7 +35,7 @@ def main():
     rows, classes = [], []
     for cfg, args in RECIPES.items():
         for seed, seed_args in SEEDS.items():
-            ev = root / "eval" / f"{run_name(' '.join(x for x in (args, seed_args) if x))}__{a.tag}"
+            ev = root / "eval" / f"{run_name_for(0, ' '.join(x for x in (args, seed_args) if x))}__{a.tag}"
             if not ev.is_dir():
                 raise SystemExit(f"{ev}: missing; run bench/second_world.py --train-args ... --tag {a.tag} first")
             pv = pd.read_csv(ev / "per_video_results.csv")

@@ -503,16 +503,16 @@ def default_workers(n_tasks: int,               # number of tasks
 
 # %% ../nbs/00_core.ipynb #a7a5c20c
 def die_with_parent():
-    "In a child process: ask Linux to SIGKILL it when its parent dies, so a killed command leaves no orphan writing."
+    """In a child process: ask Linux to SIGKILL it when its parent dies, so a killed command leaves no orphan writing;
+    and let it be interrupted (SIGINT) even when its parent ignores interrupts."""
+    import signal
     with contextlib.suppress(Exception):  # Linux only; elsewhere a no-op
-        import ctypes, signal
+        import ctypes
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1: os._exit(1)           # the parent died before the request took effect
     # a command started in the background (`nohup ... &`) hands its children SIGINT ignored, and Python then installs
     # no KeyboardInterrupt handler: restore it, so that `launch.stop_children` can interrupt a run cleanly (main thread)
-    with contextlib.suppress(Exception):
-        import signal
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(ValueError): signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # %% ../nbs/00_core.ipynb #c2515382
 def _init_worker():

@@ -314,14 +314,11 @@ def test_a_preempted_job_is_requeued_and_resumes(toys, tmp_path):
     assert "pre interrupted (SystemExit)" in job.log.read_text()
 
 
-def test_a_child_of_a_background_command_can_still_be_interrupted(tmp_path):
+def test_a_child_of_a_background_command_can_still_be_interrupted(toys, tmp_path):
     "`nohup cmd &` starts cmd with SIGINT ignored; children started with `die_with_parent` get their KeyboardInterrupt."
     from surgseg.core import die_with_parent
 
-    code = (
-        "import sys, time\ntry:\n    open(sys.argv[1] + '.ready', 'w').close()\n    time.sleep(60)\n"
-        "except KeyboardInterrupt: open(sys.argv[1], 'w').close()"
-    )
+    code = toys.CHILD  # the preempted-job toy's child: notes a KeyboardInterrupt
     note = tmp_path / "stopped"
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background command
     try:
