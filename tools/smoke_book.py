@@ -42,10 +42,10 @@ NBS = ROOT / "nbs"
 SMOKE = {
     # one run of the default recipe, 2 epochs of 16 steps (128 crops at batch 8): every cell (untrained score, fit,
     # decisions tuned on validation, history) runs as by default. Not fewer steps: the decision search's cost grows
-    # with the pixels whose class is still in doubt, so tuning a 4-step model took 251 s and a 32-step one about
-    # half that, here and in 08a, which tunes this run again. Only fields that `runs.recipe` leaves out change,
-    # so it is the default recipe's run that 07a, 08 and 08a find in the run store; out_dir is given so that it
-    # never lands in nbs/runs (the default before the run store).
+    # with the pixels whose class is still in doubt, so a nearly untrained model is the slowest to tune, here and in
+    # 08a, which tunes this run again (the per-chapter times this tool prints show it). Only fields that
+    # `runs.recipe` leaves out change, so it is the default recipe's run that 07a, 08 and 08a find in the run
+    # store; out_dir is given so that it never lands in nbs/runs (the default before the run store).
     "06_train": dict(epochs=2, samples_per_epoch=128, out_dir="{home}/runs"),
     # the study's machinery on its smallest design: the baseline and the primary configuration, one seed each, one
     # epoch of 128 crops per run (16 steps, for the same reason as 06), trained through papermill (its default) two
@@ -63,10 +63,9 @@ SMOKE = {
     "09b_recipes": dict(seeds="0", folds=2, epochs=1, samples_per_epoch=16, out_dir="{home}/runs/recipes"),
 }
 
-# Chapters with slow cells and no parameters, run as written (seconds measured on 2 CPU cores in the commit that
-# added this tool): 05_models times nine model families, 07a/08/08a show chapter 06's run (the smoke one, or a
-# short run they train themselves), 08b exports ten families to ONNX, 10_cli trains one-step runs, index shows
-# the study's best run (it needs 09's smoke study: run after it, with the same DIR).
+# Chapters with slow cells and no parameters, run as written: 05_models times nine model families, 07a/08/08a show
+# chapter 06's run (the smoke one, or a short run they train themselves), 08b exports ten families to ONNX, 10_cli
+# trains one-step runs, index shows the study's best run (it needs 09's smoke study: run after it, with the same DIR).
 
 
 def skip_flags() -> set[str]:
