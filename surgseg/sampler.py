@@ -23,11 +23,12 @@ __all__ = ['SCHEMES', 'class_frequency', 'uniform_weights', 'inverse_frequency_w
 
 # %% ../nbs/03_sampler.ipynb #367a0c10
 def class_frequency(presence: np.ndarray,  # (frames, classes) bool: class present in frame
+                    warn: bool = True,      # warn about classes in no frame (False: another caller of the run warns)
                    ) -> np.ndarray:         # (classes,) share of frames containing each class
-    "Share of frames containing each class; warns about classes that never occur."
+    "Share of frames containing each class; warns about classes that never occur (unless `warn=False`)."
     presence = np.asarray(presence, bool)
     f = presence.mean(0) if len(presence) else np.zeros(presence.shape[1])
-    if (f == 0).any():
+    if warn and (f == 0).any():
         names = [CLASS_NAMES[c] if presence.shape[1] == NUM_CLASSES else str(c) for c in np.flatnonzero(f == 0)]
         warnings.warn(f"class(es) {', '.join(names)} never occur in the {len(presence)} frames: they cannot be "
                       "oversampled and are ignored")
@@ -369,5 +370,6 @@ def crop_class_weights(presence: np.ndarray,  # (frames, classes) bool presence 
     frequency."""
     if how not in CROP_WEIGHTS: raise SurgsegError(f"crop_weights {how!r}: choose from {', '.join(CROP_WEIGHTS)}")
     if how == "equal": return None
-    f = class_frequency(presence)
+    # silent: a class in no frame is the frame sampler's warning (one per run), and no crop can centre on it anyway
+    f = class_frequency(presence, warn=False)
     return np.where(f > 0, 1 / np.maximum(f, 1e-12), 0.0)
