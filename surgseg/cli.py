@@ -303,13 +303,13 @@ def train_config(a: argparse.Namespace,  # parsed `surgseg train` arguments
 # %% ../nbs/10_cli.ipynb #315ab219
 def run_train(a,  # the parsed options of the subcommand
              ):
-    """Train, then (`decisions`) tune the run's decisions on its validation videos; print the run folder and its best
-    validation score."""
+    """Train, then (`decisions`) tune the run's decisions on its validation videos (`postprocess.fit_and_tune`);
+    print the run folder and its best validation score, last."""
     cfg = train_config(a)
     import pandas as pd
     from accelerate import PartialState
-    from surgseg.train import fit
-    run = fit(cfg)
+    from surgseg.postprocess import fit_and_tune
+    run = fit_and_tune(cfg)
     if PartialState().is_main_process:
         m = pd.read_csv(run / "metrics.csv")
         best = ""
@@ -317,9 +317,6 @@ def run_train(a,  # the parsed options of the subcommand
             best_epoch = int(m.loc[m["val_score"].idxmax(), "epoch"])
             best = f"; best validation score {m['val_score'].max():.4f} (epoch {best_epoch})"
         print(f"run folder: {run}{best}")
-        if cfg.decisions:
-            from surgseg.postprocess import tune_run_decisions
-            tune_run_decisions(run)
 
 COMMANDS["train"] = Command("train a model (Config fields as flags, --config YAML)", train_args, run_train)
 

@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .core import CLASS_NAMES, CLASSES, NUM_CLASSES, Config, SurgsegError, atomic_write, read_mask, sha256_file
 from .data import resolve_data_dir
-from .train import run_splits
+from .train import fit, run_splits
 from .inference import Predictor, _as_videos, presence_evidence, split_frames
 from .metrics import ScoreAccumulator, class_breakdown, edge_points, frame_scores, near_edges, surface_dice
 from .models import WEIGHTS_FILE, full_res_masks, full_res_scores
@@ -28,7 +29,7 @@ __all__ = ['OFFSET_CANDIDATES', 'PRESENCE_CANDIDATES', 'MIN_AREA_CANDIDATES', 'D
            'remove_small', 'RemoveSmall', 'load_predictor', 'Decisions', 'as_decisions', 'score_split', 'MinAreaTuning',
            'choose_min_area', 'validation_videos', 'tune_min_area', 'plot_min_area', 'compare_settings',
            'decisions_path', 'read_decisions', 'load_decisions', 'DecisionTuning', 'tune_decisions',
-           'tune_run_decisions']
+           'tune_run_decisions', 'fit_and_tune']
 
 # %% ../nbs/08a_postprocess.ipynb #5223824d
 def min_area_thresholds(min_area: int | str | Sequence[int] | None,  # one threshold, 9 (classes 1..9) or 10, "a,b,.."
@@ -744,3 +745,13 @@ def tune_run_decisions(run_dir: Path,  # a finished run folder
           f"validation score {t.before['score']:.4f} -> {t.after['score']:.4f} (in-sample)")
     return dict(before=t.before["score"], after=t.after["score"], seconds=t.seconds)
 
+
+# %% ../nbs/08a_postprocess.ipynb #5c3ecf77
+def fit_and_tune(cfg: Config,   # every setting of the run; `decisions`: tune them when training ends
+                 on_step=None,  # as for `train.fit`
+                ) -> Path:      # the run folder
+    """`train.fit`, then (`cfg.decisions`, on the main process) `tune_run_decisions`: what `surgseg train`, chapter
+    06's experiment and the study run."""
+    run = fit(cfg, on_step)
+    if cfg.decisions and PartialState().is_main_process: tune_run_decisions(run)
+    return run
