@@ -37,7 +37,7 @@ from segmentation_models_pytorch.base import ClassificationHead
 import surgseg.train as T
 from surgseg.core import CLASS_NAMES, NUM_CLASSES, load_config, read_mask
 from surgseg.data import find_videos, resolve_data_dir
-from surgseg.inference import Predictor, _to_batch, presence_evidence, split_frames
+from surgseg.inference import Predictor, presence_evidence, split_frames
 from surgseg.metrics import presence_auroc
 from surgseg.models import read_tensors
 from surgseg.postprocess import validation_videos
@@ -101,11 +101,11 @@ def train(name: str, seed: int, out: Path, weight: float, pooling: str):
 
 def evidence(model, cfg) -> pd.DataFrame:
     "Per validation and test frame: each class's maximum probability, the head's sigmoid (if any), ground-truth pixels."
-    p, rows = Predictor(model, cfg, device="cpu", batch_size=1), []
+    p, rows = Predictor(model, cfg, device="cpu", tta=False, batch_size=1), []
     for split, videos in (("val", validation_videos(cfg)), ("test", find_videos(resolve_data_dir("") / "test"))):
         for (v, f, mask_path), im in split_frames(videos):
             with torch.inference_mode():
-                logits = model(_to_batch([p.resize(im)], p.device)).float()
+                logits = p.scores([im])  # one forward: it also sets the head's `presence_logits` for this frame
             head = torch.sigmoid(model.presence_logits)[0].numpy() if hasattr(model, "presence") else None
             pmax, gt = presence_evidence(logits)[0], read_mask(mask_path, im.shape[:2])
             rows.append(dict(split=split, video=v.name, frame=f)
@@ -117,6 +117,8 @@ def evidence(model, cfg) -> pd.DataFrame:
 
 def aurocs(plain: pd.DataFrame, head: pd.DataFrame, seed: int) -> pd.DataFrame:
     "Presence AUROC per split and class: plain model's pmax, head model's pmax, the head."
+    key = ["split", "video", "frame"]
+    assert plain[key].equals(head[key]), "both runs of a seed score the same frames (same split)"
     out = []
     for split in ("val", "test"):
         a, b = plain[plain.split == split], head[head.split == split]
@@ -124,8 +126,7 @@ def aurocs(plain: pd.DataFrame, head: pd.DataFrame, seed: int) -> pd.DataFrame:
             y = a[f"gt_{c}"].to_numpy() > 0
             out.append(dict(seed=seed, split=split, cls=CLASS_NAMES[c], frames=int(y.sum()),
                             plain_pmax=presence_auroc(a[f"pmax_{c}"], y),
-                            head_model_pmax=presence_auroc(b[f"pmax_{c}"], b[f"gt_{c}"].to_numpy() > 0),
-                            head=presence_auroc(b[f"head_{c}"], b[f"gt_{c}"].to_numpy() > 0)))
+                            head_model_pmax=presence_auroc(b[f"pmax_{c}"], y), head=presence_auroc(b[f"head_{c}"], y)))
     return pd.DataFrame(out)
 
 
